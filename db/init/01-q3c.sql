@@ -1,0 +1,2 @@
+-- Runs once when the docker-compose server is first initialised.
+CREATE EXTENSION IF NOT EXISTS q3c;

@@ -1,0 +1,36 @@
+"""Alembic environment: migrates schema ``xpmet`` of the database xpmet is configured for."""
+from alembic import context
+from sqlalchemy import text
+
+from xpmet.db import engine as xdb
+from xpmet.db.migrate import include_object
+from xpmet.db.models import SCHEMA, metadata
+
+
+def run_migrations_online():
+    connectable = context.config.attributes.get("connection")
+    if connectable is None:
+        connectable = xdb.connect(context.config.attributes.get("url"))
+        with connectable.connect() as conn:
+            _run(conn)
+    else:
+        _run(connectable)
+
+
+def _run(conn):
+    conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+    context.configure(connection=conn, target_metadata=metadata, include_schemas=True,
+                      include_object=include_object, version_table_schema=SCHEMA,
+                      compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+    conn.commit()
+
+
+if context.is_offline_mode():
+    context.configure(url="postgresql://", target_metadata=metadata, literal_binds=True,
+                      version_table_schema=SCHEMA)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    run_migrations_online()

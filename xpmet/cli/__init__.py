@@ -1,0 +1,42 @@
+"""The ``xpmet`` command line: argument parsing only; every command calls a library function."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from xpmet import __version__
+from xpmet.errors import XpmetError
+
+
+class XpmetGroup(click.Group):
+    """Prints XpmetError as a one-line message (exit 1) instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except XpmetError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing half-written was committed", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=XpmetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="xpmet")
+def main():
+    """xpmet: stellar metallicities from Gaia DR3 XP spectra, in PostgreSQL with q3c.
+
+    Without XPMET_DATABASE_URL, xpmet runs its own PostgreSQL cluster under XPMET_HOME
+    and starts it when a command needs it.
+    """
+
+
+def _register():
+    # One module per command group; each owns its arguments and calls into the library.
+    from xpmet.cli import db
+    main.add_command(db.db)
+
+
+_register()

@@ -1,0 +1,3 @@
+from xpmet.cli import main
+
+main()

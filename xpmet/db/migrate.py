@@ -1,0 +1,40 @@
+"""Run Alembic migrations from Python (``xpmet db migrate`` and tests use this)."""
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+
+from xpmet.config import PROJECT_ROOT
+
+SCHEMA = "xpmet"
+
+
+def include_object(obj, name, type_, reflected, compare_to):
+    """Keep hand-written objects out of autogenerate: functional q3c indexes (named *_q3c)."""
+    if type_ == "index" and name and name.endswith("_q3c"):
+        return False
+    if type_ == "table" and getattr(obj, "schema", SCHEMA) != SCHEMA:
+        return False
+    return True
+
+
+def alembic_config(url: str | None = None) -> Config:
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    cfg.attributes["url"] = url
+    return cfg
+
+
+def upgrade(revision: str = "head", url: str | None = None) -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(revision: str = "base", url: str | None = None) -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
+def current(url: str | None = None) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+    from xpmet.db.engine import connect
+    with connect(url).connect() as conn:
+        return MigrationContext.configure(conn, opts={"version_table_schema": "xpmet"}).get_current_revision()

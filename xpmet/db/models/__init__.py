@@ -1,0 +1,9 @@
+"""SQLAlchemy table definitions of schema ``xpmet``; one module per concern, one MetaData.
+
+Migrations are written by hand (functional q3c indexes and views are invisible to
+autogenerate); tests/test_migrations.py checks that these models match the migrated schema.
+"""
+from xpmet.db.models.base import SCHEMA, metadata  # noqa: F401
+from xpmet.db.models import core  # noqa: F401
+from xpmet.db.models.core import (etl_load, gaia_source, models, predictions, survey,  # noqa: F401
+                                  survey_star, xp_continuous)

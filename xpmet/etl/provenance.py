@@ -1,0 +1,107 @@
+"""Provenance and atomicity of file loads: one transaction per file, recorded in ``xpmet.etl_load``.
+
+A load inserts its ``etl_load`` row and its data rows in one transaction and marks the row
+'done' just before COMMIT, so a killed process leaves nothing visible and the next run loads
+the file again. A file whose checksum was already loaded (same kind) is skipped, or with
+``replace=True`` its earlier rows are deleted and the earlier load marked 'replaced'.
+Failures are recorded as 'failed' rows on a separate connection, after the rollback.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from xpmet import __version__
+from xpmet.db.engine import raw_connect
+
+
+def sha256_of(path: Path, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Load:
+    """An open file load: write rows with ``conn`` (inside its transaction), then set ``n_rows``."""
+    load_id: int
+    path: Path
+    kind: str
+    conn: psycopg.Connection
+    n_rows: int = 0
+    replaced: list = field(default_factory=list)  # load_ids this load superseded
+
+
+@dataclass
+class Skipped:
+    path: Path
+    load_id: int
+    n_rows: int
+
+
+def already_loaded(conn, kind: str, sha: str):
+    return conn.execute("SELECT load_id, n_rows FROM xpmet.etl_load WHERE kind = %s AND sha256 = %s "
+                        "AND status = 'done'", (kind, sha)).fetchone()
+
+
+@contextmanager
+def file_load(path, kind: str, tables: tuple[str, ...], options: dict | None = None,
+              replace: bool = False, url: str | None = None):
+    """Yield a :class:`Load` (or a :class:`Skipped` when the file is already loaded).
+
+    ``tables`` are the tables this kind writes (qualified names with a ``load_id`` column);
+    ``replace`` deletes their rows of an earlier load of the same file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    sha = sha256_of(path)
+    t0 = time.perf_counter()
+    conn = raw_connect(url)
+    try:
+        prior = already_loaded(conn, kind, sha)
+        if prior and not replace:
+            conn.rollback()
+            yield Skipped(path, prior[0], prior[1])
+            return
+        load_id = conn.execute(
+            "INSERT INTO xpmet.etl_load (kind, path, size_bytes, sha256, status, options, xpmet_version) "
+            "VALUES (%s, %s, %s, %s, 'running', %s, %s) RETURNING load_id",
+            (kind, str(path.resolve()), size, sha, json.dumps(options or {}), __version__)).fetchone()[0]
+        load = Load(load_id, path, kind, conn)
+        if prior:
+            for t in tables:
+                conn.execute(f"DELETE FROM {t} WHERE load_id = %s", (prior[0],))
+            conn.execute("UPDATE xpmet.etl_load SET status = 'replaced' WHERE load_id = %s", (prior[0],))
+            load.replaced.append(prior[0])
+        yield load
+        conn.execute("UPDATE xpmet.etl_load SET status = 'done', n_rows = %s, finished_at = now(), "
+                     "seconds = %s WHERE load_id = %s", (load.n_rows, time.perf_counter() - t0, load_id))
+        conn.commit()
+    except BaseException as e:
+        conn.rollback()
+        _record_failure(url, kind, path, size, sha, options, e, time.perf_counter() - t0)
+        raise
+    finally:
+        conn.close()
+
+
+def _record_failure(url, kind, path, size, sha, options, exc, seconds):
+    if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+        return
+    try:
+        with raw_connect(url) as c:
+            c.execute("INSERT INTO xpmet.etl_load (kind, path, size_bytes, sha256, status, options, "
+                      "xpmet_version, finished_at, seconds, error) "
+                      "VALUES (%s, %s, %s, %s, 'failed', %s, %s, now(), %s, %s)",
+                      (kind, str(Path(path).resolve()), size, sha, json.dumps(options or {}), __version__,
+                       seconds, str(exc)[:4000]))
+    except Exception:  # the database itself may be the failure; the original error is what matters
+        pass

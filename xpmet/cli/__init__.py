@@ -35,8 +35,9 @@ def main():
 
 def _register():
     # One module per command group; each owns its arguments and calls into the library.
-    from xpmet.cli import db
+    from xpmet.cli import db, etl
     main.add_command(db.db)
+    main.add_command(etl.etl)
 
 
 _register()

@@ -2,8 +2,8 @@
 
 Gaia ships each band's 55x55 correlation matrix as its 1485 off-diagonal values: the lower
 triangle, row by row (numpy's ``tril_indices(55, k=-1)`` order; GaiaXPy uses the same). The
-covariance is ``standard_deviation**2 * diag(err) @ C @ diag(err)`` (Gaia DR3 documentation,
-section 5.4; GaiaXPy ``correlation_to_covariance``).
+published coefficient errors already carry the solution's standard deviation, so the covariance
+is ``diag(err/sd) @ C @ diag(err/sd)``, as in GaiaXPy's ``correlation_to_covariance`` for DR3.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def covariance_matrix(errors: np.ndarray, correlations: np.ndarray, standard_dev
     errors (..., 55), correlations (..., 1485), standard_deviation (...) -> (..., 55, 55).
     A missing band (NaN errors) gives a NaN matrix.
     """
-    err = np.asarray(errors, dtype=np.float64) * np.asarray(standard_deviation, dtype=np.float64)[..., None]
+    err = np.asarray(errors, dtype=np.float64) / np.asarray(standard_deviation, dtype=np.float64)[..., None]
     return correlation_matrix(correlations) * err[..., :, None] * err[..., None, :]
 
 

@@ -14,8 +14,10 @@ have_postgres() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
 have_q3c() { ls /usr/share/postgresql/*/extension/q3c.control >/dev/null 2>&1; }
 
 install_system_packages() {
-  if have_postgres && have_q3c && python3 -c 'import venv, ensurepip' 2>/dev/null; then return; fi
-  echo "==> installing PostgreSQL server and q3c (apt-get)"
+  if have_postgres && have_q3c && command -v stilts >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    return
+  fi
+  echo "==> installing PostgreSQL server, q3c and STILTS (apt-get)"
   # xpmet runs its own cluster: do not let the Debian package create and start a system one.
   $SUDO mkdir -p /etc/postgresql-common
   echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
@@ -26,6 +28,8 @@ install_system_packages() {
     ver=$(apt-cache search --names-only '^postgresql-[0-9]+-q3c$' | sed -E 's/^postgresql-([0-9]+)-q3c.*/\1/' | sort -n | tail -1)
   fi
   $SUDO apt-get install -y -qq "postgresql-$ver" "postgresql-$ver-q3c" >/dev/null
+  # STILTS: the reference crossmatch the tests and benchmarks compare against.
+  $SUDO apt-get install -y -qq --no-install-recommends stilts >/dev/null || echo "warning: stilts not installed"
 }
 
 install_python_env() {

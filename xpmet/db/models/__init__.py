@@ -7,3 +7,5 @@ from xpmet.db.models.base import SCHEMA, metadata  # noqa: F401
 from xpmet.db.models import core  # noqa: F401
 from xpmet.db.models.core import (etl_load, gaia_source, models, predictions, survey,  # noqa: F401
                                   survey_star, xp_continuous)
+from xpmet.db.models import crossmatch  # noqa: F401
+from xpmet.db.models.crossmatch import label_setting, xmatch, xmatch_run  # noqa: F401

@@ -1,0 +1,2 @@
+-- Downgrade of db/sql/labels.sql (reverse order of creation).
+DROP VIEW IF EXISTS xpmet.xmatch_current;

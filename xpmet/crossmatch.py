@@ -1,0 +1,259 @@
+"""Versioned, materialized crossmatch of every survey row to its best Gaia DR3 source (one SQL statement).
+
+Order of evidence, per survey row:
+1. the survey's declared Gaia id (EDR3 = DR3 ids), accepted when the Gaia position propagated to
+   the row's epoch lies within ``id_radius`` (a declared DR2 id is not trusted as a DR3 id: it
+   only breaks ties between positional candidates);
+2. positional candidates: Gaia positions propagated with pmra/pmdec from ref_epoch to the row's
+   epoch, kept within ``radius``; Gaia sources without proper motion are compared at their Gaia
+   position within the wider ``nopm_radius``.
+
+Set-based: one q3c_join from the survey rows (probing) into gaia_source (indexed) with a radius
+widened by ``pm_cap`` x |epoch - 2016|, a second q3c_join from the few Gaia sources moving faster
+than ``pm_cap`` into survey_star, exact propagated separations, then a window ranking that keeps
+exactly one best neighbour per row with its candidate count and second-best separation.
+
+    from xpmet.crossmatch import XmatchParams, run_xmatch
+    run = run_xmatch(XmatchParams(radius=1.0, overrides={"lamost": {"radius": 3.0}}))
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+from xpmet import __version__
+from xpmet.db.engine import raw_connect
+from xpmet.errors import XpmetError
+
+#: Bits of xpmet.xmatch.flags.
+XMATCH_BITS = {
+    "ambiguous": 0,        # another Gaia source within the radius and no declared id to settle it
+    "duplicate_claim": 1,  # another row of the same survey matched the same Gaia source
+    "id_rejected": 2,      # the declared Gaia source is farther than id_radius: position used instead
+    "id_not_found": 3,     # the declared Gaia id is not in xpmet.gaia_source (not loaded, or a DR2 id)
+    "no_pm": 4,            # the match has no Gaia proper motion: compared at the Gaia epoch, wider radius
+    "dr2_id": 5,           # the row declares a DR2 id; it confirmed the positional match
+    "id_not_nearest": 6,   # matched by declared id although another source is nearer
+    "no_position": 7,      # the row has no position: the declared id could not be validated
+}
+EPOCH_MODES = ("propagate", "gaia")
+GAIA_EPOCH = 2016.0
+
+
+@dataclass
+class XmatchParams:
+    """Crossmatch parameters (arcsec, mas/yr). Per-survey values: descriptor [xmatch], then ``overrides``."""
+    radius: float = 1.0
+    nopm_radius: float | None = None     # default 2 x radius
+    id_radius: float = 3.0
+    epoch: str = "propagate"             # or "gaia": compare at Gaia positions (no propagation)
+    pm_cap: float = 300.0                # faster Gaia sources are searched from the Gaia side
+    overrides: dict = field(default_factory=dict)   # survey name -> {radius, nopm_radius, id_radius}
+    version: str | None = None
+
+    def validate(self):
+        if self.epoch not in EPOCH_MODES:
+            raise XpmetError(f"epoch handling must be one of {EPOCH_MODES}, not {self.epoch!r}")
+        for k in ("radius", "id_radius", "pm_cap"):
+            if not getattr(self, k) > 0:
+                raise XpmetError(f"{k} must be positive, not {getattr(self, k)}")
+        for name, o in self.overrides.items():
+            bad = set(o) - {"radius", "nopm_radius", "id_radius"}
+            if bad:
+                raise XpmetError(f"override for {name}: unknown parameter(s) {sorted(bad)}; "
+                                 "use radius, nopm_radius or id_radius")
+
+
+@dataclass
+class XmatchRun:
+    run_id: int
+    version: str
+    n_rows: int
+    n_matched: int
+    seconds: float
+    by_method: dict
+    parameters: dict
+
+
+def survey_parameters(conn, p: XmatchParams) -> list[tuple]:
+    """(survey_id, name, radius, nopm_radius, id_radius) per loaded survey."""
+    rows = conn.execute("SELECT survey_id, name, descriptor -> 'xmatch' FROM xpmet.survey ORDER BY survey_id").fetchall()
+    names = {r[1] for r in rows}
+    unknown = set(p.overrides) - names
+    if unknown:
+        raise XpmetError(f"overrides for surveys that are not loaded: {sorted(unknown)}; loaded: {sorted(names)}")
+    out = []
+    for sid, name, xm in rows:
+        xm = {k: v for k, v in (xm or {}).items() if k in ("radius", "nopm_radius", "id_radius")}
+        # an explicit radius on the command line beats the descriptor's default
+        if p.radius != XmatchParams.radius:
+            xm.pop("radius", None)
+        v = {"radius": p.radius, "id_radius": p.id_radius, **xm, **p.overrides.get(name, {})}
+        v.setdefault("nopm_radius", p.nopm_radius if p.nopm_radius else 2 * v["radius"])
+        out.append((sid, name, float(v["radius"]), float(v["nopm_radius"]), float(v["id_radius"])))
+    return out
+
+
+def _bit(name):
+    return 1 << XMATCH_BITS[name]
+
+
+def match_sql(propagate: bool) -> str:
+    """The INSERT ... SELECT that materializes one run; parameters %(run_id)s %(pm_cap)s %(max_r)s %(max_dt)s."""
+    # position of the Gaia source at the survey row's epoch (linear in ra*cos dec, dec; fine away from poles)
+    if propagate:
+        dt = "(coalesce(s.epoch, 2016.0) - coalesce(g.ref_epoch, 2016.0))"
+        sep = (f"CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN q3c_dist(g.ra, g.dec, s.ra, s.dec) "
+               f"ELSE q3c_dist(g.ra + g.pmra * {dt} / (3600000.0 * cos(radians(g.dec))), "
+               f"g.dec + g.pmdec * {dt} / 3600000.0, s.ra, s.dec) END * 3600.0")
+        nopm = "(g.pmra IS NULL OR g.pmdec IS NULL)"
+        search = ("greatest(p.nopm_radius, p.radius + %(pm_cap)s * abs(coalesce(s.epoch, 2016.0) - 2016.0) "
+                  "/ 1000.0) / 3600.0")
+        fast_arm = f"""
+      UNION ALL
+      SELECT s.star_id, g.source_id FROM xpmet.gaia_source g
+      JOIN xpmet.survey_star s
+        ON q3c_join(g.ra, g.dec, s.ra, s.dec,
+                    (%(max_r)s + sqrt(g.pmra ^ 2 + g.pmdec ^ 2) * %(max_dt)s / 1000.0) / 3600.0)
+      WHERE %(max_dt)s > 0 AND g.pmra ^ 2 + g.pmdec ^ 2 > %(pm_cap)s ^ 2"""
+        slow_only = "AND (g.pmra IS NULL OR g.pmdec IS NULL OR g.pmra ^ 2 + g.pmdec ^ 2 <= %(pm_cap)s ^ 2)"
+    else:
+        sep = "q3c_dist(g.ra, g.dec, s.ra, s.dec) * 3600.0"
+        nopm = "false"
+        search = "p.radius / 3600.0"
+        fast_arm = ""
+        slow_only = ""
+    b = _bit
+    return f"""
+    WITH p AS (SELECT * FROM xm_param),
+    cand AS (
+      SELECT s.star_id, g.source_id FROM xpmet.survey_star s JOIN p USING (survey_id)
+      JOIN xpmet.gaia_source g ON q3c_join(s.ra, s.dec, g.ra, g.dec, {search})
+      WHERE s.ra IS NOT NULL {slow_only}
+      {fast_arm}
+      UNION ALL
+      SELECT s.star_id, s.gaia_source_id FROM xpmet.survey_star s WHERE s.gaia_source_id IS NOT NULL
+    ),
+    pairs AS (
+      SELECT s.star_id, s.survey_id, g.source_id, s.gaia_release, s.ra IS NULL AS no_position,
+             {sep} AS sep, {nopm} AS no_pm,
+             g.source_id = s.gaia_source_id AND s.gaia_release IN ('DR3', 'EDR3') AS declared,
+             g.source_id = s.gaia_source_id AND s.gaia_release = 'DR2' AS declared_dr2,
+             p.radius, p.nopm_radius, p.id_radius
+      FROM (SELECT DISTINCT star_id, source_id FROM cand) c
+      JOIN xpmet.survey_star s USING (star_id)
+      JOIN p USING (survey_id)
+      JOIN xpmet.gaia_source g USING (source_id)
+    ),
+    judged AS (
+      SELECT *, sep <= CASE WHEN no_pm THEN nopm_radius ELSE radius END AS within,
+             declared AND (no_position OR sep <= id_radius) AS id_ok
+      FROM pairs
+    ),
+    ranked AS (
+      SELECT *, row_number() OVER (PARTITION BY star_id
+                                   ORDER BY (within OR id_ok) DESC, id_ok DESC, (declared_dr2 AND within) DESC,
+                                            sep) AS rk
+      FROM judged
+    ),
+    best AS (
+      SELECT star_id,
+             max(source_id) FILTER (WHERE rk = 1 AND (within OR id_ok)) AS source_id,
+             max(sep) FILTER (WHERE rk = 1 AND (within OR id_ok)) AS separation,
+             bool_or(rk = 1 AND id_ok) AS by_id,
+             bool_or(rk = 1 AND within AND NOT id_ok) AS by_position,
+             bool_or(rk = 1 AND declared_dr2 AND within) AS by_dr2,
+             bool_or(rk = 1 AND no_pm AND (within OR id_ok)) AS no_pm,
+             count(*) FILTER (WHERE within) AS n_candidates,
+             min(sep) FILTER (WHERE within AND rk > 1) AS second_separation,
+             min(sep) FILTER (WHERE within) AS nearest,
+             min(sep) FILTER (WHERE declared) AS id_separation,
+             bool_or(declared AND NOT id_ok) AS id_rejected
+      FROM ranked GROUP BY star_id
+    ),
+    rows AS (
+      SELECT s.star_id, s.survey_id, b.source_id, b.separation, coalesce(b.n_candidates, 0) AS n_candidates,
+             b.second_separation, b.id_separation,
+             CASE WHEN b.source_id IS NULL THEN 'none'
+                  WHEN b.by_id AND b.separation <= b.nearest AND b.n_candidates > 0 THEN 'both'
+                  WHEN b.by_id THEN 'id'
+                  WHEN b.by_dr2 THEN 'both'
+                  ELSE 'position' END AS method,
+             coalesce(b.by_position AND b.n_candidates > 1, false) AS ambiguous,
+             (CASE WHEN coalesce(b.id_rejected, false) THEN {b('id_rejected')} ELSE 0 END
+              | CASE WHEN s.gaia_source_id IS NOT NULL AND s.gaia_release IN ('DR3', 'EDR3')
+                          AND b.id_separation IS NULL THEN {b('id_not_found')} ELSE 0 END
+              | CASE WHEN coalesce(b.no_pm, false) THEN {b('no_pm')} ELSE 0 END
+              | CASE WHEN coalesce(b.by_dr2, false) THEN {b('dr2_id')} ELSE 0 END
+              | CASE WHEN b.by_id AND b.separation > b.nearest THEN {b('id_not_nearest')} ELSE 0 END
+              | CASE WHEN s.ra IS NULL OR s.dec IS NULL THEN {b('no_position')} ELSE 0 END) AS flags
+      FROM xpmet.survey_star s LEFT JOIN best b USING (star_id)
+    )
+    INSERT INTO xpmet.xmatch (run_id, star_id, survey_id, source_id, method, separation, n_candidates,
+                              second_separation, id_separation, ambiguous, duplicate_claim, flags)
+    SELECT %(run_id)s, star_id, survey_id, source_id, method, separation, n_candidates, second_separation,
+           id_separation, ambiguous, dup,
+           flags | CASE WHEN ambiguous THEN {b('ambiguous')} ELSE 0 END
+                 | CASE WHEN dup THEN {b('duplicate_claim')} ELSE 0 END
+    FROM (SELECT *, source_id IS NOT NULL AND count(*) OVER (PARTITION BY survey_id, source_id) > 1 AS dup
+          FROM rows) r
+    """
+
+
+def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_current: bool = True,
+               keep: int | None = None) -> XmatchRun:
+    """Match every survey_star row to Gaia in one transaction; the new run becomes the current one.
+
+    ``keep``: delete all but the newest ``keep`` runs afterwards (None keeps every run).
+    """
+    p = params or XmatchParams()
+    p.validate()
+    t0 = time.perf_counter()
+    with raw_connect(url) as conn:
+        conn.execute("SET LOCAL jit = off")
+        conn.execute("SET LOCAL work_mem = '256MB'")
+        per_survey = survey_parameters(conn, p)
+        if not per_survey:
+            raise XpmetError("no survey is loaded: run xpmet etl survey NAME FILE first")
+        params_json = {**asdict(p), "surveys": {n: {"radius": r, "nopm_radius": nr, "id_radius": ir}
+                                                for _, n, r, nr, ir in per_survey}}
+        run_id = conn.execute(
+            "INSERT INTO xpmet.xmatch_run (version, parameters, status, xpmet_version) "
+            "VALUES ('pending-' || txid_current(), %s, 'running', %s) RETURNING run_id",
+            (json.dumps(params_json), __version__)).fetchone()[0]
+        version = p.version or f"xm-{run_id}"
+        if conn.execute("SELECT 1 FROM xpmet.xmatch_run WHERE version = %s", (version,)).fetchone():
+            raise XpmetError(f"crossmatch version {version!r} exists already; choose another --version")
+        conn.execute("UPDATE xpmet.xmatch_run SET version = %s WHERE run_id = %s", (version, run_id))
+        conn.execute("CREATE TEMP TABLE xm_param (survey_id smallint PRIMARY KEY, radius float8, "
+                     "nopm_radius float8, id_radius float8) ON COMMIT DROP")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO xm_param VALUES (%s, %s, %s, %s)",
+                            [(sid, r, nr, ir) for sid, _, r, nr, ir in per_survey])
+        max_dt = conn.execute("SELECT coalesce(max(abs(coalesce(epoch, 2016.0) - 2016.0)), 0) "
+                              "FROM xpmet.survey_star").fetchone()[0]
+        max_r = max(max(r, nr) for _, _, r, nr, _ in per_survey)
+        conn.execute(match_sql(p.epoch == "propagate"),
+                     {"run_id": run_id, "pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt)})
+        counts = dict(conn.execute("SELECT method, count(*) FROM xpmet.xmatch WHERE run_id = %s GROUP BY method",
+                                   (run_id,)).fetchall())
+        n_rows = sum(counts.values())
+        n_matched = n_rows - counts.get("none", 0)
+        secs = time.perf_counter() - t0
+        if make_current:
+            conn.execute("UPDATE xpmet.xmatch_run SET is_current = false WHERE is_current")
+        conn.execute("UPDATE xpmet.xmatch_run SET status = 'done', is_current = %s, n_rows = %s, n_matched = %s, "
+                     "seconds = %s WHERE run_id = %s", (make_current, n_rows, n_matched, secs, run_id))
+        if keep is not None:
+            conn.execute("DELETE FROM xpmet.xmatch_run WHERE run_id NOT IN "
+                         "(SELECT run_id FROM xpmet.xmatch_run ORDER BY run_id DESC LIMIT %s) AND NOT is_current",
+                         (max(keep, 1),))
+        conn.commit()
+    return XmatchRun(run_id, version, n_rows, n_matched, secs, counts, params_json)
+
+
+def current_version(url: str | None = None) -> str | None:
+    with raw_connect(url) as conn:
+        r = conn.execute("SELECT version FROM xpmet.xmatch_run WHERE is_current").fetchone()
+    return r[0] if r else None

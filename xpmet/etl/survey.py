@@ -1,0 +1,357 @@
+"""Load a survey catalogue file into xpmet.survey_star as its descriptor says (one transaction per file).
+
+Every row is kept. Sentinels (-9999 ...), NaN and values outside the label's physical range
+become NULL and set an ``<label>_invalid`` bit, so no sentinel can reach a label; the survey's
+own flags become xpmet bits through the descriptor's rules; ``quality_ok`` is false when a
+whole-row bit (QUALITY_ROW_BITS) is set. Per-label bits (``feh_flagged``, ...) keep the other
+labels of the row usable.
+
+    from xpmet.etl.survey import load_survey_file
+    load_survey_file("apogee", "allStar-dr17-synspec_rev1.fits")
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xpmet.errors import BadInput, XpmetError
+from xpmet.etl.descriptor import LABELS, Descriptor, load_descriptor
+from xpmet.etl.provenance import Skipped, file_load
+from xpmet.io.pgcopy import Col, copy_rows
+
+#: xpmet quality bits of survey_star.quality_flags (bit numbers).
+QUALITY_BITS = {
+    "star_bad": 0,          # the survey says the fit failed (e.g. APOGEE ASPCAPFLAG STAR_BAD)
+    "duplicate": 1,         # a repeat observation, not the survey's primary row
+    "low_snr": 2,
+    "no_position": 3,       # ra/dec missing: the row can only match by its declared Gaia id
+    "teff_invalid": 4,      # sentinel, NaN or outside the physical range: stored as NULL
+    "logg_invalid": 5,
+    "feh_invalid": 6,
+    "alpha_fe_invalid": 7,
+    "teff_flagged": 8,      # the survey flags this label (the row's other labels stay usable)
+    "logg_flagged": 9,
+    "feh_flagged": 10,
+    "alpha_fe_flagged": 11,
+    "error_invalid": 12,    # an uncertainty was a sentinel, NaN or <= 0: stored as NULL (floor used)
+}
+#: Bits that make the whole row unusable for labels (quality_ok = false).
+QUALITY_ROW_BITS = ("star_bad", "duplicate", "low_snr")
+
+FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".csv": "ascii.csv", ".ecsv": "ascii.ecsv",
+           ".vot": "votable", ".xml": "votable", ".txt": "ascii"}
+
+
+@dataclass
+class SurveyLoad:
+    path: Path
+    survey: str
+    n_rows: int = 0
+    n_ok: int = 0
+    skipped: bool = False
+    absent: list = field(default_factory=list)        # descriptor fields/rules whose column is absent
+    bit_counts: dict = field(default_factory=dict)
+
+
+def _format(path: Path):
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    fmt = FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None:
+        raise BadInput(path, f"unknown file type {''.join(path.suffixes)!r}; xpmet reads {sorted(FORMATS)} "
+                             "(optionally .gz)")
+    return fmt
+
+
+def read_table(path: Path, d: Descriptor):
+    """The file as an astropy Table; a clear error when it is truncated or not what it claims."""
+    from astropy.table import Table
+    import warnings
+    fmt = _format(path)
+    kw = {"hdu": d.hdu} if fmt == "fits" and d.hdu is not None else {}
+    if fmt == "ascii.csv":
+        kw["fill_values"] = [("", "0"), ("null", "0"), ("NaN", "0")]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Table.read(path, format=fmt, **kw)
+    except FileNotFoundError:
+        raise BadInput(path, "file does not exist") from None
+    except Exception as e:
+        raise BadInput(path, f"cannot read as {fmt} ({type(e).__name__}: {e}); "
+                             "is the file truncated or in another format?") from None
+
+
+class Columns:
+    """Case-insensitive column lookup over a table, taking the first alternative present."""
+
+    def __init__(self, table):
+        self.t = table
+        self.by_lower = {c.lower(): c for c in table.colnames}
+
+    def find(self, alts):
+        for a in alts:
+            if a.lower() in self.by_lower:
+                return self.by_lower[a.lower()]
+        return None
+
+
+def _numeric(path, t, col, dtype=float) -> np.ndarray:
+    """Column as float (NaN where masked/empty) or int (masked array); names the first bad row."""
+    c = t[col]
+    mask = np.ma.getmaskarray(c) if hasattr(c, "mask") else np.zeros(len(c), bool)
+    data = np.ma.getdata(c)
+    if data.dtype.kind in "US":
+        s = np.char.strip(np.asarray(data).astype(str))
+        mask = mask | np.isin(np.char.lower(s), ["", "null", "nan", "none"])
+        s = np.where(mask, "0", s)
+        try:
+            data = s.astype(dtype)
+        except ValueError:
+            bad = [i for i, v in enumerate(s) if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", v)]
+            row = bad[0] if bad else None
+            raise BadInput(path, f"value {s[row]!r} is not a number" if row is not None else
+                           "values are not numbers", row=row, column=col) from None
+    elif data.dtype.kind == "b":
+        data = data.astype(dtype)
+    elif data.dtype.kind not in "iuf":
+        raise BadInput(path, f"column has type {data.dtype}, expected numbers", column=col)
+    if dtype is float:
+        out = np.asarray(data, dtype=float)
+        out[mask] = np.nan
+        return out
+    if data.dtype.kind == "f":
+        bad = ~mask & ~np.isfinite(data)
+        frac = ~mask & np.isfinite(data) & (data != np.round(data))
+        if frac.any():
+            row = int(np.flatnonzero(frac)[0])
+            raise BadInput(path, f"value {data[row]!r} is not an integer id", row=row, column=col)
+        mask = mask | bad
+        data = np.where(mask, 0, data)
+    return np.ma.masked_array(np.asarray(data, dtype=np.int64), mask=mask)
+
+
+def _epochs(path, t, col, fmt) -> np.ndarray:
+    from astropy.time import Time
+    if fmt == "date":
+        s = np.char.strip(np.asarray(np.ma.getdata(t[col])).astype(str))
+        missing = np.isin(np.char.lower(s), ["", "null", "nan", "none", "--"])
+        s = np.where(missing, "2000-01-01", s)
+        try:
+            days = s.astype("datetime64[D]")
+        except ValueError:
+            for i, v in enumerate(s):  # error path only: find the row to name
+                try:
+                    np.datetime64(v, "D")
+                except ValueError:
+                    raise BadInput(path, f"date {v!r} is not YYYY-MM-DD", row=i, column=col) from None
+            raise
+        jy = Time(days.astype("datetime64[s]").astype(float) / 86400.0 + 40587.0, format="mjd").jyear
+        return np.where(missing, np.nan, jy)
+    v = _numeric(path, t, col)
+    if fmt == "jyear":
+        return v
+    finite = np.isfinite(v)
+    out = np.full(len(v), np.nan)
+    out[finite] = Time(v[finite], format=fmt).jyear
+    return out
+
+
+def _rule_mask(path, rule, values: np.ndarray) -> np.ndarray:
+    if rule.bits:
+        ints = np.where(np.isfinite(values), values, 0).astype(np.int64)
+        return (ints & np.int64(sum(1 << b for b in rule.bits))) != 0
+    if rule.nonzero:
+        return np.isfinite(values) & (values != 0)
+    if rule.below is not None:
+        return ~(values >= rule.below)  # NaN counts as below: an unknown SNR does not pass a cut
+    if rule.above is not None:
+        return values > rule.above
+    return np.isin(values, np.asarray(rule.equals, dtype=float))
+
+
+def normalise(path: Path, table, d: Descriptor) -> tuple[dict, list]:
+    """Descriptor-mapped survey_star columns (numpy) for every row, and the absent fields/rules."""
+    path = Path(path)
+    cols = Columns(table)
+    n = len(table)
+    absent = []
+    out: dict = {}
+    flags = np.zeros(n, np.int32)
+
+    def setbit(name, mask):
+        nonlocal flags
+        flags |= np.where(mask, np.int32(1 << QUALITY_BITS[name]), np.int32(0))
+
+    for key, alts in (("ra", d.ra), ("dec", d.dec)):
+        c = cols.find(alts)
+        if c is None:
+            if key in d.required or not d.gaia_column:
+                raise BadInput(path, f"no {key} column (tried {', '.join(alts)})", column=alts[0])
+            absent.append(key)
+            out[key] = np.full(n, np.nan)
+        else:
+            out[key] = _numeric(path, table, c)
+    ra, dec = out["ra"], out["dec"]
+    for key, v, lo, hi in (("ra", ra, 0.0, 360.0), ("dec", dec, -90.0, 90.0)):
+        bad = np.isfinite(v) & ((v < lo) | (v > hi))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise BadInput(path, f"{key} = {v[row]} is outside [{lo}, {hi}] degrees (wrong unit or column?)",
+                           row=row, column=cols.find(d.ra if key == "ra" else d.dec))
+    out["ra"] = np.where(ra == 360.0, 0.0, ra)
+    setbit("no_position", ~(np.isfinite(ra) & np.isfinite(dec)))
+
+    if d.epoch is not None:
+        out["epoch"] = np.full(n, d.epoch)
+    else:
+        c = cols.find(d.epoch_column)
+        if c is None:
+            raise BadInput(path, f"no epoch column (tried {', '.join(d.epoch_column)})", column=d.epoch_column[0])
+        out["epoch"] = _epochs(path, table, c, d.epoch_format)
+
+    gid = np.ma.masked_all(n, dtype=np.int64)
+    if d.gaia_column:
+        c = cols.find(d.gaia_column)
+        if c is None:
+            if "gaia" in d.required:
+                raise BadInput(path, f"no Gaia id column (tried {', '.join(d.gaia_column)})", column=d.gaia_column[0])
+            absent.append("gaia")
+        else:
+            gid = _numeric(path, table, c, dtype=np.int64)
+            gid = np.ma.masked_where(np.ma.getmaskarray(gid) | np.isin(np.ma.getdata(gid), d.gaia_missing)
+                                     | (np.ma.getdata(gid) <= 0), gid)
+    out["gaia_source_id"] = gid
+    out["gaia_release"] = [d.gaia_release if not m else None for m in np.ma.getmaskarray(gid)]
+
+    sentinels = np.asarray(d.sentinels, dtype=float)
+    for f, alts in d.columns.items():
+        c = cols.find(alts)
+        if c is None:
+            if f in d.required:
+                raise BadInput(path, f"no column for {f} (tried {', '.join(alts)})", column=alts[0])
+            absent.append(f)
+            continue
+        if f == "object_id":
+            v = np.asarray(np.ma.getdata(table[c])).astype(str)
+            out[f] = [s.strip() or None for s in v]
+            continue
+        if f == "survey_flags":
+            out[f] = _numeric(path, table, c, dtype=np.int64)
+            continue
+        out[f] = _numeric(path, table, c)
+    for lab in LABELS:
+        v = out.get(lab)
+        if v is None:
+            continue
+        lo, hi = d.valid[lab]
+        invalid = ~np.isfinite(v) | np.isin(v, sentinels) | (v < lo) | (v > hi)
+        # a column that exists but is empty for a row is "invalid" too: the label is unknown there
+        setbit(f"{lab}_invalid", invalid)
+        out[lab] = np.where(invalid, np.nan, v)
+        e = out.get(f"{lab}_err")
+        if e is not None:
+            bad_e = ~invalid & (~np.isfinite(e) | np.isin(e, sentinels) | (e <= 0))
+            setbit("error_invalid", bad_e)
+            out[f"{lab}_err"] = np.where(invalid | bad_e, np.nan, e)
+    if "snr" in out:
+        out["snr"] = np.where(np.isin(out["snr"], sentinels), np.nan, out["snr"])
+
+    for rule in d.flags:
+        if rule.field:
+            values = out.get(rule.field)
+            if values is None:
+                absent.append(f"rule {rule.sets} ({rule.field})")
+                continue
+            values = np.asarray(np.ma.filled(values, 0) if np.ma.isMaskedArray(values) else values, float)
+        else:
+            c = cols.find(rule.columns)
+            if c is None:
+                if not rule.optional:
+                    raise BadInput(path, f"no column for flag rule {rule.sets} (tried {', '.join(rule.columns)})",
+                                   column=rule.columns[0])
+                absent.append(f"rule {rule.sets} ({'/'.join(rule.columns)})")
+                continue
+            values = _numeric(path, table, c)
+        setbit(rule.sets, _rule_mask(path, rule, values))
+    out["quality_flags"] = flags
+    row_mask = np.int32(sum(1 << QUALITY_BITS[b] for b in QUALITY_ROW_BITS))
+    out["quality_ok"] = (flags & row_mask) == 0
+    if d.keep:
+        kept = {}
+        for k in d.keep:
+            c = cols.find((k,))
+            if c is None:
+                absent.append(f"keep {k}")
+            else:
+                col = table[c]
+                kept[k] = (np.asarray(np.ma.getdata(col)).astype(str) if col.dtype.kind in "US"
+                           else np.ma.filled(np.ma.masked_invalid(np.asarray(col, float)), np.nan))
+        if kept:
+            keys = list(kept)
+            out["extra"] = [b"\x01" + json.dumps({k: (None if isinstance(v[i], float) and np.isnan(v[i])
+                                                    else v[i].item() if hasattr(v[i], "item") else v[i])
+                                                  for k, v in kept.items()}).encode()
+                            for i in range(n)] if keys else None
+    return out, absent
+
+
+_NUM_COLS = [Col("survey_id", "i2"), Col("load_id", "i4"), Col("file_row", "i4"), Col("ra", "f8"),
+             Col("dec", "f8"), Col("epoch", "f8"), Col("gaia_source_id", "i8"),
+             *[Col(f, "f4") for lab in LABELS for f in (lab, f"{lab}_err")], Col("snr", "f4"),
+             Col("survey_flags", "i8"), Col("quality_flags", "i4"), Col("quality_ok", "bool")]
+
+
+def register_survey(conn, d: Descriptor) -> int:
+    """Insert or update the xpmet.survey row of a descriptor; returns its survey_id."""
+    return conn.execute(
+        "INSERT INTO xpmet.survey (survey_id, name, title, release, is_reference, citation, descriptor) "
+        "VALUES ((SELECT coalesce(max(survey_id), 0) + 1 FROM xpmet.survey), %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (name) DO UPDATE SET title = excluded.title, release = excluded.release, "
+        "is_reference = excluded.is_reference, citation = excluded.citation, descriptor = excluded.descriptor "
+        "RETURNING survey_id",
+        (d.name, d.title, d.release, d.reference, d.citation, json.dumps(d.as_json(), default=str))).fetchone()[0]
+
+
+def load_survey_file(descriptor, path, replace: bool = False, url: str | None = None) -> SurveyLoad:
+    """Load one catalogue file as survey ``descriptor`` (a name, a TOML path or a Descriptor)."""
+    d = descriptor if isinstance(descriptor, Descriptor) else load_descriptor(descriptor)
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(path, "file does not exist")
+    res = SurveyLoad(path, d.name)
+    table = read_table(path, d)
+    data, res.absent = normalise(path, table, d)
+    n = len(table)
+    with file_load(path, f"survey:{d.name}", ("xpmet.survey_star",),
+                   options={"descriptor": str(d.path), "absent": res.absent}, replace=replace, url=url) as ld:
+        if isinstance(ld, Skipped):
+            res.skipped, res.n_rows = True, ld.n_rows or 0
+            return res
+        sid = register_survey(ld.conn, d)
+        data.update(survey_id=np.full(n, sid, np.int16), load_id=np.full(n, ld.load_id, np.int32),
+                    file_row=np.arange(n, dtype=np.int32))
+        cols = [c for c in _NUM_COLS if c.name in data]
+        text = [Col(c, "text") for c in ("object_id", "gaia_release", "extra") if data.get(c) is not None]
+        with ld.conn.cursor() as cur:
+            if n:
+                copy_rows(cur, "xpmet.survey_star", cols + text, data)
+        ld.n_rows = res.n_rows = n
+    res.n_ok = int(data["quality_ok"].sum())
+    res.bit_counts = {b: int(((data["quality_flags"] >> i) & 1).sum()) for b, i in QUALITY_BITS.items()}
+    return res
+
+
+def load_survey(descriptor, paths, replace: bool = False, progress: bool = True) -> list[SurveyLoad]:
+    """Load several files of one survey, each in its own transaction."""
+    from tqdm import tqdm
+    d = descriptor if isinstance(descriptor, Descriptor) else load_descriptor(descriptor)
+    if not paths:
+        raise XpmetError("give at least one file to load")
+    return [load_survey_file(d, p, replace=replace)
+            for p in tqdm(list(paths), desc=f"survey {d.name}", unit="file", disable=not progress)]

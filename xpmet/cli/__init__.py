@@ -38,6 +38,8 @@ def _register():
     from xpmet.cli import db, etl
     main.add_command(db.db)
     main.add_command(etl.etl)
+    from xpmet.cli import simulate  # issue 3: mock sky
+    main.add_command(simulate.simulate)
 
 
 _register()

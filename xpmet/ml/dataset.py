@@ -1,0 +1,204 @@
+"""Reading the training HDF5 file (layout documented in :mod:`xpmet.ml.export`) into arrays.
+
+The file is read block by block and only the requested split is kept, so reading the test
+split of a large file does not hold the training rows. Models see flux-normalised arrays
+(:func:`xpmet.ml.normalise.normalise_xp`); raw arrays stay available for photometry.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from xpmet.errors import XpmetError
+from xpmet.ml.normalise import LABELS, g_flux, normalise_xp
+
+SPLITS = {"train": 0, "valid": 1, "test": 2}
+LAYOUT_VERSION = 1
+BLOCK = 65536
+
+
+@dataclass
+class XPArrays:
+    """One split of a training file (or a batch from the database), as model-ready arrays."""
+    source_id: np.ndarray
+    x: np.ndarray          # (n,110) coefficients / G flux, NaN where a band is missing
+    e: np.ndarray          # (n,110) their errors / G flux
+    missing: np.ndarray    # (n,2) bool: BP, RP missing
+    flux: np.ndarray       # (n,) G flux e-/s
+    g_mag: np.ndarray
+    bp_rp: np.ndarray
+    ag: np.ndarray         # ag_gspphot, NaN where unknown
+    labels: np.ndarray     # (n,4) teff logg feh alpha_fe, NaN where unknown
+    label_err: np.ndarray  # (n,4)
+    corr: np.ndarray | None = None   # (n,2,1485) correlations when exported
+    std_dev: np.ndarray | None = None  # (n,2) bp/rp standard deviation
+
+    def __len__(self):
+        return len(self.source_id)
+
+    def raw(self):
+        """(bp, bp_err, rp, rp_err) in the archive's units (flux-normalisation undone)."""
+        f = self.flux[:, None]
+        return self.x[:, :55] * f, self.e[:, :55] * f, self.x[:, 55:] * f, self.e[:, 55:] * f
+
+    def subset(self, idx):
+        kw = {k: (None if v is None else v[idx]) for k, v in self.__dict__.items()}
+        return XPArrays(**kw)
+
+
+def from_batch(batch: dict) -> XPArrays:
+    """Model arrays from a predict batch (CONTRACTS.md section 3) or any dict with the same keys."""
+    n = len(batch["source_id"])
+    nan = np.full(n, np.nan)
+
+    def get(k):
+        v = batch.get(k)
+        return nan if v is None else np.asarray(v, np.float64)
+
+    flux = g_flux(get("phot_g_mean_flux"), get("phot_g_mean_mag"))
+    x, e, missing = normalise_xp(batch["bp_coefficients"], batch["bp_coefficient_errors"],
+                                 batch["rp_coefficients"], batch["rp_coefficient_errors"], flux)
+    labels = np.column_stack([get(k) for k in LABELS])
+    errs = np.column_stack([get(k + "_err") for k in LABELS])
+    corr = None
+    if batch.get("bp_coefficient_correlations") is not None:
+        corr = np.stack([np.asarray(batch["bp_coefficient_correlations"], np.float32),
+                         np.asarray(batch["rp_coefficient_correlations"], np.float32)], axis=1)
+    sd = None
+    if batch.get("bp_standard_deviation") is not None:
+        sd = np.column_stack([get("bp_standard_deviation"), get("rp_standard_deviation")])
+    return XPArrays(np.asarray(batch["source_id"], np.int64), x, e, missing, flux, get("phot_g_mean_mag"),
+                    get("bp_rp"), get("ag_gspphot"), labels, errs, corr, sd)
+
+
+def read(path, split: str | None = None, correlations: bool = False, limit: int | None = None) -> XPArrays:
+    """Read one split ('train', 'valid', 'test') or all rows of a training file."""
+    path = Path(path)
+    if not path.exists():
+        raise XpmetError(f"{path}: no such file; create it with `xpmet export {path}`.")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise XpmetError(f"{path}: not a readable HDF5 file ({e}); re-run `xpmet export`.") from None
+    with f:
+        if f.attrs.get("layout") != "xpmet-training" or "source_id" not in f:
+            raise XpmetError(f"{path}: not an xpmet training file (no 'layout' attribute); "
+                             "create it with `xpmet export`.")
+        want_corr = correlations and "xp/bp_coefficient_correlations" in f
+        n = f["source_id"].shape[0]
+        parts = []
+        for start in range(0, n, BLOCK):
+            sl = slice(start, min(n, start + BLOCK))
+            keep = np.ones(sl.stop - start, bool)
+            if split is not None:
+                keep = f["split"][sl] == SPLITS[split]
+            if not keep.any():
+                continue
+            b = {"source_id": f["source_id"][sl][keep]}
+            for k in ("bp_coefficients", "bp_coefficient_errors", "rp_coefficients", "rp_coefficient_errors"):
+                b[k] = f["xp/" + k][sl][keep]
+            for k in ("bp_standard_deviation", "rp_standard_deviation"):
+                if "xp/" + k in f:
+                    b[k] = f["xp/" + k][sl][keep]
+            if want_corr:
+                b["bp_coefficient_correlations"] = f["xp/bp_coefficient_correlations"][sl][keep]
+                b["rp_coefficient_correlations"] = f["xp/rp_coefficient_correlations"][sl][keep]
+            for k in ("phot_g_mean_flux", "phot_g_mean_mag", "bp_rp", "ag_gspphot"):
+                b[k] = f["phot/" + k][sl][keep]
+            for k in LABELS:
+                b[k] = f["labels/" + k][sl][keep]
+                b[k + "_err"] = f["labels/" + k + "_err"][sl][keep]
+            parts.append(from_batch(b))
+            if limit and sum(len(p) for p in parts) >= limit:
+                break
+    if not parts:
+        raise XpmetError(f"{path}: the {split or 'any'} split is empty; export more stars or change --split.")
+    out = XPArrays(**{k: (None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts]))
+                      for k in parts[0].__dict__})
+    return out.subset(slice(0, limit)) if limit else out
+
+
+def attributes(path) -> dict:
+    """The file's attributes (cuts, reference scale, crossmatch version, ...) as plain Python."""
+    with h5py.File(path, "r") as f:
+        out = {}
+        for k, v in f.attrs.items():
+            v = v.decode() if isinstance(v, bytes) else v
+            if isinstance(v, str) and v[:1] in "{[":
+                try:
+                    v = json.loads(v)
+                except ValueError:
+                    pass
+            out[k] = v.item() if hasattr(v, "item") else v
+        return out
+
+
+def noise_sample(path):
+    """(raw errors (n,110), G flux (n,), G mag (n,)) of the file's noise-model sample (all XP stars)."""
+    with h5py.File(path, "r") as f:
+        if "noise" not in f:
+            return None
+        g = f["noise"]
+        return (np.concatenate([g["bp_coefficient_errors"][:], g["rp_coefficient_errors"][:]], axis=1),
+                g["phot_g_mean_flux"][:], g["phot_g_mean_mag"][:])
+
+
+def fingerprint(path) -> str:
+    """sha256 of the file's bytes: identifies exactly which data a model was trained on."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_DB_COLUMNS = ("x.source_id, x.bp_coefficients, x.bp_coefficient_errors, x.rp_coefficients, "
+               "x.rp_coefficient_errors, x.bp_standard_deviation, x.rp_standard_deviation, "
+               "g.phot_g_mean_flux, g.phot_g_mean_mag, g.bp_rp, g.ag_gspphot")
+
+
+def _rows_to_batch(rows, names) -> dict:
+    """Rows of (possibly NULL) scalars and arrays -> dict of numpy arrays; NULL band -> NaN row."""
+    cols = list(zip(*rows)) if rows else [[] for _ in names]
+    out = {}
+    for name, col in zip(names, cols):
+        if name.startswith("_"):  # columns the caller handles itself
+            continue
+        if name.endswith(("coefficients", "coefficient_errors", "coefficient_correlations")):
+            width = 1485 if name.endswith("correlations") else 55
+            a = np.full((len(col), width), np.nan)
+            have = [i for i, v in enumerate(col) if v is not None]
+            if have:
+                a[have] = np.asarray([col[i] for i in have], np.float64)
+            out[name] = a
+        elif name == "source_id":
+            out[name] = np.asarray(col, np.int64)
+        else:
+            out[name] = np.asarray([np.nan if v is None else v for v in col], np.float64)
+    return out
+
+
+def read_db(source_ids, correlations: bool = False, chunk: int = 20000) -> XPArrays:
+    """XP spectra + Gaia photometry of the given sources straight from the database (no labels)."""
+    from xpmet.db.engine import raw_connect
+    cols = _DB_COLUMNS + (", x.bp_coefficient_correlations, x.rp_coefficient_correlations" if correlations else "")
+    names = [c.strip().split(".")[1] for c in cols.split(",")]
+    ids = np.unique(np.asarray(source_ids, np.int64))
+    parts = []
+    with raw_connect() as conn:
+        for i in range(0, len(ids), chunk):
+            rows = conn.execute(f"SELECT {cols} FROM xpmet.xp_continuous x JOIN xpmet.gaia_source g "
+                                "USING (source_id) WHERE x.source_id = ANY(%s) ORDER BY x.source_id",
+                                (ids[i:i + chunk].tolist(),)).fetchall()
+            if rows:
+                parts.append(from_batch(_rows_to_batch(rows, names)))
+    if not parts:
+        raise XpmetError("none of the requested sources has an XP spectrum in the database; "
+                         "load them with `xpmet etl xp`.")
+    return XPArrays(**{k: (None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts]))
+                       for k in parts[0].__dict__})

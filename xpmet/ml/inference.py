@@ -1,0 +1,182 @@
+"""Applying a trained model directory to batches of stars (the API ``xpmet predict`` uses).
+
+>>> from xpmet.ml.inference import load_predictor
+>>> p = load_predictor("models/est")
+>>> out = p.predict(batch)   # batch: source_id, bp/rp coefficients and errors, phot_g_mean_mag, ...
+
+``predict`` returns teff, logg, feh, alpha_fe with their ``_err`` (1-sigma), ``fit_stat``,
+``quality_flags`` (bits below) and ``recommended`` (= no quality bit set).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xpmet.errors import XpmetError
+from xpmet.ml.dataset import XPArrays, from_batch
+from xpmet.ml.models import Emulator, Estimator, estimator_inputs, fit_emulator, whitening
+from xpmet.ml.normalise import LABELS, Normaliser
+
+#: quality_flags bits (value = 1 << bit)
+QUALITY_BITS = {
+    "out_of_training_range": 0,  # a predicted label outside the training labels' 0.5-99.5 % range
+    "low_snr": 1,                # the spectrum's signal-to-noise below LOW_SNR (see spectrum_snr)
+    "missing_band": 2,           # BP or RP coefficients missing
+    "poor_fit": 3,               # emulator: reduced chi2 > POOR_FIT_CHI2; ensemble: disagreement > POOR_FIT_SPREAD
+}
+LOW_SNR = 30.0
+POOR_FIT_CHI2 = 3.0
+POOR_FIT_SPREAD = 2.0
+#: the quality cut ``recommended`` applies: no bit set
+RECOMMENDED_MASK = sum(1 << b for b in QUALITY_BITS.values())
+
+BASE_NEEDS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "rp_coefficients",
+              "rp_coefficient_errors", "phot_g_mean_mag", "phot_g_mean_flux", "bp_rp", "parallax"]
+
+
+def spectrum_snr(x, e) -> np.ndarray:
+    """Signal-to-noise of the whole flux-normalised spectrum: sqrt(sum (x/e)^2) over valid coefficients."""
+    z = np.where(np.isfinite(x) & (e > 0), x / np.where(e > 0, e, 1), 0.0)
+    return np.sqrt((z ** 2).sum(1))
+
+
+class Predictor:
+    """A loaded model directory; ``predict`` maps a batch dict to a dict of label arrays."""
+
+    def __init__(self, model_dir, device="cpu", batch_size=4096):
+        d = Path(model_dir)
+        if not (d / "weights.pt").exists():
+            raise XpmetError(f"{d}: no weights.pt; is this a model directory written by `xpmet train`?")
+        self.dir = d
+        self.config = json.loads((d / "config.json").read_text())
+        self.kind = self.config["kind"]
+        self.norm = Normaliser.load(d / "normalisation.json")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        w = torch.load(d / "weights.pt", map_location=self.device, weights_only=True)
+        cls = Estimator if self.kind == "estimator" else Emulator
+        self.members = []
+        for sd in w["members"]:
+            m = cls(tuple(w["hidden"]))
+            m.load_state_dict(sd)
+            m.eval()
+            self.members.append(m.to(self.device))
+        self.model_id = None
+        mj = d / "model.json"
+        if mj.exists():
+            self.model_id = json.loads(mj.read_text()).get("model_id")
+        self.uses_correlations = bool(self.config.get("correlations")) and self.kind == "emulator"
+        self.needs = list(BASE_NEEDS)
+        if self.uses_correlations:
+            self.needs += ["bp_coefficient_correlations", "rp_coefficient_correlations",
+                           "bp_standard_deviation", "rp_standard_deviation"]
+        self._f = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=self.device)  # noqa: E731
+        self.x_mean, self.x_scale = self._f(self.norm.x.mean), self._f(self.norm.x.std)
+
+    # -- public API -------------------------------------------------------------------------
+    def predict(self, batch: dict) -> dict:
+        return self.predict_arrays(from_batch(batch))
+
+    def predict_arrays(self, arr: XPArrays) -> dict:
+        parts = [self._predict(arr.subset(slice(i, i + self.batch_size)))
+                 for i in range(0, len(arr), self.batch_size)]
+        if not parts:
+            return {k: np.zeros(0) for k in self._keys()}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def emulate(self, labels, ag=None) -> np.ndarray:
+        """Emulator only: flux-normalised coefficients (n,110) at physical labels (n,4)."""
+        if self.kind != "emulator":
+            raise XpmetError(f"{self.dir} is an {self.kind}, not an emulator")
+        from xpmet.ml.normalise import emulator_params
+        labels = np.asarray(labels, np.float64)
+        ag = np.full(len(labels), np.nan) if ag is None else ag
+        p = self._f(self.norm.params.transform(emulator_params(self.norm, labels, ag)))
+        with torch.no_grad():
+            out = np.mean([(m(p) * self.x_scale + self.x_mean).cpu().numpy() for m in self.members], axis=0)
+        return out
+
+    # -- internals --------------------------------------------------------------------------
+    @staticmethod
+    def _keys():
+        return [k for l in LABELS for k in (l, l + "_err")] + ["fit_stat", "quality_flags", "recommended"]
+
+    def _predict(self, arr: XPArrays) -> dict:
+        mean, err, fit_stat, poor = (self._estimate if self.kind == "estimator" else self._fit)(arr)
+        flags = np.zeros(len(arr), np.int32)
+        out_of_range = ((mean[:, :3] < self.norm.label_lo[:3]) | (mean[:, :3] > self.norm.label_hi[:3])).any(1)
+        flags |= out_of_range.astype(np.int32) << QUALITY_BITS["out_of_training_range"]
+        flags |= (spectrum_snr(arr.x, arr.e) < LOW_SNR).astype(np.int32) << QUALITY_BITS["low_snr"]
+        flags |= arr.missing.any(1).astype(np.int32) << QUALITY_BITS["missing_band"]
+        flags |= poor.astype(np.int32) << QUALITY_BITS["poor_fit"]
+        nothing = arr.missing.all(1)  # no spectrum at all: no prediction
+        mean[nothing], err[nothing] = np.nan, np.nan
+        out = {}
+        for j, l in enumerate(LABELS):
+            out[l], out[l + "_err"] = mean[:, j], err[:, j]
+        out["fit_stat"] = fit_stat
+        out["quality_flags"] = flags
+        out["recommended"] = (flags & RECOMMENDED_MASK) == 0
+        return out
+
+    @torch.no_grad()
+    def _estimate(self, arr: XPArrays):
+        n = self.norm
+        inp = estimator_inputs(self._f(n.x.transform(arr.x)), self._f(arr.e / n.x.std), self._f(arr.missing))
+        mus, sig2 = [], []
+        for m in self.members:
+            mu, log_sigma = m(inp)
+            mus.append(mu.cpu().numpy())
+            sig2.append(np.exp(2 * log_sigma.cpu().numpy()))
+        mus, sig2 = np.stack(mus), np.stack(sig2)
+        mu = mus.mean(0)
+        spread = mus.var(0)
+        var = sig2.mean(0) + spread  # ensemble = mixture: aleatoric + disagreement
+        mean = n.labels.inverse(mu)
+        err = np.sqrt(var) * n.labels.std
+        if len(self.members) > 1:
+            fit_stat = np.sqrt(spread[:, 2] / sig2.mean(0)[:, 2])  # [Fe/H] disagreement in units of sigma
+            poor = fit_stat > POOR_FIT_SPREAD
+        else:
+            fit_stat = np.full(len(arr), np.nan)
+            poor = np.zeros(len(arr), bool)
+        return mean, err, fit_stat, poor
+
+    def _fit(self, arr: XPArrays):
+        n = self.norm
+        x, e = self._f(arr.x), self._f(arr.e)
+        L = None
+        if self.uses_correlations and arr.corr is not None:
+            L = whitening(e, self._f(arr.corr), None if arr.std_dev is None else self._f(arr.std_dev))
+        P = self.members[0].n_params
+        starts = self._starts()
+        prior_mu = torch.zeros(P, device=self.device)
+        prior_sigma = torch.full((P,), 3.0, device=self.device)
+        ps, covs, c2s = [], [], []
+        for m in self.members:
+            p, cov, c2, nused = fit_emulator(m, x, e, self.x_mean, self.x_scale, prior_mu, prior_sigma, starts, L=L)
+            ps.append(p.cpu().numpy())
+            covs.append(torch.diagonal(cov, dim1=1, dim2=2).cpu().numpy())
+            c2s.append(c2.cpu().numpy())
+        p = np.mean(ps, 0)
+        var = np.mean(covs, 0) + np.var(ps, 0)
+        phys = n.params.inverse(p)
+        err = np.sqrt(var) * n.params.std
+        dof = np.maximum(nused.cpu().numpy() - P, 1)
+        rchi2 = np.mean(c2s, 0) / dof
+        return phys[:, :4], err[:, :4], rchi2.astype(np.float64), rchi2 > POOR_FIT_CHI2
+
+    def _starts(self):
+        """Starting points: a coarse grid over the standardised teff/logg/feh (others at the median)."""
+        P = self.members[0].n_params
+        g = torch.tensor([-1.5, 0.0, 1.5], device=self.device)
+        grid = torch.cartesian_prod(g, g, torch.tensor([-2.0, -1.0, 0.0, 1.0], device=self.device))
+        return torch.cat([grid, torch.zeros(len(grid), P - 3, device=self.device)], dim=1)
+
+
+def load_predictor(model_dir, device: str = "cpu") -> Predictor:
+    """Load a model directory written by ``xpmet train`` (CONTRACTS.md section 3)."""
+    return Predictor(model_dir, device=device)

@@ -1,0 +1,336 @@
+"""Training loop shared by both model kinds: device choice, seeding, augmentation, early stopping,
+checkpoints/--resume, and the model directory.
+
+Model directory layout (what :func:`xpmet.ml.inference.load_predictor` reads)::
+
+    config.json         kind, architecture, training options, the data file's attributes
+    normalisation.json  scalers + noise model fitted on the training split only
+    weights.pt          state dicts (one per ensemble member) of the best validation epoch
+    fingerprint.txt     sha256 of the training HDF5 file
+    history.json        per-epoch train/valid loss of every member
+    metrics.json        validation-split metrics of the final model
+    model.json          the row of xpmet.models this directory is registered as (model_id)
+    checkpoint.pt       the last epoch's full state, for --resume (deleted when training ends)
+    plots/              learning_curve.png (and the evaluate plots)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from xpmet import __version__
+from xpmet.errors import XpmetError
+from xpmet.ml import dataset as ds
+from xpmet.ml.models import Emulator, Estimator, emulator_loss, estimator_inputs, heteroscedastic_nll, whitening
+from xpmet.ml.plots import learning_curves
+from xpmet.ml.normalise import G_ZERO_POINT, Normaliser, emulator_params, fit_normaliser
+
+KINDS = ("estimator", "emulator")
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "estimator"
+    hidden: tuple = (256, 256)
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    patience: int = 15
+    seed: int = 0
+    device: str = "auto"         # auto | cpu | cuda
+    ensemble: int = 1
+    augment: float = 0.5         # fraction of each batch degraded to a fainter magnitude (estimator)
+    dropout: float = 0.0
+    correlations: bool = False   # emulator: chi-squared with the full covariance (needs --correlations export)
+    name: str | None = None
+    max_train: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise XpmetError(f"unknown model kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        self.hidden = tuple(int(h) for h in self.hidden)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise XpmetError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu.")
+    return torch.device(name)
+
+
+def seed_everything(seed: int):
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class Tensors:
+    """One split as device tensors, in the form the model kind trains on."""
+
+    def __init__(self, arr: ds.XPArrays, norm: Normaliser, kind: str, device, correlations=False):
+        f = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device)  # noqa: E731
+        self.n = len(arr)
+        std = norm.x.std
+        if kind == "estimator":
+            self.x_std = f(norm.x.transform(arr.x))
+            self.e_std = f(arr.e / std)
+            self.missing = f(arr.missing)
+            self.y = f(norm.labels.transform(arr.labels))
+            self.y_err = f(arr.label_err / norm.labels.std)
+            self.g = f(arr.g_mag)
+            # star-specific factor between its errors and the noise model at its own flux
+            model = norm.noise.raw_sigma(arr.flux)
+            raw = arr.e * arr.flux[:, None]
+            self.ratio = f(np.where(np.isfinite(raw) & (model > 0), raw / np.where(model > 0, model, 1), 1.0))
+        else:
+            self.p = f(norm.params.transform(emulator_params(norm, arr.labels, arr.ag)))
+            self.x = f(arr.x)
+            self.e = f(arr.e)
+            self.corr = f(arr.corr) if correlations and arr.corr is not None else None
+            self.sd = f(arr.std_dev) if self.corr is not None and arr.std_dev is not None else None
+
+
+class Augmenter:
+    """Degrades a batch's spectra to fainter magnitudes drawn from the target G distribution.
+
+    Noise is added so the degraded flux-normalised coefficients have exactly the errors the
+    noise model predicts at the new magnitude (times the star's own error factor).
+    """
+
+    def __init__(self, norm: Normaliser, device):
+        self.a = torch.as_tensor(norm.noise.a, dtype=torch.float32, device=device)
+        self.b = torch.as_tensor(norm.noise.b, dtype=torch.float32, device=device)
+        self.std = torch.as_tensor(norm.x.std, dtype=torch.float32, device=device)
+        q = np.asarray(norm.noise.target_g, np.float64)
+        self.q = torch.as_tensor(q if q.size >= 2 else [], dtype=torch.float32, device=device)
+
+    def __call__(self, x_std, e_std, ratio, g, frac, gen):
+        n = x_std.shape[0]
+        u = torch.rand(n, generator=gen, device=x_std.device)
+        if self.q.numel() >= 2:  # inverse-CDF sample of the target magnitudes
+            pos = torch.rand(n, generator=gen, device=x_std.device) * (self.q.numel() - 1)
+            lo = pos.floor().long().clamp(max=self.q.numel() - 2)
+            g_new = self.q[lo] + (pos - lo) * (self.q[lo + 1] - self.q[lo])
+        else:
+            g_new = g + 3 * torch.rand(n, generator=gen, device=x_std.device)
+        sel = (u < frac) & (g_new > g) & torch.isfinite(g)
+        flux = 10 ** (-0.4 * (g_new - G_ZERO_POINT))
+        e_new = ratio * torch.sqrt(self.a + self.b * flux[:, None]) / flux[:, None] / self.std
+        add = torch.sqrt(torch.clamp(e_new ** 2 - e_std ** 2, min=0))
+        noise = torch.randn(x_std.shape, generator=gen, device=x_std.device) * add
+        sel2 = sel[:, None] & (e_new > e_std)
+        return torch.where(sel2, x_std + noise, x_std), torch.where(sel2, e_new, e_std)
+
+
+def build_model(config: TrainConfig):
+    if config.kind == "estimator":
+        return Estimator(config.hidden, config.dropout)
+    return Emulator(config.hidden)
+
+
+class Trainer:
+    """Computes the loss of one batch for either kind (shared by training, validation, benchmark)."""
+
+    def __init__(self, config: TrainConfig, norm: Normaliser, device):
+        self.config, self.norm, self.device = config, norm, device
+        self.augment = Augmenter(norm, device) if config.kind == "estimator" else None
+        self.x_mean = torch.as_tensor(norm.x.mean, dtype=torch.float32, device=device)
+        self.x_scale = torch.as_tensor(norm.x.std, dtype=torch.float32, device=device)
+
+    def loss(self, model, t: Tensors, idx, gen=None, train=False):
+        if self.config.kind == "estimator":
+            x, e = t.x_std[idx], t.e_std[idx]
+            if train and self.config.augment > 0:
+                x, e = self.augment(x, e, t.ratio[idx], t.g[idx], self.config.augment, gen)
+            mu, log_sigma = model(estimator_inputs(x, e, t.missing[idx]))
+            return heteroscedastic_nll(mu.float(), log_sigma.float(), t.y[idx], t.y_err[idx])
+        L = None
+        if t.corr is not None:
+            L = whitening(t.e[idx], t.corr[idx], None if t.sd is None else t.sd[idx])
+        pred = model(t.p[idx]).float()
+        return emulator_loss(pred, t.x[idx], t.e[idx], self.x_mean, self.x_scale, L)
+
+
+def _usable(arr: ds.XPArrays, kind: str) -> np.ndarray:
+    """Rows a kind can learn from: an estimator needs one label; an emulator needs teff, logg, feh."""
+    if kind == "estimator":
+        return np.isfinite(arr.labels).any(1) & ~arr.missing.all(1)
+    return np.isfinite(arr.labels[:, :3]).all(1) & ~arr.missing.all(1)
+
+
+def load_splits(data_path, config: TrainConfig, label_override=None):
+    """Train and validation arrays (rows the kind can use) + the normaliser fitted on train."""
+    train = ds.read(data_path, "train", correlations=config.correlations)
+    valid = ds.read(data_path, "valid", correlations=config.correlations)
+    if label_override is not None:  # benchmark: swap in other labels (e.g. the simulator's truth)
+        train, valid = label_override(train), label_override(valid)
+    train = train.subset(_usable(train, config.kind))
+    valid = valid.subset(_usable(valid, config.kind))
+    if config.max_train:
+        train = train.subset(slice(0, config.max_train))
+    if len(train) < 10 or len(valid) < 2:
+        raise XpmetError(f"{data_path}: only {len(train)} training and {len(valid)} validation stars usable "
+                         f"for a {config.kind}; export more labelled stars.")
+    noise = ds.noise_sample(data_path)
+    if noise is None:
+        raw_err, flux, tg = train.e * train.flux[:, None], train.flux, train.g_mag
+    else:
+        raw_err, flux, tg = noise
+    norm = fit_normaliser(train.x, train.labels, train.ag, train.g_mag, raw_err, flux, tg)
+    return train, valid, norm
+
+
+def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = False, register: bool = True,
+          label_override=None, progress: bool = True) -> Path:
+    """Train a model on DATA.h5 into OUT_DIR; returns the model directory.
+
+    >>> from xpmet.ml.train import train, TrainConfig
+    >>> train("data.h5", "models/est", TrainConfig(kind="estimator", epochs=50))
+    """
+    config = config or TrainConfig()
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    if out.exists() and (out / "weights.pt").exists() and not resume:
+        raise XpmetError(f"{out} already holds a trained model; choose another --out or delete it.")
+    if resume and not ckpt_path.exists():
+        raise XpmetError(f"{out}: no checkpoint.pt to resume from; train without --resume.")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
+    device = pick_device(config.device)
+    seed_everything(config.seed)
+    train_arr, valid_arr, norm = load_splits(data_path, config, label_override)
+    norm.save(out / "normalisation.json")
+    t_train = Tensors(train_arr, norm, config.kind, device, config.correlations)
+    t_valid = Tensors(valid_arr, norm, config.kind, device, config.correlations)
+    trainer = Trainer(config, norm, device)
+    amp = device.type == "cuda"
+    state = {"member": 0, "members": [], "history": []}
+    if resume:
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state["config"] != asdict(config) | {"hidden": list(config.hidden)}:
+            raise XpmetError(f"{out}: the checkpoint was written with other options; resume with the same ones.")
+    t0 = time.time()
+    while state["member"] < config.ensemble:
+        m = state["member"]
+        torch.manual_seed(config.seed + 1000 * m)
+        model = build_model(config).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, config.patience // 3))
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        gen = torch.Generator(device=device).manual_seed(config.seed + 1000 * m)
+        cur = {"epoch": 0, "best": math.inf, "bad": 0, "best_state": None, "train": [], "valid": []}
+        if state.get("current") is not None:
+            cur = state["current"]
+            model.load_state_dict(cur["model"])
+            opt.load_state_dict(cur["opt"])
+            sched.load_state_dict(cur["sched"])
+            gen.set_state(cur["gen"].cpu() if hasattr(cur["gen"], "cpu") else cur["gen"])
+        bar = tqdm(range(cur["epoch"], config.epochs), desc=f"{config.kind} #{m}", disable=not progress,
+                   initial=cur["epoch"], total=config.epochs, leave=False)
+        for epoch in bar:
+            model.train()
+            perm = torch.randperm(t_train.n, generator=gen, device=device)
+            tot, nb = 0.0, 0
+            for i in range(0, t_train.n, config.batch_size):
+                idx = perm[i:i + config.batch_size]
+                with torch.autocast(device.type, enabled=amp):
+                    loss = trainer.loss(model, t_train, idx, gen, train=True)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                scaler.step(opt)
+                scaler.update()
+                tot += float(loss.detach())
+                nb += 1
+            vloss = validation_loss(model, trainer, t_valid, config.batch_size * 8)
+            sched.step(vloss)
+            cur["train"].append(tot / max(nb, 1))
+            cur["valid"].append(vloss)
+            if vloss < cur["best"] - 1e-4:
+                cur["best"], cur["bad"] = vloss, 0
+                cur["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                cur["bad"] += 1
+            cur["epoch"] = epoch + 1
+            bar.set_postfix(loss=f"{cur['train'][-1]:.4f}", valid=f"{vloss:.4f}", best=f"{cur['best']:.4f}")
+            cur.update(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), gen=gen.get_state())
+            state["current"] = cur
+            state["config"] = asdict(config) | {"hidden": list(config.hidden)}
+            _atomic_save(state, ckpt_path)
+            if cur["bad"] >= config.patience:
+                break
+        bar.close()
+        state["members"].append(cur["best_state"] or model.state_dict())
+        state["history"].append({"train": cur["train"], "valid": cur["valid"], "best": cur["best"],
+                                 "epochs": cur["epoch"]})
+        state["member"] = m + 1
+        state["current"] = None
+        _atomic_save(state, ckpt_path)
+    seconds = time.time() - t0
+    torch.save({"members": state["members"], "kind": config.kind, "hidden": list(config.hidden)}, out / "weights.pt")
+    (out / "history.json").write_text(json.dumps(state["history"]))
+    learning_curves(state["history"], out / "plots" / "learning_curve.png")
+    attrs = ds.attributes(data_path)
+    cfg = asdict(config) | {"hidden": list(config.hidden), "data": str(Path(data_path).resolve()),
+                            "data_attributes": attrs, "n_train": len(train_arr), "n_valid": len(valid_arr),
+                            "device": str(device), "train_seconds": seconds, "xpmet_version": __version__}
+    (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
+    fp = ds.fingerprint(data_path)
+    (out / "fingerprint.txt").write_text(fp + "\n")
+    # validation metrics of the final model (the test split stays untouched for `xpmet evaluate`)
+    from xpmet.ml.evaluate import metrics_for
+    from xpmet.ml.inference import load_predictor
+    pred = load_predictor(out)
+    metrics = {"valid": metrics_for(pred, valid_arr), "best_valid_loss": [h["best"] for h in state["history"]]}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_float))
+    if register:
+        model_id = register_model(out, cfg, metrics, fp)
+        (out / "model.json").write_text(json.dumps({"model_id": model_id}))
+    ckpt_path.unlink(missing_ok=True)
+    return out
+
+
+def _json_float(v):
+    return float(v) if isinstance(v, (np.floating, np.integer)) else str(v)
+
+
+def _atomic_save(obj, path: Path):
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def validation_loss(model, trainer: Trainer, t: Tensors, batch: int) -> float:
+    model.eval()
+    tot, n = 0.0, 0
+    for i in range(0, t.n, batch):
+        idx = torch.arange(i, min(t.n, i + batch), device=trainer.device)
+        tot += float(trainer.loss(model, t, idx)) * len(idx)
+        n += len(idx)
+    return tot / max(n, 1)
+
+
+def register_model(out: Path, cfg: dict, metrics: dict, fingerprint: str) -> int:
+    """Insert the model into xpmet.models; returns its model_id."""
+    import sqlalchemy as sa
+    import xpmet
+    from xpmet.db.models import models
+    with xpmet.connect().begin() as c:
+        return c.execute(sa.insert(models).values(
+            name=cfg.get("name") or out.name, kind=cfg["kind"], path=str(out.resolve()),
+            config=json.loads(json.dumps(cfg, default=str)),
+            metrics=json.loads(json.dumps(metrics, default=_json_float).replace("NaN", "null")),
+            data_fingerprint=fingerprint, xpmet_version=__version__).returning(models.c.model_id)).scalar_one()

@@ -40,6 +40,9 @@ def _register():
     main.add_command(etl.etl)
     from xpmet.cli import simulate  # issue 3: mock sky
     main.add_command(simulate.simulate)
+    from xpmet.cli import etl_gaia  # issue 4: etl gaia-source, etl xp
+    etl.etl.add_command(etl_gaia.gaia_source)
+    etl.etl.add_command(etl_gaia.xp)
 
 
 _register()

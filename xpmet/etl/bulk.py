@@ -1,0 +1,159 @@
+"""Loads one file into one table: chunks from a reader, binary COPY, one transaction, clear failures.
+
+Shared by ``etl gaia-source`` and ``etl xp``. What keeps the bulk path fast:
+- rows go in source_id order (Gaia files already are; a chunk is sorted only when needed), so the
+  primary-key B-tree grows at its right edge instead of splitting pages all over: the PK stays on
+  during loads and is what detects a source_id loaded twice;
+- COPY in binary built by numpy (:mod:`xpmet.io.pgcopy`), one COPY per chunk;
+- TOAST compression with lz4 when the server has it: the 5.9 kB correlation arrays exceed the
+  TOAST threshold and pglz spends CPU on data that barely compresses.
+A unique violation becomes an error naming both files (the other one via load_id -> etl_load.path),
+or with ``replace`` the earlier rows of those source_ids are deleted and the chunk copied again.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from xpmet.db.engine import raw_connect
+from xpmet.errors import BadInput, XpmetError
+from xpmet.etl.provenance import Skipped, file_load
+from xpmet.etl.runner import FileResult
+from xpmet.io.pgcopy import Col, copy_sql, encode
+
+
+class Quarantine:
+    """Appends bad rows (file, row, column, reason) to a tab-separated file; safe across worker processes."""
+
+    HEADER = "file\trow\tcolumn\treason\n"
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.count = 0
+
+    def __call__(self, source, rows, column, reason):
+        text = "".join(f"{source}\t{r}\t{column}\t{reason}\n" for r in np.asarray(rows).tolist())
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size == 0:
+                text = self.HEADER + text
+            os.write(fd, text.encode())  # one O_APPEND write: lines of concurrent workers do not interleave
+        finally:
+            os.close(fd)
+        self.count += len(rows)
+
+
+def _sorted_chunk(data: dict, source: str, first_row: int) -> dict:
+    sid = np.ma.getdata(data["source_id"])
+    if sid.size > 1 and not (np.diff(sid) > 0).all():
+        order = np.argsort(sid, kind="stable")
+        dup = np.flatnonzero(np.diff(sid[order]) == 0)
+        if dup.size:
+            rows = np.sort(order[[dup[0], dup[0] + 1]])
+            raise BadInput(source, f"source_id {sid[order[dup[0]]]} appears twice in the file (rows "
+                           f"{first_row + rows[0]} and {first_row + rows[1]})", row=first_row + int(rows[1]),
+                           column="source_id")
+        data = {k: v[order] for k, v in data.items()}
+    return data
+
+
+def _duplicate_error(e, path, table, url):
+    """A BadInput naming the file that already holds the duplicated source_id."""
+    detail = (e.diag.message_detail or "") if getattr(e, "diag", None) else ""
+    m = re.search(r"\(source_id\)=\((\d+)\)", detail)
+    if not m:
+        return XpmetError(f"{path}: {str(e).strip()}")
+    sid = int(m.group(1))
+    other = None
+    try:
+        with raw_connect(url) as c:
+            other = c.execute(f"SELECT l.path FROM {table} t JOIN xpmet.etl_load l USING (load_id) "
+                              "WHERE t.source_id = %s", (sid,)).fetchone()
+    except Exception:
+        pass
+    if other:
+        return BadInput(path, f"source_id {sid} is already loaded from {other[0]}; a source must come "
+                        "from one file only (use --replace to let this file's rows win)", column="source_id")
+    return BadInput(path, f"source_id {sid} appears more than once in the file", column="source_id")
+
+
+def _copy(cur, table, cols, data):
+    with cur.copy(copy_sql(table, cols)) as cp:
+        cp.write(encode(cols, data))
+
+
+def load_file(path, report, *, kind: str, table: str, cols: list[Col], reader, replace: bool = False,
+              errors_to=None, url: str | None = None, options: dict | None = None) -> FileResult:
+    """Load ``path`` (whole file or nothing); returns a :class:`FileResult` (status failed on bad input)."""
+    t0 = time.perf_counter()
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    quarantine = Quarantine(errors_to) if errors_to else None
+    try:
+        with file_load(path, kind, (table,), options=options, replace=replace, url=url) as load:
+            if isinstance(load, Skipped):
+                return FileResult(str(path), "skipped", load.n_rows, size, time.perf_counter() - t0,
+                                  load_id=load.load_id)
+            conn = load.conn
+            _tune_session(conn)
+            names = [c.name for c in cols]
+            with conn.cursor() as cur:
+                for chunk in reader(path, on_bad=quarantine):
+                    if chunk.n == 0:
+                        report(0, chunk.n_bytes)
+                        continue
+                    data = {k: v for k, v in chunk.data.items() if k in names}
+                    data = _sorted_chunk(data, chunk.source, chunk.first_row)
+                    data["load_id"] = np.full(chunk.n, load.load_id, np.int32)
+                    present = [c for c in cols if c.name in data]
+                    if replace:
+                        cur.execute("SAVEPOINT chunk")
+                    try:
+                        _copy(cur, table, present, data)
+                    except psycopg.errors.UniqueViolation as e:
+                        if not replace:
+                            raise _duplicate_error(e, chunk.source, table, url) from None
+                        # this file wins: drop other loads' rows of these source_ids, then copy again
+                        cur.execute("ROLLBACK TO SAVEPOINT chunk")
+                        cur.execute(f"DELETE FROM {table} WHERE source_id = ANY(%s) AND load_id <> %s",
+                                    (np.ma.getdata(data["source_id"]).tolist(), load.load_id))
+                        try:
+                            _copy(cur, table, present, data)
+                        except psycopg.errors.UniqueViolation as e2:
+                            raise _duplicate_error(e2, chunk.source, table, url) from None
+                    if replace:
+                        cur.execute("RELEASE SAVEPOINT chunk")
+                    load.n_rows += chunk.n
+                    report(chunk.n, chunk.n_bytes)
+            load_id = load.load_id
+            n_rows = load.n_rows
+        return FileResult(str(path), "loaded", n_rows, size, time.perf_counter() - t0,
+                          quarantined=quarantine.count if quarantine else 0, load_id=load_id)
+    except (XpmetError, psycopg.Error, OSError, ValueError) as e:
+        msg = str(e) if isinstance(e, XpmetError) else f"{path}: {type(e).__name__}: {str(e).strip()[:500]}"
+        return FileResult(str(path), "failed", 0, size, time.perf_counter() - t0, error=msg,
+                          quarantined=quarantine.count if quarantine else 0)
+
+
+def _tune_session(conn):
+    """Per-transaction settings for bulk loading (see the module docstring)."""
+    has_lz4 = conn.execute("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+                           ).fetchone()
+    if has_lz4 and has_lz4[0]:
+        try:
+            conn.execute("SAVEPOINT tune")
+            conn.execute("SET LOCAL default_toast_compression = 'lz4'")
+            conn.execute("RELEASE SAVEPOINT tune")
+        except psycopg.Error:  # server compiled without lz4
+            conn.execute("ROLLBACK TO SAVEPOINT tune")
+
+
+def analyze(table: str, url: str | None = None):
+    """Refresh planner statistics after a bulk load (row counts change by orders of magnitude)."""
+    with raw_connect(url, autocommit=True) as c:
+        c.execute(f"ANALYZE {table}")

@@ -1,0 +1,421 @@
+"""One streaming table reader for every input format, yielding chunks of numpy arrays.
+
+A :class:`TableSpec` names the columns a table kind wants (scalars with their type, fixed-length
+arrays, flattened ``bp_coeff_0..54``-style alternatives) and the checks its rows must pass. The
+reader picks a path by detected format:
+
+- text (Gaia bulk ECSV.gz, archive CSV, ECSV): Arrow's streaming CSV reader, single-threaded (the
+  process pool parallelises across files), array strings parsed by :mod:`xpmet.io.arrays`;
+- FITS, VOTable: astropy, then vectorised conversion of variable-length array columns;
+- zip (DataLink bundles): every member in turn, each by its own format.
+
+Chunks are dicts ``column -> ndarray`` (arrays (n, length) with all-NaN rows for missing values,
+integer scalars as masked arrays when they have missing values) plus the 1-based number of the
+chunk's first data row, so errors can name file, row and column.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from xpmet.errors import BadInput
+from xpmet.io.arrays import ArrayParseError, parse_array_column
+from xpmet.io.formats import Format, detect, open_binary
+
+NULL_STRINGS = ["", "null", "NULL", "None", "--"]
+_ARROW = {"i8": pa.int64(), "i4": pa.int64(), "i2": pa.int64(), "f4": pa.float64(), "f8": pa.float64(),
+          "bool": pa.bool_()}
+_INT_RANGE = {"i2": (-2 ** 15, 2 ** 15 - 1), "i4": (-2 ** 31, 2 ** 31 - 1), "i8": None}
+
+
+@dataclass
+class Problem:
+    """Rows of a chunk (0-based within the chunk) that fail one check."""
+    rows: np.ndarray
+    column: str
+    reason: str
+
+
+@dataclass
+class TableSpec:
+    """What a table kind reads: scalar types, arrays (length, dtype), alternatives, checks."""
+    name: str
+    scalars: dict[str, str]
+    arrays: dict[str, tuple[int, str]] = field(default_factory=dict)
+    required: tuple[str, ...] = ("source_id",)
+    #: at least one of these must be present (e.g. one XP band)
+    one_of: tuple[str, ...] = ()
+    #: array name -> format of flattened element columns, e.g. "bp_coeff_{}"
+    flattened: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: other names users' files give a column: alias -> canonical name (case-insensitive match)
+    aliases: dict[str, str] = field(default_factory=dict)
+    check: Callable[[dict], list[Problem]] | None = None
+
+
+@dataclass
+class Chunk:
+    data: dict
+    first_row: int      # 1-based data row of data[...][0] in its file (or zip member)
+    source: str         # file (or "zip!member") the rows come from
+    n_bytes: int = 0    # input bytes consumed since the previous chunk (for MB/s)
+
+    @property
+    def n(self) -> int:
+        return len(self.data["source_id"])
+
+
+#: on_bad(source, rows (1-based), column, reason): receives quarantined rows instead of an exception
+OnBad = Callable[[str, np.ndarray, str, str], None]
+
+
+def read_table(path, spec: TableSpec, chunk_rows: int = 20000, skip: tuple[str, ...] = (),
+               block_bytes: int = 1 << 25, on_bad: OnBad | None = None) -> Iterator[Chunk]:
+    """Stream ``path`` as chunks of ``spec``'s columns (``skip`` leaves columns out, e.g. correlations).
+
+    A bad row (malformed or wrong-length array, failed check) raises :class:`BadInput` naming file,
+    row and column, or with ``on_bad`` is reported there and left out of the chunk.
+    """
+    path = Path(path)
+    fmt = detect(path)
+    if fmt.kind == "zip":
+        yield from _read_zip(path, spec, chunk_rows, skip, block_bytes, on_bad)
+    elif fmt.kind in ("csv", "ecsv"):
+        yield from _read_text(path, fmt, spec, skip, block_bytes, str(path), on_bad)
+    else:
+        yield from _read_astropy(path, fmt, spec, chunk_rows, skip, str(path), on_bad)
+
+
+def _arrays_or_bad(parse, one_row, n, length, dtype, column, source, first_row, on_bad, bad):
+    """Parse one array column; on failure raise (strict) or mark every bad row in ``bad`` (quarantine)."""
+    try:
+        return parse()
+    except ArrayParseError as e:
+        if on_bad is None:
+            raise BadInput(source, e.reason, row=first_row + int(e.rows[0]), column=column) from None
+    out = np.full((n, length), np.nan, dtype=dtype)
+    for i in range(n):  # error path only: find every bad row
+        try:
+            out[i] = one_row(i)[0]
+        except ArrayParseError as e:
+            bad.setdefault(i, (column, e.reason))
+    return out
+
+
+def _finish(data, spec, source, first_row, on_bad, bad):
+    """Apply the spec's checks; raise on the first bad row or drop (and report) the bad rows."""
+    for p in (spec.check(data) if spec.check else []):
+        for r in np.asarray(p.rows).tolist():
+            bad.setdefault(int(r), (p.column, p.reason))
+    if not bad:
+        return data
+    rows = np.array(sorted(bad))
+    if on_bad is None:
+        column, reason = bad[int(rows[0])]
+        raise BadInput(source, reason, row=first_row + int(rows[0]), column=column)
+    by_problem = {}
+    for r in rows.tolist():
+        by_problem.setdefault(bad[r], []).append(r)
+    for (column, reason), rs in by_problem.items():
+        on_bad(source, np.asarray(rs) + first_row, column, reason)
+    keep = np.ones(len(data["source_id"]), bool)
+    keep[rows] = False
+    return {k: v[keep] for k, v in data.items()}
+
+
+# --------------------------------------------------------------------------- text (Arrow)
+
+def _text_header(path, fmt: Format, source):
+    """(number of '#' lines, column names, delimiter) of a CSV/ECSV file."""
+    n_comment, delim = 0, ","
+    with open_binary(path, fmt) as f:
+        for line in f:
+            if line.startswith(b"#"):
+                n_comment += 1
+                m = re.match(rb"#\s*delimiter:\s*'?(.)'?", line)
+                if m:
+                    delim = m.group(1).decode()
+                continue
+            names = [c.strip().strip('"') for c in line.decode("utf-8", "replace").rstrip("\r\n").split(delim)]
+            return n_comment, names, delim
+    raise BadInput(source, "no header line with column names")
+
+
+def _resolve(names: list[str], spec: TableSpec, skip) -> tuple[dict, dict, dict]:
+    """Map file columns to spec columns: (scalars canon->file name, arrays canon->file name,
+    flattened canon->[file names])."""
+    lower = {n.lower(): n for n in names}
+    alias = {a.lower(): c for a, c in spec.aliases.items()}
+    for n in names:
+        c = alias.get(n.lower())
+        if c and c.lower() not in lower:
+            lower[c.lower()] = n
+    scal = {c: lower[c.lower()] for c in spec.scalars if c.lower() in lower and c not in skip}
+    arrs, flat = {}, {}
+    for c, (length, _) in spec.arrays.items():
+        if c in skip:
+            continue
+        if c.lower() in lower:
+            arrs[c] = lower[c.lower()]
+            continue
+        for pattern in spec.flattened.get(c, ()):
+            cols = [lower.get(pattern.format(i).lower()) for i in range(length)]
+            if all(cols):
+                flat[c] = cols
+                break
+    return scal, arrs, flat
+
+
+def _check_columns(path, spec, names, scal, arrs, flat, skip):
+    have = set(scal) | set(arrs) | set(flat)
+    missing = [c for c in spec.required if c not in have]
+    if missing:
+        raise BadInput(path, f"missing required column(s) {', '.join(missing)}; the file has: "
+                       f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}", column=missing[0])
+    wanted = [c for c in spec.one_of if c not in skip]
+    if wanted and not any(c in have for c in wanted):
+        raise BadInput(path, f"none of the columns {', '.join(wanted)} (or their flattened "
+                       "form such as bp_coeff_0..54) is present", column=wanted[0])
+
+
+def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad) -> Iterator[Chunk]:
+    n_comment, names, delim = _text_header(path, fmt, source)
+    scal, arrs, flat = _resolve(names, spec, skip)
+    _check_columns(source, spec, names, scal, arrs, flat, skip)
+    types = {f: _ARROW[spec.scalars[c]] for c, f in scal.items()}
+    types.update({f: pa.binary() for f in arrs.values()})
+    for c, cols in flat.items():
+        types.update({f: pa.float64() for f in cols})
+    include = list(types)
+    stream = pa.input_stream(str(path), compression="gzip" if fmt.gzip else None)
+    counter = _CountingStream(stream)
+    try:
+        reader = pacsv.open_csv(
+            counter,
+            read_options=pacsv.ReadOptions(skip_rows=n_comment, use_threads=False, block_size=block_bytes),
+            parse_options=pacsv.ParseOptions(delimiter=delim, newlines_in_values=False),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=include,
+                                                 null_values=NULL_STRINGS, strings_can_be_null=True,
+                                                 quoted_strings_can_be_null=True,
+                                                 true_values=["True", "true", "TRUE", "1", "T", "t"],
+                                                 false_values=["False", "false", "FALSE", "0", "F", "f"]))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise _text_error(source, e, 1, names, scal, arrs) from None
+    row = 1
+    last_bytes = 0
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except (pa.ArrowInvalid, OSError, EOFError) as e:
+            raise _text_error(source, e, row, names, scal, arrs) from None
+        data, bad = {}, {}
+        for c, f in scal.items():
+            data[c] = _scalar(batch.column(f), spec.scalars[c], source, row, c)
+        for c, f in arrs.items():
+            length, dtype = spec.arrays[c]
+            col = batch.column(f)
+            data[c] = _arrays_or_bad(lambda: parse_array_column(col, length, np.dtype(dtype)),
+                                     lambda i: parse_array_column(col.slice(i, 1), length, np.dtype(dtype)),
+                                     len(col), length, dtype, c, source, row, on_bad, bad)
+        for c, cols in flat.items():
+            data[c] = _stack_flat([batch.column(f).to_numpy(zero_copy_only=False) for f in cols],
+                                  spec.arrays[c][1])
+        n_rows = batch.num_rows
+        data = _finish(data, spec, source, row, on_bad, bad)
+        consumed = counter.bytes_read
+        yield Chunk(data, row, source, consumed - last_bytes)
+        last_bytes = consumed
+        row += n_rows
+
+
+class _CountingStream:
+    """File-like wrapper over an Arrow input stream that counts compressed bytes read."""
+
+    def __init__(self, stream):
+        self._s = stream
+        self.bytes_read = 0
+        self.closed = False
+
+    def read(self, n=-1):
+        b = self._s.read(n)
+        self.bytes_read = self._raw_tell()
+        return b
+
+    def _raw_tell(self):
+        try:
+            return self._s.tell() if not hasattr(self._s, "raw") else self._s.raw.tell()
+        except Exception:
+            return self.bytes_read
+
+    def readable(self):
+        return True
+
+    def close(self):
+        self.closed = True
+        self._s.close()
+
+
+def _text_error(path, e, row, names, scal, arrs):
+    msg = str(e)
+    if isinstance(e, (OSError, EOFError)) and ("compress" in msg.lower() or "gzip" in msg.lower()
+                                               or "zlib" in msg.lower() or isinstance(e, EOFError)):
+        return BadInput(path, f"truncated or corrupt gzip stream after data row ~{row} ({msg}); "
+                        "download the file again")
+    m = re.search(r"In CSV column #(\d+): .*?conversion error to (\w+): invalid value '(.*)'", msg)
+    if m:
+        wanted = list(dict.fromkeys(list(scal.values()) + list(arrs.values())))
+        k = int(m.group(1))
+        col = wanted[k] if k < len(wanted) else f"#{k}"
+        return BadInput(path, f"value {m.group(3)[:40]!r} is not a valid {m.group(2)} (in the block of rows "
+                        f"starting at row {row})", column=col)
+    m = re.search(r"(?:Row #(\d+): )?Expected (\d+) columns, got (\d+)", msg)
+    if m:
+        where = f"row {m.group(1)}" if m.group(1) else f"a row after row {row}"
+        return BadInput(path, f"{where} has {m.group(3)} fields, the header has {m.group(2)} "
+                        "(truncated or malformed line)")
+    return BadInput(path, f"cannot parse the file near row {row}: {msg[:300]}")
+
+
+def _scalar(col, code, path, row, name):
+    """numpy values of an Arrow scalar column: NaN for missing floats, masked array for missing ints/bools."""
+    if col.null_count == 0:
+        a = col.to_numpy(zero_copy_only=False)
+    else:
+        mask = col.is_null().to_numpy(zero_copy_only=False)
+        filled = col.fill_null(False if code == "bool" else 0).to_numpy(zero_copy_only=False)
+        a = np.ma.MaskedArray(filled, mask=mask) if code in ("i2", "i4", "i8", "bool") else \
+            np.where(mask, np.nan, filled)
+    return _cast_scalar(a, code, path, row, name)
+
+
+def _cast_scalar(a, code, path, row, name):
+    if code in _INT_RANGE and _INT_RANGE[code]:
+        lo, hi = _INT_RANGE[code]
+        d = np.ma.getdata(a)
+        bad = (d < lo) | (d > hi)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise BadInput(path, f"value {d[i]} out of range for {code}", row=row + i, column=name)
+    dt = {"i2": np.int16, "i4": np.int32, "i8": np.int64, "f4": np.float32, "f8": np.float64, "bool": np.bool_}[code]
+    if isinstance(a, np.ma.MaskedArray):
+        return np.ma.MaskedArray(np.ma.getdata(a).astype(dt), mask=np.ma.getmaskarray(a))
+    return np.asarray(a).astype(dt, copy=False)
+
+
+def _stack_flat(columns, dtype):
+    out = np.column_stack([np.asarray(np.ma.filled(np.ma.asarray(c, dtype=np.float64), np.nan)) for c in columns])
+    return out.astype(dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- FITS / VOTable (astropy)
+
+def _read_astropy(path, fmt, spec, chunk_rows, skip, source, on_bad) -> Iterator[Chunk]:
+    import warnings
+    from astropy.table import Table
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt.kind == "fits":
+                table = Table.read(path, format="fits", memmap=not fmt.gzip, character_as_bytes=True)
+            else:
+                table = Table.read(path, format="votable")
+    except Exception as e:
+        raise BadInput(source, f"cannot read as {fmt}: {str(e)[:300]}") from None
+    names = list(table.colnames)
+    scal, arrs, flat = _resolve(names, spec, skip)
+    _check_columns(source, spec, names, scal, arrs, flat, skip)
+    n = len(table)
+    size = Path(path).stat().st_size
+    for start in range(0, max(n, 1), chunk_rows):
+        part = table[start:start + chunk_rows]
+        data, bad = {}, {}
+        for c, f in scal.items():
+            data[c] = _cast_scalar(_astropy_scalar(part[f]), spec.scalars[c], source, start + 1, c)
+        for c, f in arrs.items():
+            length, dtype = spec.arrays[c]
+            col = part[f]
+            data[c] = _arrays_or_bad(lambda: _astropy_array(col, length, np.dtype(dtype)),
+                                     lambda i: _astropy_array(col[i:i + 1], length, np.dtype(dtype)),
+                                     len(col), length, dtype, c, source, start + 1, on_bad, bad)
+        for c, cols in flat.items():
+            data[c] = _stack_flat([part[f] for f in cols], spec.arrays[c][1])
+        data = _finish(data, spec, source, start + 1, on_bad, bad)
+        yield Chunk(data, start + 1, source, size if start == 0 else 0)
+
+
+def _astropy_scalar(col):
+    a = np.ma.asarray(col)
+    if a.dtype.kind == "f":
+        return np.ma.filled(a.astype(np.float64) if a.dtype.itemsize > 4 else a, np.nan)
+    if np.ma.getmaskarray(a).any():
+        return np.ma.MaskedArray(np.ma.getdata(a), mask=np.ma.getmaskarray(a))
+    return np.ma.getdata(a)
+
+
+def _astropy_array(col, length, dtype):
+    """(n, length) from a fixed-shape or variable-length array column; empty/masked rows -> NaN."""
+    data = np.ma.getdata(col)
+    if data.dtype != object:
+        a = np.asarray(np.ma.filled(np.ma.asarray(col, dtype=np.float64), np.nan))
+        if a.ndim != 2 or a.shape[1] != length:
+            raise ArrayParseError(np.arange(len(a)), f"array column of shape {a.shape[1:]}, expected ({length},)")
+        return a.astype(dtype)
+    n = len(data)
+    out = np.full((n, length), np.nan, dtype=dtype)
+    row_mask = np.ma.getmaskarray(col) if isinstance(col, np.ma.MaskedArray) else np.zeros(n, bool)
+    lens = np.fromiter((0 if m else np.size(x) for x, m in zip(data, row_mask)), np.int64, n)
+    full = np.flatnonzero(lens == length)
+    wrong = np.flatnonzero((lens != length) & (lens != 0))
+    if wrong.size:
+        raise ArrayParseError(wrong, f"array has {lens[wrong[0]]} values, expected {length}")
+    if full.size:
+        vals = np.stack([np.ma.filled(np.ma.asarray(data[i], dtype=np.float64), np.nan) for i in full])
+        out[full] = vals.astype(dtype)
+    return out
+
+
+# --------------------------------------------------------------------------- zip (DataLink bundles)
+
+def _read_zip(path, spec, chunk_rows, skip, block_bytes, on_bad) -> Iterator[Chunk]:
+    try:
+        zf = zipfile.ZipFile(path)
+        members = [m for m in zf.infolist() if not m.is_dir() and not Path(m.filename).name.startswith(".")]
+    except zipfile.BadZipFile as e:
+        raise BadInput(path, f"corrupt zip archive ({e})") from None
+    if not members:
+        raise BadInput(path, "the zip archive holds no files")
+    with zf, tempfile.TemporaryDirectory(prefix="xpmet-zip-") as tmp:
+        for m in members:
+            target = Path(tmp) / Path(m.filename).name
+            try:
+                with zf.open(m) as src, open(target, "wb") as dst:
+                    while b := src.read(1 << 22):
+                        dst.write(b)
+            except (zipfile.BadZipFile, EOFError, OSError) as e:
+                raise BadInput(f"{path}!{m.filename}", f"cannot extract ({e})") from None
+            source = f"{path}!{m.filename}"
+            try:
+                try:
+                    fmt = detect(target)
+                except BadInput as e:
+                    raise BadInput(source, str(e).split(": ", 1)[-1]) from None
+                if fmt.kind in ("csv", "ecsv"):
+                    inner = _read_text(target, fmt, spec, skip, block_bytes, source, on_bad)
+                elif fmt.kind == "zip":
+                    raise BadInput(source, "nested zip archives are not supported")
+                else:
+                    inner = _read_astropy(target, fmt, spec, chunk_rows, skip, source, on_bad)
+                for chunk in inner:
+                    chunk.n_bytes = m.compress_size if chunk.first_row == 1 else 0
+                    yield chunk
+            finally:
+                target.unlink(missing_ok=True)

@@ -43,6 +43,17 @@ def _register():
     from xpmet.cli import etl_gaia  # issue 4: etl gaia-source, etl xp
     etl.etl.add_command(etl_gaia.gaia_source)
     etl.etl.add_command(etl_gaia.xp)
+    from xpmet.cli import etl_survey, xmatch  # noqa: F401  issue 5: etl survey, xmatch, labels
+    main.add_command(xmatch.xmatch)
+    main.add_command(xmatch.labels)
+    from xpmet.cli import query  # issue 7: sky queries
+    main.add_command(query.query)
+    from xpmet.cli import predict  # issue 7: predictions
+    main.add_command(predict.predict)
+    from xpmet.cli import ml  # issue 6: export, train, evaluate
+    main.add_command(ml.export_cmd)
+    main.add_command(ml.train_cmd)
+    main.add_command(ml.evaluate_cmd)
 
 
 _register()

@@ -1,0 +1,79 @@
+"""``xpmet xmatch`` (refresh the crossmatch) and ``xpmet labels`` (choose the scale, refresh label views)."""
+from __future__ import annotations
+
+import click
+
+from xpmet.errors import XpmetError
+
+
+def _overrides(values) -> dict:
+    out: dict = {}
+    for v in values:
+        try:
+            survey, rest = v.split(":", 1)
+            key, num = rest.split("=", 1)
+            out.setdefault(survey, {})[key] = float(num)
+        except ValueError:
+            raise XpmetError(f"--override {v!r}: write SURVEY:PARAM=ARCSEC, e.g. lamost:radius=3") from None
+    return out
+
+
+@click.command("xmatch")
+@click.option("--radius", type=float, default=1.0, show_default=True,
+              help="Matching radius (arcsec) at the survey epoch; descriptors may set their own.")
+@click.option("--nopm-radius", type=float, help="Radius for Gaia sources without proper motion [2 x radius].")
+@click.option("--id-radius", type=float, default=3.0, show_default=True,
+              help="Largest separation (arcsec) at which a declared Gaia id is accepted.")
+@click.option("--epoch", type=click.Choice(["propagate", "gaia"]), default="propagate", show_default=True,
+              help="propagate: move Gaia positions to each row's epoch; gaia: compare at Gaia positions.")
+@click.option("--override", multiple=True, metavar="SURVEY:PARAM=VALUE",
+              help="Per-survey parameter, e.g. lamost:radius=3 (repeatable).")
+@click.option("--version", "version", help="Name of this crossmatch version [xm-<run id>].")
+@click.option("--keep", type=int, help="Keep only the newest KEEP runs.")
+@click.option("--no-labels", is_flag=True, help="Do not refresh the label views afterwards.")
+def xmatch(radius, nopm_radius, id_radius, epoch, override, version, keep, no_labels):
+    """Crossmatch every survey row to Gaia DR3 (a new, current crossmatch version).
+
+    Declared Gaia ids first (validated by position), then positions with Gaia proper motions
+    propagated to each row's epoch; one best neighbour per row with separation, candidate count,
+    second-best separation and flags (xpmet.crossmatch.XMATCH_BITS). Then refreshes the labels.
+    """
+    from xpmet.crossmatch import XmatchParams, run_xmatch
+    p = XmatchParams(radius=radius, nopm_radius=nopm_radius, id_radius=id_radius, epoch=epoch,
+                     overrides=_overrides(override), version=version)
+    with click.progressbar(length=1, label="crossmatch", file=click.get_text_stream("stderr")) as bar:
+        r = run_xmatch(p, keep=keep)
+        bar.update(1)
+    click.echo(f"crossmatch {r.version}: {r.n_rows} survey rows, {r.n_matched} matched "
+               f"({', '.join(f'{k} {v}' for k, v in sorted(r.by_method.items()))}) in {r.seconds:.1f} s")
+    if not no_labels:
+        from xpmet.labels import refresh
+        s = refresh()
+        click.echo(f"labels: {s['n_labels']} sources on the {s['reference']} scale")
+
+
+@click.command("labels")
+@click.option("--reference", help="Survey whose scale the labels use (default gbs, the benchmark stars).")
+@click.option("--fallback", help="Survey calibrated on the reference that calibrates surveys without overlap "
+                                 "('' for none).")
+@click.option("--min-overlap", type=int, help="Shared stars needed for a zero point [3].")
+@click.option("--min-trend-overlap", type=int, help="Shared stars needed for a trend [50].")
+@click.option("--clip", type=float, help="Leave-one-out |z| that rejects a measurement [4].")
+@click.option("--max-chi2-dof", type=float, help="chi2/dof that flags a label discordant [9].")
+@click.option("--max-feh-err", type=float, help="training_set cut on feh_err [0.2].")
+@click.option("--min-xp-snr", type=float, help="training_set cut on the XP S/N [30].")
+@click.option("--show/--no-show", default=True, help="Print the zero points.")
+def labels(reference, fallback, min_overlap, min_trend_overlap, clip, max_chi2_dof, max_feh_err, min_xp_snr, show):
+    """Choose the label scale and recompute survey_zero_point and labels (training_set follows)."""
+    from xpmet.labels import refresh, zero_points
+    s = refresh(reference, fallback=fallback, min_overlap=min_overlap, min_trend_overlap=min_trend_overlap,
+                clip=clip, max_chi2_dof=max_chi2_dof, max_feh_err=max_feh_err, min_xp_snr=min_xp_snr)
+    click.echo(f"labels: {s['n_labels']} sources on the {s['reference']} scale")
+    if "warning" in s["zero_points"]:
+        click.secho(s["zero_points"]["warning"], fg="yellow", err=True)
+    if show:
+        click.echo(f"{'survey':10s} {'label':9s} {'status':13s} {'zero_point':>11s} {'error':>9s} {'slope':>8s} {'N':>6s}")
+        for z in zero_points():
+            f = lambda v, p: "" if v is None else f"{v:.{p}f}"  # noqa: E731
+            click.echo(f"{z['survey']:10s} {z['label']:9s} {z['status']:13s} {f(z['zero_point'], 3):>11s} "
+                       f"{f(z['zero_point_err'], 3):>9s} {f(z['slope'], 4):>8s} {z['n_stars']:>6d}")

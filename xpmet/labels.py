@@ -1,0 +1,83 @@
+"""Homogenised survey labels: choose the reference scale and refresh the SQL label views.
+
+The work is SQL (db/sql/labels.sql): survey_zero_point (per survey and label, against the
+reference survey, falling back on a chosen survey for surveys without overlap) -> labels (one
+row per Gaia source) -> training_set (what the export reads). This module sets the one row of
+xpmet.label_setting and refreshes the materialized views.
+
+    import xpmet.labels
+    xpmet.labels.refresh(reference="gbs", fallback="apogee")
+    # then: SELECT * FROM xpmet.labels / xpmet.survey_zero_point / xpmet.training_set
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from xpmet.db.engine import connect
+from xpmet.errors import XpmetError
+
+#: Bits of xpmet.labels.label_flags.
+LABEL_BITS = {
+    "teff_discordant": 0,      # chi2/dof of the surveys' Teff above label_setting.max_chi2_dof
+    "logg_discordant": 1,
+    "feh_discordant": 2,
+    "alpha_fe_discordant": 3,
+    "rejected_measurement": 4,  # a survey's value was rejected (leave-one-out |z| > clip, 3+ surveys)
+    "uncalibrated_survey": 5,  # a contributing survey has no zero point (no overlap with the references)
+    "ambiguous_match": 6,      # a contributing crossmatch was ambiguous
+    "duplicate_claim": 7,      # two rows of one survey matched this source
+    "single_survey_feh": 8,    # [Fe/H] from one survey only: no consistency check possible
+}
+#: Documented cuts of xpmet.training_set (see db/sql/labels.sql).
+TRAINING_CUTS = ("feh IS NOT NULL AND feh_err <= label_setting.max_feh_err",
+                 "label_flags has none of feh_discordant, ambiguous_match, duplicate_claim",
+                 "both XP bands present, all 110 coefficient errors finite and > 0",
+                 "XP S/N = sqrt(sum over the 110 coefficients of (coef/err)^2) >= label_setting.min_xp_snr",
+                 "phot_g_mean_mag known")
+SETTINGS = ("reference", "fallback", "min_overlap", "min_trend_overlap", "clip", "max_chi2_dof",
+            "max_feh_err", "min_xp_snr")
+
+
+def settings(engine=None) -> dict:
+    with (engine or connect()).connect() as c:
+        row = c.execute(sa.text("SELECT * FROM xpmet.label_setting WHERE id = 1")).mappings().one()
+    return {k: row[k] for k in SETTINGS}
+
+
+def refresh(reference: str | None = None, engine=None, **options) -> dict:
+    """Set the reference scale (a survey name) and other options, then recompute the label views.
+
+    Options: fallback (survey name or ""), min_overlap, min_trend_overlap, clip, max_chi2_dof,
+    max_feh_err, min_xp_snr. Unset options keep their stored values. Returns a summary.
+    """
+    engine = engine or connect()
+    bad = set(options) - set(SETTINGS)
+    if bad:
+        raise XpmetError(f"unknown label option(s) {sorted(bad)}; known: {', '.join(SETTINGS)}")
+    changes = {k: v for k, v in {"reference": reference, **options}.items() if v is not None}
+    if changes.get("fallback") == "":
+        changes["fallback"] = None
+    with engine.begin() as c:
+        c.execute(sa.text("SET LOCAL jit = off"))
+        names = set(c.execute(sa.text("SELECT name FROM xpmet.survey")).scalars())
+        for key in ("reference", "fallback"):
+            v = changes.get(key)
+            if v is not None and v not in names:
+                raise XpmetError(f"{key} survey {v!r} is not loaded; loaded surveys: {', '.join(sorted(names)) or 'none'}")
+        if changes:
+            sets = ", ".join(f"{k} = :{k}" for k in changes)
+            c.execute(sa.text(f"UPDATE xpmet.label_setting SET {sets}, updated_at = now() WHERE id = 1"), changes)
+        c.execute(sa.text("SELECT xpmet.refresh_labels()"))
+        ref = c.execute(sa.text("SELECT reference FROM xpmet.label_setting")).scalar()
+        n_labels = c.execute(sa.text("SELECT count(*) FROM xpmet.labels")).scalar()
+        status = dict(c.execute(sa.text("SELECT status, count(*) FROM xpmet.survey_zero_point GROUP BY status")).all())
+    if ref not in names:
+        status["warning"] = f"reference {ref!r} is not loaded: every survey is uncalibrated"
+    return {"reference": ref, "n_labels": n_labels, "zero_points": status}
+
+
+def zero_points(engine=None) -> list[dict]:
+    """The rows of xpmet.survey_zero_point (survey, label, status, zero_point, error, trend, N)."""
+    with (engine or connect()).connect() as c:
+        return [dict(r) for r in c.execute(sa.text(
+            "SELECT * FROM xpmet.survey_zero_point ORDER BY survey, label")).mappings()]

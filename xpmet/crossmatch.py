@@ -138,8 +138,8 @@ def match_sql(propagate: bool) -> str:
     pairs AS (
       SELECT s.star_id, s.survey_id, g.source_id, s.gaia_release, s.ra IS NULL AS no_position,
              {sep} AS sep, {nopm} AS no_pm,
-             g.source_id = s.gaia_source_id AND s.gaia_release IN ('DR3', 'EDR3') AS declared,
-             g.source_id = s.gaia_source_id AND s.gaia_release = 'DR2' AS declared_dr2,
+             coalesce(g.source_id = s.gaia_source_id AND s.gaia_release IN ('DR3', 'EDR3'), false) AS declared,
+             coalesce(g.source_id = s.gaia_source_id AND s.gaia_release = 'DR2', false) AS declared_dr2,
              p.radius, p.nopm_radius, p.id_radius
       FROM (SELECT DISTINCT star_id, source_id FROM cand) c
       JOIN xpmet.survey_star s USING (star_id)

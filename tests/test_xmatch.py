@@ -1,0 +1,169 @@
+"""The crossmatch on the real database: declared ids, epoch propagation, best neighbour, flags, STILTS."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from xm_helpers import APOGEE, GALAH, GBS, gaia_from_real_samples, insert_gaia, read, write_table
+from xpmet.crossmatch import XMATCH_BITS, XmatchParams, run_xmatch
+from xpmet.errors import XpmetError
+from xpmet.etl.survey import load_survey_file
+
+MINE = 'name = "mine"\n[position]\nra = "ra"\ndec = "dec"\nepoch = {epoch}\n' \
+       '[gaia]\ncolumn = "gid"\nrelease = "{release}"\n[columns]\nobject_id = "oid"\nfeh = "feh"\n'
+
+
+def rows(engine, sql, **kw):
+    with engine.connect() as c:
+        return c.execute(sa.text(sql), kw).mappings().all()
+
+
+def my_survey(tmp_path, cols: dict, epoch=2016.0, release="DR3", name="mine.fits"):
+    d = tmp_path / "mine.toml"
+    d.write_text(MINE.format(epoch=epoch, release=release))
+    n = len(cols["ra"])
+    cols = {"oid": [str(i) for i in range(n)], "feh": np.zeros(n), "gid": np.zeros(n, np.int64), **cols}
+    return load_survey_file(d, write_table(tmp_path / name, cols))
+
+
+def by_object(engine):
+    return {r["object_id"]: r for r in rows(engine, "SELECT s.object_id, x.* FROM xpmet.xmatch_current x "
+                                                    "JOIN xpmet.survey_star s USING (star_id)")}
+
+
+def test_real_samples_match_their_declared_dr3_ids(clean_db, tmp_path):
+    insert_gaia(tmp_path, gaia_from_real_samples())
+    for name, path in (("apogee", APOGEE), ("galah", GALAH), ("gbs", GBS)):
+        load_survey_file(name, path)
+    run = run_xmatch()
+    assert run.n_rows == run.n_matched == 1612 + 1061 + 30
+    bad = rows(clean_db, "SELECT s.star_id FROM xpmet.xmatch_current x JOIN xpmet.survey_star s USING (star_id) "
+                         "WHERE x.source_id IS DISTINCT FROM s.gaia_source_id OR x.method NOT IN ('id', 'both')")
+    assert bad == []
+    # GBS: real Gaia DR3 rows with large proper motions, J2000 survey positions: propagation brings
+    # them together; at the Gaia epoch many are far apart.
+    gbs = rows(clean_db, "SELECT x.separation, x.id_separation FROM xpmet.xmatch_current x "
+                         "JOIN xpmet.survey s USING (survey_id) WHERE s.name = 'gbs'")
+    assert max(r["separation"] for r in gbs) < 1.0
+
+
+def test_high_proper_motion_needs_epoch_propagation(clean_db, tmp_path):
+    # Gaia positions at 2016.0; the survey observed in 2000.0. pm 400 mas/yr (beyond pm_cap's first pass
+    # when pm_cap is 300) and 100 mas/yr: 6.4" and 1.6" away at the Gaia epoch.
+    insert_gaia(tmp_path, {"source_id": np.array([1, 2, 3]), "ra": np.array([50.0, 60.0, 70.0]),
+                           "dec": np.array([20.0, 20.0, 20.0]), "pmra": np.array([400.0, 0.0, 0.0]),
+                           "pmdec": np.array([0.0, 100.0, 0.0])})
+    cosd = np.cos(np.radians(20.0))
+    my_survey(tmp_path, {"ra": [50.0 - 0.4 * 16 / 3600 / cosd, 60.0, 70.0 + 0.3 / 3600],
+                         "dec": [20.0, 20.0 - 0.1 * 16 / 3600, 20.0]}, epoch=2000.0)
+    run_xmatch(XmatchParams(radius=1.0))
+    m = by_object(clean_db)
+    assert [m[k]["source_id"] for k in "012"] == [1, 2, 3]
+    assert all(m[k]["separation"] < 0.31 for k in "012")
+    assert all(m[k]["method"] == "position" for k in "012")
+    run_xmatch(XmatchParams(radius=1.0, epoch="gaia"))      # what the original pipeline did
+    m = by_object(clean_db)
+    assert [m[k]["source_id"] for k in "012"] == [None, None, 3]
+
+
+def test_best_neighbour_ambiguity_duplicates_and_ids(clean_db, tmp_path):
+    arc = 1 / 3600
+    insert_gaia(tmp_path, {
+        "source_id": np.array([10, 11, 20, 30, 40, 41]),
+        "ra": np.array([100.0, 100 + 0.6 * arc, 110.0, 120.0, 130.0, 130 + 0.4 * arc]),
+        "dec": np.zeros(6),
+        "pmra": np.array([0.0, 0.0, 0.0, np.nan, 0.0, 0.0]), "pmdec": np.array([0.0, 0.0, 0.0, np.nan, 0.0, 0.0])})
+    my_survey(tmp_path, {
+        # 0: two candidates (0.2" and 0.4"): ambiguous, best 10;  1 and 2: both claim 20
+        # 3: Gaia source without pm at 1.5": matched with the widened radius
+        # 4: declares 41 which is 0.4" away while 40 is at 0.1": id wins, flagged id_not_nearest
+        # 5: declares 20 but sits at 130 deg: id rejected, position finds 40;  6: declares an unknown id
+        "ra": [100 + 0.2 * arc, 110.0, 110 + 0.1 * arc, 120 + 1.5 * arc, 130 + 0.1 * arc, 130.0, 140.0],
+        "dec": np.zeros(7), "gid": np.array([0, 0, 0, 0, 41, 20, 999], np.int64)})
+    run = run_xmatch()
+    m = by_object(clean_db)
+    assert (m["0"]["source_id"], m["0"]["n_candidates"], m["0"]["ambiguous"]) == (10, 2, True)
+    assert m["0"]["separation"] == pytest.approx(0.2, abs=1e-3)
+    assert m["0"]["second_separation"] == pytest.approx(0.4, abs=1e-3)
+    assert m["1"]["source_id"] == m["2"]["source_id"] == 20 and m["1"]["duplicate_claim"] and m["2"]["duplicate_claim"]
+    assert m["3"]["source_id"] == 30 and m["3"]["flags"] & (1 << XMATCH_BITS["no_pm"])
+    assert (m["4"]["source_id"], m["4"]["method"]) == (41, "id")
+    assert m["4"]["flags"] & (1 << XMATCH_BITS["id_not_nearest"]) and not m["4"]["ambiguous"]
+    assert (m["5"]["source_id"], m["5"]["method"]) == (40, "position")
+    assert m["5"]["flags"] & (1 << XMATCH_BITS["id_rejected"]) and m["5"]["id_separation"] > 3600
+    assert (m["6"]["source_id"], m["6"]["method"]) == (None, "none")
+    assert m["6"]["flags"] & (1 << XMATCH_BITS["id_not_found"])
+    assert run.by_method == {"position": 5, "id": 1, "none": 1}
+
+
+def test_dr2_ids_only_confirm_positions(clean_db, tmp_path):
+    arc = 1 / 3600
+    insert_gaia(tmp_path, {"source_id": np.array([5, 6, 7]), "ra": np.array([10.0, 10 + 0.3 * arc, 20.0]),
+                           "dec": np.zeros(3), "pmra": np.zeros(3), "pmdec": np.zeros(3)})
+    # row 0 declares DR2 id 6 (the farther of two candidates): it breaks the tie;
+    # row 1 declares DR2 id 7 far away: a DR2 id is never trusted without position -> no match
+    my_survey(tmp_path, {"ra": [10.0, 30.0], "dec": [0.0, 0.0], "gid": np.array([6, 7], np.int64)}, release="DR2")
+    run_xmatch()
+    m = by_object(clean_db)
+    assert (m["0"]["source_id"], m["0"]["method"]) == (6, "both")
+    assert m["0"]["flags"] & (1 << XMATCH_BITS["dr2_id"])
+    assert m["1"]["source_id"] is None
+
+
+def test_versions_overrides_and_errors(clean_db, tmp_path):
+    arc = 1 / 3600
+    insert_gaia(tmp_path, {"source_id": np.array([1]), "ra": np.array([10.0]), "dec": np.array([0.0]),
+                           "pmra": np.zeros(1), "pmdec": np.zeros(1)})
+    my_survey(tmp_path, {"ra": [10 + 1.5 * arc], "dec": [0.0]})
+    a = run_xmatch()
+    b = run_xmatch(XmatchParams(overrides={"mine": {"radius": 2.0}}, version="wide"))
+    runs = rows(clean_db, "SELECT version, is_current, n_matched FROM xpmet.xmatch_run ORDER BY run_id")
+    assert [(r["version"], r["is_current"], r["n_matched"]) for r in runs] == [(a.version, False, 0), ("wide", True, 1)]
+    assert rows(clean_db, "SELECT xmatch_version FROM xpmet.xmatch_current")[0]["xmatch_version"] == "wide"
+    with pytest.raises(XpmetError, match="exists already"):
+        run_xmatch(XmatchParams(version="wide"))
+    with pytest.raises(XpmetError, match="not loaded"):
+        run_xmatch(XmatchParams(overrides={"lamost": {"radius": 3.0}}))
+    run_xmatch(keep=1)
+    assert len(rows(clean_db, "SELECT 1 FROM xpmet.xmatch_run")) == 1
+
+
+def stilts_pairs(tmp_path, gaia: dict, survey: dict, radius: float) -> set:
+    g = write_table(tmp_path / "g.fits", {"source_id": gaia["source_id"], "ra": gaia["ra"], "dec": gaia["dec"]})
+    s = write_table(tmp_path / "s.fits", {"oid": survey["oid"], "ra": survey["ra"], "dec": survey["dec"]})
+    out = tmp_path / "pairs.fits"
+    subprocess.run(["stilts", "tmatch2", f"in1={s}", f"in2={g}", "matcher=sky", f"params={radius}",
+                    "values1=ra dec", "values2=ra dec", "find=best1", "join=1and2", f"out={out}", "ofmt=fits"],
+                   check=True, capture_output=True, timeout=300)
+    t = read(out)
+    return {(str(o), int(i)) for o, i in zip(t["oid"], t["source_id"])}
+
+
+@pytest.mark.skipif(shutil.which("stilts") is None,
+                    reason="STILTS is not installed (Debian package stilts, installed by run.sh)")
+def test_agrees_with_stilts_pair_for_pair_without_proper_motions(clean_db, tmp_path):
+    rng = np.random.default_rng(5)
+    n_g, n_s = 3000, 800
+    # a crowded 0.3 x 0.3 degree field so that some rows have several candidates within 2"
+    gra, gdec = 150 + rng.uniform(0, 0.3, n_g), 2 + rng.uniform(0, 0.3, n_g)
+    pick = rng.choice(n_g, n_s, replace=False)
+    sra = gra[pick] + rng.normal(0, 0.7, n_s) / 3600 / np.cos(np.radians(gdec[pick]))
+    sdec = gdec[pick] + rng.normal(0, 0.7, n_s) / 3600
+    gaia = {"source_id": np.arange(1, n_g + 1, dtype=np.int64), "ra": gra, "dec": gdec,
+            "pmra": np.zeros(n_g), "pmdec": np.zeros(n_g)}
+    insert_gaia(tmp_path, gaia)
+    oid = np.array([f"s{i}" for i in range(n_s)])
+    my_survey(tmp_path, {"oid": oid, "ra": sra, "dec": sdec})
+    run_xmatch(XmatchParams(radius=2.0))
+    ours = {(r["object_id"], r["source_id"]) for r in rows(
+        clean_db, "SELECT s.object_id, x.source_id FROM xpmet.xmatch_current x JOIN xpmet.survey_star s "
+                  "USING (star_id) WHERE x.source_id IS NOT NULL")}
+    theirs = stilts_pairs(tmp_path, gaia, {"oid": oid, "ra": sra, "dec": sdec}, 2.0)
+    assert len(theirs) > 0.9 * n_s
+    assert ours == theirs
+    amb = rows(clean_db, "SELECT count(*) AS n FROM xpmet.xmatch_current WHERE ambiguous")[0]["n"]
+    assert amb > 0   # the field is crowded enough to test the best-neighbour choice

@@ -32,7 +32,7 @@ _OUTPUTS = ("SIMULATED.txt", "gaia_source", "xp_continuous", "surveys", "truth.f
 def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS, *,
              faint_ratio: float = 1.0, pair_fraction: float = 0.03, missing_band_fraction: float = 0.005,
              rows_per_file: int = 20000, batch_size: int = 2000, n_templates: int = 64, correlations: bool = True,
-             null_token: str = "", gzip_level: int = 1, plots: bool = False, overwrite: bool = False,
+             null_token: str = "", gzip_level: int = 2, plots: bool = False, overwrite: bool = False,
              progress: bool = True) -> Path:
     """Write a simulated sky to ``outdir`` and return its path.
 

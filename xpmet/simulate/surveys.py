@@ -239,7 +239,7 @@ def lamost_table(rng, obs: Observation, truth) -> "Table":
     ra, dec = positions_at(truth, s, t.jyear)
     obsdate = np.array([d[:10] for d in t.isot])
     v, e, f = obs.values, obs.errors, obs.failed
-    obsid = np.sort(rng.choice(np.arange(100_000_000, 800_000_000), s.size, replace=False))[rng.permutation(s.size)]
+    obsid = (100_000_000 + np.cumsum(rng.integers(1, 5000, s.size)))[rng.permutation(s.size)]  # unique
     return Table({
         "obsid": obsid.astype(np.int64), "designation": _sexagesimal_ids(ra, dec, "J", 2, 1),
         "obsdate": obsdate, "ra": ra, "dec": dec,

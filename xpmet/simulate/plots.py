@@ -37,10 +37,10 @@ def _write_all(truth: dict[str, np.ndarray], outdir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(-4.0, 0.8, 61)
+    ax.hist(truth["feh"][xp], bins=bins, histtype="stepfilled", color="0.85", label="all")
     for name, colour in _COLOURS.items():
         sel = xp & (pop == name)
         ax.hist(truth["feh"][sel], bins=bins, histtype="step", color=colour, label=f"{name} ({sel.sum()})")
-    ax.hist(truth["feh"][xp], bins=bins, histtype="step", color="k", label="all")
     ax.set_yscale("log")
     ax.set_xlabel("[Fe/H]")
     ax.set_ylabel("XP stars")

@@ -148,7 +148,6 @@ def evaluate(model_dir, data_path, truth_path=None, out_dir=None, emulator_dir=N
     emu = pred if pred.kind == "emulator" else (load_predictor(emulator_dir) if emulator_dir else None)
     if emu is not None:
         result["photometry"] = photometry_check(emu, test)
-    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=1, default=float))
     if plots:
         from xpmet.ml import plots as pl
         for name, (arr, p, ref) in sets.items():

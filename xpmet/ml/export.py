@@ -211,7 +211,7 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
             exists = conn.execute("SELECT to_regclass('xpmet.training_set') IS NOT NULL").fetchone()[0]
             if not exists:
                 raise XpmetError("the database has no xpmet.training_set view; run the migrations "
-                                 "(`xpmet db upgrade`) and build labels first.")
+                                 "(`xpmet db migrate`) and build labels first.")
             total = conn.execute(f"SELECT count(*) FROM ({sql}) q", params).fetchone()[0]
             w = Writer(f, opt.correlations)
             bar = tqdm(total=total, desc="export", unit="star", disable=not progress)

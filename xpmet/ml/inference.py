@@ -17,7 +17,7 @@ import torch
 
 from xpmet.errors import XpmetError
 from xpmet.ml.dataset import XPArrays, from_batch
-from xpmet.ml.models import Emulator, Estimator, estimator_inputs, fit_emulator, whitening
+from xpmet.ml.models import Emulator, Estimator, emulator_outputs, estimator_inputs, fit_emulator
 from xpmet.ml.normalise import LABELS, Normaliser
 
 #: quality_flags bits (value = 1 << bit)
@@ -96,7 +96,8 @@ class Predictor:
         ag = np.full(len(labels), np.nan) if ag is None else ag
         p = self._f(self.norm.params.transform(emulator_params(self.norm, labels, ag)))
         with torch.no_grad():
-            out = np.mean([(m(p) * self.x_scale + self.x_mean).cpu().numpy() for m in self.members], axis=0)
+            out = np.mean([emulator_outputs(m, p, self.x_mean, self.x_scale)[0].cpu().numpy()
+                           for m in self.members], axis=0)
         return out
 
     # -- internals --------------------------------------------------------------------------
@@ -148,16 +149,18 @@ class Predictor:
     def _fit(self, arr: XPArrays):
         n = self.norm
         x, e = self._f(arr.x), self._f(arr.e)
-        L = None
+        corr = sd = None
         if self.uses_correlations and arr.corr is not None:
-            L = whitening(e, self._f(arr.corr), None if arr.std_dev is None else self._f(arr.std_dev))
+            corr = self._f(arr.corr)
+            sd = None if arr.std_dev is None else self._f(arr.std_dev)
         P = self.members[0].n_params
         starts = self._starts()
         prior_mu = torch.zeros(P, device=self.device)
         prior_sigma = torch.full((P,), 3.0, device=self.device)
         ps, covs, c2s = [], [], []
         for m in self.members:
-            p, cov, c2, nused = fit_emulator(m, x, e, self.x_mean, self.x_scale, prior_mu, prior_sigma, starts, L=L)
+            p, cov, c2, nused = fit_emulator(m, x, e, self.x_mean, self.x_scale, prior_mu, prior_sigma, starts,
+                                             corr=corr, std_dev=sd)
             ps.append(p.cpu().numpy())
             covs.append(torch.diagonal(cov, dim1=1, dim2=2).cpu().numpy())
             c2s.append(c2.cpu().numpy())

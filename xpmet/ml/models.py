@@ -4,9 +4,12 @@
   flags) -> mean and log-sigma of (teff, logg, feh, alpha_fe). Trained with a heteroscedastic
   Gaussian likelihood whose variance is sigma_model^2 + sigma_label^2, so the survey label errors
   are not learnt as model uncertainty; missing labels are masked out.
-- :class:`Emulator`: (teff, logg, feh, alpha_fe, A_G) -> flux-normalised XP coefficients,
-  trained with the chi-squared of the observed coefficients (diagonal errors, or the full
-  covariance reconstructed by :mod:`xpmet.xp` when the file carries correlations).
+- :class:`Emulator`: (teff, logg, feh, alpha_fe, A_G) -> flux-normalised XP coefficients plus
+  a per-coefficient model scatter s(labels). Trained with the Gaussian likelihood of the observed
+  coefficients whose covariance is the published one (diagonal errors, or the full covariance
+  reconstructed by :mod:`xpmet.xp` when the file carries correlations) plus diag(s^2): the
+  chi-squared on the coefficient errors, with s absorbing what the labels cannot explain (label
+  noise, extinction mismatch) so bright stars are not fitted to noise in their labels.
 - :func:`fit_emulator`: batched Levenberg–Marquardt maximum likelihood of the labels for many
   stars at once, with Fisher-matrix uncertainties and the reduced chi-squared.
 """
@@ -48,15 +51,19 @@ class Estimator(nn.Module):
 
 
 class Emulator(nn.Module):
-    """Standardised (teff, logg, feh, alpha_fe, ag) -> standardised flux-normalised coefficients (110)."""
+    """Standardised (teff, logg, feh, alpha_fe, ag) -> (standardised coefficients (110), log model scatter (110)).
+
+    The model scatter is in units of the coefficient scaler's std (multiply by it for flux units).
+    """
 
     def __init__(self, hidden=(128, 128, 128), n_params=5):
         super().__init__()
         self.n_params = n_params
-        self.net = mlp(n_params, hidden, N_X)
+        self.net = mlp(n_params, hidden, 2 * N_X)
 
     def forward(self, params):
-        return self.net(params)
+        out = self.net(params)
+        return out[:, :N_X], out[:, N_X:].clamp(-14.0, 3.0)
 
 
 def estimator_inputs(x_std, e_std, missing):
@@ -80,10 +87,11 @@ def heteroscedastic_nll(mu, log_sigma, y, y_err):
     return nll.sum() / ok.sum().clamp(min=1)
 
 
-def whitening(e, corr, std_dev=None):
-    """Cholesky factors L (n,2,55,55) of the two bands' covariances, in the units of ``e``.
+def covariance(e, corr, std_dev=None, extra_var=None):
+    """Per-band covariance (n,2,55,55) of flux-normalised coefficients, in the units of ``e``.
 
-    e (n,110) errors (NaN band -> identity), corr (n,2,1485) Gaia correlations.
+    e (n,110) errors, corr (n,2,1485) Gaia correlations (order of :mod:`xpmet.xp`), extra_var
+    (n,110) added to the diagonal (the emulator's model scatter). A missing band -> identity.
     """
     n = e.shape[0]
     c = torch.zeros(n, 2, N_COEF, N_COEF, dtype=e.dtype, device=e.device)
@@ -93,138 +101,159 @@ def whitening(e, corr, std_dev=None):
     c.diagonal(dim1=-2, dim2=-1).fill_(1.0)
     s = e.view(n, 2, N_COEF)
     if std_dev is not None:
-        s = s / std_dev.to(e.dtype)[..., None]
+        s = s / torch.where(torch.isfinite(std_dev) & (std_dev > 0), std_dev, torch.ones_like(std_dev))[..., None]
     bad = ~torch.isfinite(s).all(-1) | ~torch.isfinite(c).flatten(-2).all(-1)
     s = torch.where(bad[..., None], torch.ones_like(s), s)
+    c = torch.where(bad[..., None, None], torch.eye(N_COEF, dtype=e.dtype, device=e.device), c)
     cov = c * s[..., :, None] * s[..., None, :]
-    eye = torch.eye(N_COEF, dtype=e.dtype, device=e.device)
-    cov = torch.where(bad[..., None, None], eye, cov)
     # a tiny ridge keeps Cholesky alive for nearly singular published matrices
-    cov = cov + 1e-6 * torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)[..., None, None] * eye
+    ridge = 1e-6 * torch.diagonal(cov, dim1=-2, dim2=-1)
+    if extra_var is not None:
+        ridge = ridge + torch.where(bad[..., None], torch.zeros_like(s), extra_var.view(n, 2, N_COEF))
+    return cov + torch.diag_embed(ridge)
+
+
+def cholesky(cov):
+    """Cholesky factors; matrices that fail fall back to their diagonal."""
     L, info = torch.linalg.cholesky_ex(cov)
-    fallback = torch.diag_embed(s)
+    fallback = torch.diag_embed(torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1)))
     return torch.where((info > 0)[..., None, None], fallback, L)
 
 
-def chi2(pred, x, e, L=None):
-    """Per-star chi-squared and number of used coefficients; NaN coefficients are skipped.
+def whitening(e, corr, std_dev=None):
+    """Cholesky factors (n,2,55,55) of the published covariance (no model term)."""
+    return cholesky(covariance(e, corr, std_dev))
 
-    With Cholesky factors L of the covariance the residuals are whitened (full covariance).
+
+def gaussian_terms(r, e, ok, model_var=None, corr=None, std_dev=None):
+    """Per-star chi2 and log-determinant of residuals r (n,110) under cov = C_obs + diag(model_var).
+
+    Coefficients that are not ``ok`` (missing) contribute nothing.
     """
+    r = torch.where(ok, r, torch.zeros_like(r))
+    mv = torch.zeros_like(r) if model_var is None else model_var
+    if corr is None:
+        var = torch.where(ok, e ** 2 + mv, torch.ones_like(r))
+        return (r ** 2 / var).sum(1), torch.where(ok, torch.log(var), torch.zeros_like(r)).sum(1)
+    eo = torch.where(ok, e, torch.ones_like(e))
+    L = cholesky(covariance(eo, corr, std_dev, torch.where(ok, mv, torch.zeros_like(mv))))
+    z = torch.linalg.solve_triangular(L, r.reshape(-1, 2, N_COEF, 1), upper=False).reshape(-1, N_X)
+    diag = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).reshape(-1, N_X)
+    return (z ** 2).sum(1), 2 * torch.where(ok, diag, torch.zeros_like(diag)).sum(1)
+
+
+def emulator_outputs(model, p_std, x_mean, x_scale):
+    """Flux-normalised coefficient prediction and model variance (n,110) at standardised parameters."""
+    mean_std, log_s = model(p_std)
+    return mean_std.float() * x_scale + x_mean, (torch.exp(log_s.float()) * x_scale) ** 2
+
+
+def emulator_nll(model, p_std, x, e, x_mean, x_scale, corr=None, std_dev=None):
+    """Mean negative log-likelihood per used coefficient, and the per-star reduced chi2."""
+    pred, mvar = emulator_outputs(model, p_std, x_mean, x_scale)
     ok = torch.isfinite(x) & torch.isfinite(e) & (e > 0)
-    r = torch.where(ok, pred - x, torch.zeros_like(x))
-    if L is None:
-        z = r / torch.where(ok, e, torch.ones_like(e))
-    else:
-        z = torch.linalg.solve_triangular(L, r.view(-1, 2, N_COEF, 1), upper=False).view(-1, N_X)
-        z = torch.where(ok, z, torch.zeros_like(z))
-    return (z ** 2).sum(1), ok.sum(1)
-
-
-def emulator_loss(pred_std, x, e, x_mean, x_scale, L=None):
-    """Mean reduced chi-squared of the emulator's prediction against the observed coefficients."""
-    pred = pred_std * x_scale + x_mean
-    c2, n = chi2(pred, x, e, L)
-    return (c2 / n.clamp(min=1)).mean()
+    c2, logdet = gaussian_terms(pred - torch.where(ok, x, torch.zeros_like(x)), e, ok, mvar, corr, std_dev)
+    n = ok.sum(1).clamp(min=1)
+    # the constant log|C_obs| part of logdet does not matter; dividing by e keeps numbers O(1)
+    base = torch.where(ok, torch.log(torch.where(ok, e, torch.ones_like(e)) ** 2), torch.zeros_like(e)).sum(1)
+    return (0.5 * (c2 + logdet - base)).sum() / n.sum(), c2 / n
 
 
 @torch.no_grad()
-def _jacobian(model, p, n_params):
-    """Jacobian d out / d params (n,110,P) by forward-mode differentiation (P is small)."""
+def _jacobian(fn, p, n_params):
+    """Jacobian d fn / d params (n,110,P) by forward-mode differentiation (P is small)."""
     cols = []
     for k in range(n_params):
         t = torch.zeros_like(p)
         t[:, k] = 1.0
-        _, jv = torch.func.jvp(model, (p,), (t,))
+        _, jv = torch.func.jvp(fn, (p,), (t,))
         cols.append(jv)
     return torch.stack(cols, dim=2)
 
 
-def fit_emulator(model: Emulator, x, e, x_mean, x_scale, prior_mu, prior_sigma, starts, n_iter=30, L=None):
+def _whiten(v, e, ok, mvar, corr, std_dev):
+    """C^-1/2 v for v (n,110[,P]) with C = C_obs + diag(model var)."""
+    n = v.shape[0]
+    P = v.shape[2] if v.dim() == 3 else 1
+    v3 = torch.where(ok.view(n, N_X, 1), v.reshape(n, N_X, P), torch.zeros(1, dtype=v.dtype, device=v.device))
+    if corr is None:
+        var = torch.where(ok, e ** 2 + mvar, torch.ones_like(e))
+        out = v3 / torch.sqrt(var)[..., None]
+    else:
+        eo = torch.where(ok, e, torch.ones_like(e))
+        L = cholesky(covariance(eo, corr, std_dev, torch.where(ok, mvar, torch.zeros_like(mvar))))
+        out = torch.linalg.solve_triangular(L, v3.reshape(n, 2, N_COEF, P), upper=False).reshape(n, N_X, P)
+    out = torch.where(ok.view(n, N_X, 1), out, torch.zeros_like(out))
+    return out if v.dim() == 3 else out[..., 0]
+
+
+@torch.no_grad()
+def fit_emulator(model: Emulator, x, e, x_mean, x_scale, prior_mu, prior_sigma, starts, n_iter=30,
+                 corr=None, std_dev=None):
     """Batched maximum likelihood of the standardised parameters for every star.
 
-    x, e (n,110) observed normalised coefficients and errors (NaN = missing); starts (k,P)
-    candidate starting points (standardised) — each star starts from its best candidate.
-    A weak Gaussian prior (prior_mu, prior_sigma, standardised) keeps poorly constrained
-    parameters inside the training range. Returns p (n,P), covariance (n,P,P) from the Fisher
-    matrix, chi2 (n,), n_used (n,).
+    Levenberg–Marquardt on chi2(p) = r^T (C_obs + diag s(p)^2)^-1 r + prior, with r the
+    observed minus emulated flux-normalised coefficients (NaN = missing), C_obs diagonal or
+    full (corr given). ``starts`` (k,P) are candidate starting points; each star starts from
+    its best one. A weak Gaussian prior (standardised prior_mu, prior_sigma) keeps poorly
+    constrained parameters near the training range. Returns p (n,P), covariance (n,P,P) =
+    inverse Fisher matrix (+ prior), chi2 (n,) without the prior, and used coefficients (n,).
     """
     model.eval()
     n, P = x.shape[0], starts.shape[1]
     ok = torch.isfinite(x) & torch.isfinite(e) & (e > 0)
     xz = torch.where(ok, x, torch.zeros_like(x))
-    w_sig = torch.where(ok, e, torch.ones_like(e))
+    mean_fn = lambda q: model(q)[0] * x_scale + x_mean  # noqa: E731
 
-    def residual(pred):
-        r = pred - xz
-        if L is None:
-            return torch.where(ok, r / w_sig, torch.zeros_like(r))
-        z = torch.linalg.solve_triangular(L, r.view(-1, 2, N_COEF, 1), upper=False).view(-1, N_X)
-        return torch.where(ok, z, torch.zeros_like(z))
+    def evaluate(p):
+        pred, mvar = emulator_outputs(model, p, x_mean, x_scale)
+        z = _whiten(pred - xz, e, ok, mvar, corr, std_dev)
+        return (z ** 2).sum(1), z, mvar
 
-    def whiten_jac(J):
-        if L is None:
-            return torch.where(ok[..., None], J / w_sig[..., None], torch.zeros_like(J))
-        Jw = torch.linalg.solve_triangular(L, J.view(-1, 2, N_COEF, P), upper=False).view(-1, N_X, P)
-        return torch.where(ok[..., None], Jw, torch.zeros_like(Jw))
-
-    def forward(p):
-        return model(p) * x_scale + x_mean
-
-    with torch.no_grad():
-        # best starting point per star: evaluate every candidate (k small), keep the lowest chi2
-        best = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
-        p = starts[0].expand(n, P).clone()
-        preds = forward(starts)  # (k,110)
-        for j in range(starts.shape[0]):
-            z = residual(preds[j].expand(n, -1))
-            c = (z ** 2).sum(1)
-            better = c < best
-            best = torch.where(better, c, best)
-            p = torch.where(better[:, None], starts[j].expand(n, P), p)
-        lam = torch.full((n,), 1e-2, dtype=x.dtype, device=x.device)
-        prior_w = 1.0 / prior_sigma ** 2
-        eye = torch.eye(P, dtype=x.dtype, device=x.device)
-
-        def objective(p):
-            z = residual(forward(p))
-            return (z ** 2).sum(1) + (((p - prior_mu) / prior_sigma) ** 2).sum(1), z
-
-        cost, z = objective(p)
-        for _ in range(n_iter):
-            J = whiten_jac(_jacobian(lambda q: forward(q), p, P))
-            JtJ = J.transpose(1, 2) @ J + torch.diag_embed(prior_w.expand(n, P))
-            g = (J.transpose(1, 2) @ z[..., None])[..., 0] + prior_w * (p - prior_mu)
-            A = JtJ + lam[:, None, None] * torch.diag_embed(torch.diagonal(JtJ, dim1=1, dim2=2)) + 1e-9 * eye
-            step = torch.linalg.solve(A, -g[..., None])[..., 0]
-            step = step.clamp(-1.0, 1.0)  # never jump more than one training sigma per iteration
-            new = p + step
-            new_cost, new_z = objective(new)
-            accept = new_cost < cost
-            p = torch.where(accept[:, None], new, p)
-            cost = torch.where(accept, new_cost, cost)
-            z = torch.where(accept[:, None], new_z, z)
-            lam = torch.where(accept, lam * 0.3, lam * 10).clamp(1e-6, 1e6)
-        J = whiten_jac(_jacobian(lambda q: forward(q), p, P))
-        fisher = J.transpose(1, 2) @ J + torch.diag_embed(prior_w.expand(n, P))
-        cov = torch.linalg.inv(fisher + 1e-12 * eye)
-        c2 = (z ** 2).sum(1)
-        return p, cov, c2, ok.sum(1)
+    prior_w = 1.0 / prior_sigma ** 2
+    best = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
+    p = starts[0].expand(n, P).clone()
+    for j in range(starts.shape[0]):
+        c, _, _ = evaluate(starts[j].expand(n, P).contiguous())
+        better = c < best
+        best = torch.where(better, c, best)
+        p = torch.where(better[:, None], starts[j].expand(n, P), p)
+    lam = torch.full((n,), 1e-2, dtype=x.dtype, device=x.device)
+    eye = torch.eye(P, dtype=x.dtype, device=x.device)
+    prior = lambda q: (((q - prior_mu) / prior_sigma) ** 2).sum(1)  # noqa: E731
+    c2, z, mvar = evaluate(p)
+    cost = c2 + prior(p)
+    for _ in range(n_iter):
+        J = _whiten(_jacobian(mean_fn, p, P), e, ok, mvar, corr, std_dev)
+        JtJ = J.transpose(1, 2) @ J + torch.diag_embed(prior_w.expand(n, P))
+        g = (J.transpose(1, 2) @ z[..., None])[..., 0] + prior_w * (p - prior_mu)
+        A = JtJ + lam[:, None, None] * torch.diag_embed(torch.diagonal(JtJ, dim1=1, dim2=2)) + 1e-9 * eye
+        step = torch.linalg.solve(A, -g[..., None])[..., 0].clamp(-1.0, 1.0)  # at most 1 training sigma
+        new = p + step
+        nc2, nz, nmvar = evaluate(new)
+        ncost = nc2 + prior(new)
+        accept = ncost < cost
+        p = torch.where(accept[:, None], new, p)
+        cost = torch.where(accept, ncost, cost)
+        c2 = torch.where(accept, nc2, c2)
+        z = torch.where(accept[:, None], nz, z)
+        mvar = torch.where(accept[:, None], nmvar, mvar)
+        lam = torch.where(accept, lam * 0.3, lam * 10).clamp(1e-6, 1e6)
+    J = _whiten(_jacobian(mean_fn, p, P), e, ok, mvar, corr, std_dev)
+    fisher = J.transpose(1, 2) @ J + torch.diag_embed(prior_w.expand(n, P))
+    cov = torch.linalg.inv(fisher + 1e-12 * eye)
+    return p, cov, c2, ok.sum(1)
 
 
-def fisher_sigma(model: Emulator, p, e, x_scale, x_mean, L=None):
-    """Cramér–Rao bound: sqrt(diag((J^T C^-1 J)^-1)) at parameters p (standardised), no prior."""
+@torch.no_grad()
+def fisher_sigma(model: Emulator, p, e, x_mean, x_scale, corr=None, std_dev=None, model_scatter=False):
+    """Cramér–Rao bound sqrt(diag(F^-1)) of the standardised parameters at p, F = J^T C^-1 J.
+
+    C is the published covariance (plus the emulator's model scatter if ``model_scatter``).
+    """
     P = p.shape[1]
     ok = torch.isfinite(e) & (e > 0)
-    with torch.no_grad():
-        J = _jacobian(lambda q: model(q) * x_scale + x_mean, p, P)
-        if L is None:
-            Jw = torch.where(ok[..., None], J / torch.where(ok, e, torch.ones_like(e))[..., None],
-                             torch.zeros_like(J))
-        else:
-            Jw = torch.linalg.solve_triangular(L, J.view(-1, 2, N_COEF, P), upper=False).view(-1, N_X, P)
-            Jw = torch.where(ok[..., None], Jw, torch.zeros_like(Jw))
-        F = Jw.transpose(1, 2) @ Jw
-        cov = torch.linalg.pinv(F)
-    return torch.sqrt(torch.clamp(torch.diagonal(cov, dim1=1, dim2=2), min=0))
-
+    mvar = emulator_outputs(model, p, x_mean, x_scale)[1] if model_scatter else torch.zeros_like(e)
+    J = _whiten(_jacobian(lambda q: model(q)[0] * x_scale + x_mean, p, P), e, ok, mvar, corr, std_dev)
+    F = J.transpose(1, 2) @ J
+    return torch.sqrt(torch.clamp(torch.diagonal(torch.linalg.pinv(F), dim1=1, dim2=2), min=0))

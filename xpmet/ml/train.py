@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from xpmet import __version__
 from xpmet.errors import XpmetError
 from xpmet.ml import dataset as ds
-from xpmet.ml.models import Emulator, Estimator, emulator_loss, estimator_inputs, heteroscedastic_nll, whitening
+from xpmet.ml.models import Emulator, Estimator, emulator_nll, estimator_inputs, heteroscedastic_nll
 from xpmet.ml.plots import learning_curves
 from xpmet.ml.normalise import G_ZERO_POINT, Normaliser, emulator_params, fit_normaliser
 
@@ -155,11 +155,9 @@ class Trainer:
                 x, e = self.augment(x, e, t.ratio[idx], t.g[idx], self.config.augment, gen)
             mu, log_sigma = model(estimator_inputs(x, e, t.missing[idx]))
             return heteroscedastic_nll(mu.float(), log_sigma.float(), t.y[idx], t.y_err[idx])
-        L = None
-        if t.corr is not None:
-            L = whitening(t.e[idx], t.corr[idx], None if t.sd is None else t.sd[idx])
-        pred = model(t.p[idx]).float()
-        return emulator_loss(pred, t.x[idx], t.e[idx], self.x_mean, self.x_scale, L)
+        corr = None if t.corr is None else t.corr[idx]
+        sd = None if t.sd is None else t.sd[idx]
+        return emulator_nll(model, t.p[idx], t.x[idx], t.e[idx], self.x_mean, self.x_scale, corr, sd)[0]
 
 
 def _usable(arr: ds.XPArrays, kind: str) -> np.ndarray:
@@ -306,6 +304,17 @@ def _json_float(v):
     return float(v) if isinstance(v, (np.floating, np.integer)) else str(v)
 
 
+def _finite(v):
+    """JSON for PostgreSQL: NaN and infinities (which jsonb rejects) become null."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
 def _atomic_save(obj, path: Path):
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -331,6 +340,6 @@ def register_model(out: Path, cfg: dict, metrics: dict, fingerprint: str) -> int
     with xpmet.connect().begin() as c:
         return c.execute(sa.insert(models).values(
             name=cfg.get("name") or out.name, kind=cfg["kind"], path=str(out.resolve()),
-            config=json.loads(json.dumps(cfg, default=str)),
-            metrics=json.loads(json.dumps(metrics, default=_json_float).replace("NaN", "null")),
+            config=_finite(json.loads(json.dumps(cfg, default=str))),
+            metrics=_finite(json.loads(json.dumps(metrics, default=_json_float))),
             data_fingerprint=fingerprint, xpmet_version=__version__).returning(models.c.model_id)).scalar_one()

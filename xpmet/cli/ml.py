@@ -1,0 +1,115 @@
+"""``xpmet export``, ``xpmet train``, ``xpmet evaluate``: training data, models and their validation."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from xpmet.ml.normalise import LABELS
+
+
+@click.command("export")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--g-max", type=float, help="Keep stars with phot_g_mean_mag <= G_MAX.")
+@click.option("--g-min", type=float, help="Keep stars with phot_g_mean_mag >= G_MIN.")
+@click.option("--max-coef-error", type=float,
+              help="Keep stars whose median coefficient error / G flux is at most this (e.g. 0.01).")
+@click.option("--min-surveys", type=int, default=1, show_default=True, help="Surveys that measured the star.")
+@click.option("--require", default="feh", show_default=True,
+              help=f"Comma-separated labels that must be known ({', '.join(LABELS)}; '' for none).")
+@click.option("--split", "split_", default="train=0.8,valid=0.1,test=0.1", show_default=True,
+              help="Split fractions; a star's split depends only on its source_id and --seed.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--correlations", is_flag=True, help="Also export the 2x1485 coefficient correlations (12x larger).")
+@click.option("--noise-sample", type=int, default=20000, show_default=True,
+              help="Unlabelled XP sources sampled for the noise model and the target magnitudes (0: none).")
+@click.option("--limit", type=int, help="At most this many stars (for quick experiments).")
+def export_cmd(out, g_max, g_min, max_coef_error, min_surveys, require, split_, seed, correlations, noise_sample,
+               limit):
+    """Export the training_set view to a chunked, compressed HDF5 file OUT.
+
+    The layout, splits and attributes are documented in xpmet.ml.export.
+
+    \b
+    xpmet export train.h5 --g-max 17 --split train=0.8,valid=0.1,test=0.1 --seed 1
+    """
+    from xpmet.ml.export import ExportOptions, export, parse_split
+    opt = ExportOptions(g_max=g_max, g_min=g_min, max_coef_error=max_coef_error, min_surveys=min_surveys,
+                        require=tuple(r.strip() for r in require.split(",") if r.strip()),
+                        split=parse_split(split_), seed=seed, correlations=correlations,
+                        noise_sample=noise_sample, limit=limit)
+    res = export(out, opt)
+    click.echo(f"wrote {res['path']}: " + ", ".join(f"{k} {v:,}" for k, v in res["n_by_split"].items())
+               + (f"; {res['rows_cut_by_coef_error']:,} cut by --max-coef-error" if max_coef_error else ""))
+
+
+@click.command("train")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Model directory.")
+@click.option("--kind", type=click.Choice(["estimator", "emulator"]), default="estimator", show_default=True)
+@click.option("--hidden", default=None, help="Hidden layer widths, e.g. 256,256 [estimator 256,256; emulator 128,128,128].")
+@click.option("--epochs", type=int, default=200, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--patience", type=int, default=15, show_default=True, help="Early stopping on the validation loss.")
+@click.option("--ensemble", type=int, default=1, show_default=True, help="Estimator members (different seeds).")
+@click.option("--augment", type=float, default=0.5, show_default=True,
+              help="Share of training spectra degraded to fainter magnitudes (estimator).")
+@click.option("--correlations", is_flag=True, help="Emulator: chi-squared with the full XP covariance.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
+@click.option("--name", help="Name in the models table [the directory name].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/checkpoint.pt.")
+@click.option("--no-register", is_flag=True, help="Do not insert the model into xpmet.models.")
+def train_cmd(data, out_dir, kind, hidden, epochs, batch_size, lr, patience, ensemble, augment, correlations, seed,
+              device, name, resume, no_register):
+    """Train a model on DATA (an `xpmet export` file) into --out.
+
+    \b
+    estimator: XP -> Teff, logg, [Fe/H], [alpha/Fe] with per-star uncertainties
+    emulator:  labels + A_G -> XP coefficients; inference fits the labels per star
+    xpmet train train.h5 --out models/est --kind estimator --ensemble 3
+    """
+    from xpmet.ml.train import TrainConfig, train
+    if hidden is None:
+        hidden = "256,256" if kind == "estimator" else "128,128,128"
+    try:
+        widths = tuple(int(h) for h in hidden.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{hidden!r}: expected comma-separated integers", param_hint="--hidden")
+    cfg = TrainConfig(kind=kind, hidden=widths, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+                      seed=seed, device=device, ensemble=ensemble, augment=augment, correlations=correlations,
+                      name=name)
+    out = train(data, out_dir, cfg, resume=resume, register=not no_register)
+    m = json.loads((out / "metrics.json").read_text())["valid"]["overall"]
+    click.echo(f"model in {out}; validation [Fe/H] scatter {m['feh']['scatter']:.3f} dex, "
+               f"bias {m['feh']['bias']:+.3f}, calibration {m['feh']['calibration']:.2f}")
+
+
+@click.command("evaluate")
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False),
+              help="truth.fits of `xpmet simulate`: also score never-surveyed stars (read from the database).")
+@click.option("--emulator", type=click.Path(exists=True, file_okay=False),
+              help="An emulator model for the synthetic-photometry check of an estimator.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write [MODEL/evaluation].")
+@click.option("--max-truth", type=int, default=20000, show_default=True, help="Never-surveyed stars to score.")
+def evaluate_cmd(model, data, truth, emulator, out_dir, max_truth):
+    """Metrics and plots of MODEL on the test split of DATA (and with --truth on never-surveyed stars).
+
+    \b
+    xpmet evaluate models/est train.h5 --truth sim/truth.fits
+    """
+    from xpmet.ml.evaluate import evaluate
+    res = evaluate(model, data, truth, out_dir, emulator, max_truth)
+    for name in ("test", "test_vs_truth", "never_surveyed"):
+        if name in res:
+            m = res[name]["overall"]["feh"]
+            click.echo(f"{name:15s} n={m.get('n', 0):6d}  [Fe/H] bias {m.get('bias', float('nan')):+.3f}  "
+                       f"scatter {m.get('scatter', float('nan')):.3f}  calibration {m.get('calibration', float('nan')):.2f}"
+                       + (f"  median fit_stat {res[name]['median_fit_stat']:.2f}" if "median_fit_stat" in res[name] else ""))
+    if "photometry" in res and "CaHK" in res["photometry"]:
+        p = res["photometry"]["CaHK"]
+        click.echo(f"CaHK emulated-observed width {p['residual_width']:.3f} mag vs noise {p['photometric_noise']:.3f}")
+    click.echo(f"plots and evaluation.json in {res.get('plots', [''])[0].rsplit('/', 1)[0] if res.get('plots') else out_dir}")

@@ -145,7 +145,8 @@ def _sentinel(v, failed):
     return np.where(failed, SENTINEL, v)
 
 
-def _sexagesimal_ids(ra, dec, prefix: str, ra_decimals: int, dec_decimals: int, sep: str = "") -> np.ndarray:
+def _sexagesimal_ids(ra, dec, prefix: str, ra_decimals: int, dec_decimals: int, sep: str = "",
+                     dot: bool = False) -> np.ndarray:
     """2MASS-style designations 'hhmmss.ss+ddmmss.s' built with vectorised string operations."""
     h = ra / 15.0
     hh = np.floor(h)
@@ -164,9 +165,22 @@ def _sexagesimal_ids(ra, dec, prefix: str, ra_decimals: int, dec_decimals: int, 
     def z(v, w):
         return ch.zfill(v.astype(np.int64).astype(str), w)
 
-    ra_s = ch.add(ch.add(z(hh, 2), z(mm, 2)), z(ss_i, 2 + ra_decimals))
-    dec_s = ch.add(ch.add(z(dd, 2), z(dm, 2)), z(ds_i, 2 + dec_decimals))
+    def seconds(v, decimals):
+        s = z(v, 2 + decimals)
+        if not dot:  # 2MASS style: digits only
+            return s
+        return ch.add(ch.add(s.astype("U2"), "."), _tail(s, 2))
+
+    ra_s = ch.add(ch.add(z(hh, 2), z(mm, 2)), seconds(ss_i, ra_decimals))
+    dec_s = ch.add(ch.add(z(dd, 2), z(dm, 2)), seconds(ds_i, dec_decimals))
     return ch.add(ch.add(ch.add(prefix, ra_s), ch.add(sep, sign)), dec_s)
+
+
+def _tail(strings: np.ndarray, start: int) -> np.ndarray:
+    """strings[start:] for every element, vectorised through a fixed-width character view."""
+    width = strings.dtype.itemsize // 4
+    chars = strings.astype(f"U{width}").view("U1").reshape(strings.size, width)[:, start:]
+    return np.ascontiguousarray(chars).view(f"U{width - start}").reshape(strings.size)
 
 
 def apogee_table(rng, obs: Observation, truth) -> "Table":
@@ -237,16 +251,17 @@ def lamost_table(rng, obs: Observation, truth) -> "Table":
     jd = rng.uniform(Time("2011-10-24").jd, Time("2019-06-01").jd, s.size)
     t = Time(jd, format="jd")
     ra, dec = positions_at(truth, s, t.jyear)
-    obsdate = np.array([d[:10] for d in t.isot])
+    obsdate = np.asarray(t.isot).astype("U10")  # YYYY-MM-DD
     v, e, f = obs.values, obs.errors, obs.failed
     obsid = (100_000_000 + np.cumsum(rng.integers(1, 5000, s.size)))[rng.permutation(s.size)]  # unique
     return Table({
-        "obsid": obsid.astype(np.int64), "designation": _sexagesimal_ids(ra, dec, "J", 2, 1),
-        "obsdate": obsdate, "ra": ra, "dec": dec,
-        "teff": _sentinel(v["teff"], f), "teff_err": _sentinel(e["teff"], f),
-        "logg": _sentinel(v["logg"], f), "logg_err": _sentinel(e["logg"], f),
-        "feh": _sentinel(v["feh"], f), "feh_err": _sentinel(e["feh"], f),
-        "snrg": obs.snr, "rv": truth["radial_velocity"][s] + rng.normal(0, 5, s.size),
+        "obsid": obsid.astype(np.int64), "designation": _sexagesimal_ids(ra, dec, "J", 2, 1, dot=True),
+        # Rounded as the LAMOST catalogue prints them.
+        "obsdate": obsdate, "ra": np.round(ra, 6), "dec": np.round(dec, 6),
+        "teff": np.round(_sentinel(v["teff"], f), 2), "teff_err": np.round(_sentinel(e["teff"], f), 2),
+        "logg": np.round(_sentinel(v["logg"], f), 3), "logg_err": np.round(_sentinel(e["logg"], f), 3),
+        "feh": np.round(_sentinel(v["feh"], f), 3), "feh_err": np.round(_sentinel(e["feh"], f), 3),
+        "snrg": np.round(obs.snr, 2), "rv": np.round(truth["radial_velocity"][s] + rng.normal(0, 5, s.size), 2),
     })
 
 

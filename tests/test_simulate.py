@@ -28,7 +28,7 @@ def sky(tmp_path_factory):
     out = tmp_path_factory.mktemp("sky") / "sim"
     # More missing bands and pairs than the defaults, so small skies still contain them.
     simulate(out, n_stars=N_XP, seed=11, rows_per_file=300, missing_band_fraction=0.05, progress=False,
-             plots=True)
+             plots=True, surveys=("all",))
     return out
 
 
@@ -184,12 +184,14 @@ def test_refuses_non_empty_directory(tmp_path):
 def _match(survey, table, truth):
     """Indices into truth of each survey row: Gaia ids where shipped, else nearest position (3 arcsec)."""
     index = {s: i for i, s in enumerate(np.asarray(truth["source_id"]))}
-    id_col = {"apogee": "GAIAEDR3_SOURCE_ID", "galah": "dr3_source_id", "gbs": "source_id_gaiadr3"}.get(survey)
+    id_col = {"apogee": "GAIAEDR3_SOURCE_ID", "galah": "dr3_source_id", "gbs": "source_id_gaiadr3",
+              "gaia_eso": "GAIAEDR3_SOURCE_ID", "gspspec": "source_id", "pristine": "source_id"}.get(survey)
     if id_col:
         ids = np.asarray(table[id_col])
         return np.array([index.get(s, -1) for s in ids])
     from astropy.coordinates import SkyCoord
-    rows = SkyCoord(table["ra"], table["dec"], unit="deg")
+    ra, dec = {"lamost": ("ra", "dec"), "rave": ("RA_INPUT", "DEC_INPUT"), "segue": ("RA", "DEC")}[survey]
+    rows = SkyCoord(table[ra], table[dec], unit="deg")
     cat = SkyCoord(truth["ra"], truth["dec"], unit="deg")
     j, sep, _ = rows.match_to_catalog_sky(cat)
     return np.where(sep.arcsec < 3.0, j, -1)
@@ -197,7 +199,10 @@ def _match(survey, table, truth):
 
 @pytest.mark.parametrize("survey,file,feh_col", [
     ("apogee", "apogee_dr17_allstar.fits", "FE_H"), ("galah", "galah_dr3.fits", "fe_h"),
-    ("lamost", "lamost_dr8_lrs.csv", "feh"), ("gbs", "gbs_v3.fits", "fe_h")])
+    ("lamost", "lamost_dr8_lrs.csv", "feh"), ("gbs", "gbs_v3.fits", "fe_h"),
+    ("gaia_eso", "gaia_eso_dr5.fits", "FEH"), ("rave", "rave_dr6.csv", "m_h_cal_madera"),
+    ("segue", "segue_sspp.fits", "FEHADOP"), ("gspspec", "gspspec.fits", "mh_gspspec"),
+    ("pristine", "pristine.csv", "FeH")])
 def test_survey_offsets_recoverable(sky, truth, survey, file, feh_col):
     st = json.loads((sky / "survey_truth.json").read_text())[survey]
     table = _read(sky / "surveys" / file)

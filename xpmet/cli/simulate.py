@@ -50,7 +50,7 @@ Modelling choices:
               help="Gaia sources WITH XP spectra.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--surveys", default="apogee,galah,lamost,gbs", show_default=True,
-              help="Comma-separated surveys to simulate.")
+              help="Comma-separated surveys to simulate, or 'all' (adds gaia_eso, rave, segue, gspspec, pristine).")
 @click.option("--faint-ratio", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Fainter sources without XP, per XP source.")
 @click.option("--pair-fraction", type=click.FloatRange(0, 1), default=0.03, show_default=True,

@@ -46,6 +46,8 @@ def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS
     from xpmet.simulate.writers import GzipEcsvWriter
 
     outdir = Path(outdir)
+    if tuple(surveys) == ("all",):
+        surveys = sv.ALL_SURVEYS
     if n_stars < 1:
         raise XpmetError("--n-stars must be at least 1")
     unknown = [s for s in surveys if s not in sv.SURVEYS]

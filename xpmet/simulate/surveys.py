@@ -9,6 +9,11 @@ propagated with the true proper motion (APOGEE J2000.0, GALAH 2015.5, LAMOST the
 GBS J2000.0). GBS is the reference scale: no offsets, small noise, the brightest well-behaved stars,
 and most other surveys observe them (as real surveys target benchmarks for calibration).
 Everything injected is written to survey_truth.json so tests can recover it.
+
+Optional surveys (``surveys=("all",)``): Gaia-ESO DR5 (FITS, faint, close to the reference scale),
+RAVE DR6 (CSV, DR2 ids, MADERA [M/H] with a -0.15 dex offset and a metallicity trend), SEGUE SSPP
+(FITS, faint high-latitude stars, no Gaia id), Gaia DR3 GSP-Spec (FITS, *_error plus *_lower/*_upper,
+the known logg and [M/H] biases) and Pristine (CSV, photometric [Fe/H] only).
 """
 from __future__ import annotations
 
@@ -67,7 +72,42 @@ SURVEYS = {
         sigma0={"teff": 45.0, "logg": 0.04, "feh": 0.05, "alpha_fe": 0.0}, g_ref=30.0,
         failure_rate=0.0, outlier_rate=0.0, duplicate_rate=0.0, epoch="J2000.0", teff_range=(4000.0, 7000.0)),
 }
+# Optional surveys (``--surveys all`` or by name), written through one generic layout each.
+SURVEYS.update({
+    "gaia_eso": SurveySpec(
+        "gaia_eso", (9.0, 17.5), (-90, 20), 0.04,
+        offset={"teff": 10.0, "logg": 0.02, "feh": 0.01, "alpha_fe": 0.0}, trend={},
+        sigma0={"teff": 50.0, "logg": 0.08, "feh": 0.05, "alpha_fe": 0.04}, g_ref=16.5,
+        failure_rate=0.05, epoch="J2000.0", benchmark_recall=0.9),
+    "rave": SurveySpec(
+        "rave", (8.5, 12.5), (-90, 5), 0.4,
+        offset={"teff": 40.0, "logg": 0.10, "feh": -0.15, "alpha_fe": 0.0},
+        trend={"feh": {"x": "feh", "slope": 0.1, "pivot": -0.5}},
+        sigma0={"teff": 100.0, "logg": 0.2, "feh": 0.1, "alpha_fe": 0.1}, g_ref=12.0,
+        failure_rate=0.04, outlier_rate=0.02, duplicate_rate=0.06, epoch="J2000.0"),
+    "segue": SurveySpec(
+        "segue", (14.0, 19.5), (-10, 90), 0.08,
+        offset={"teff": -40.0, "logg": 0.1, "feh": -0.05, "alpha_fe": 0.03},
+        trend={"feh": {"x": "feh", "slope": 0.08, "pivot": -1.0}},
+        sigma0={"teff": 100.0, "logg": 0.2, "feh": 0.12, "alpha_fe": 0.08}, g_ref=18.0,
+        failure_rate=0.05, outlier_rate=0.02, duplicate_rate=0.03, epoch="J2000.0",
+        teff_range=(4000.0, 8000.0), benchmark_recall=0.0),
+    "gspspec": SurveySpec(
+        "gspspec", (6.0, 13.0), (-90, 90), 0.6,
+        offset={"teff": 0.0, "logg": -0.3, "feh": -0.1, "alpha_fe": 0.05},
+        trend={"logg": {"x": "logg", "slope": 0.1, "pivot": 2.5}},
+        sigma0={"teff": 80.0, "logg": 0.15, "feh": 0.08, "alpha_fe": 0.05}, g_ref=12.0,
+        failure_rate=0.03, duplicate_rate=0.0, epoch="2016.0", teff_range=(3500.0, 7000.0), benchmark_recall=0.8),
+    "pristine": SurveySpec(
+        "pristine", (12.0, 18.5), (0, 90), 0.25,
+        offset={"teff": 0.0, "logg": 0.0, "feh": 0.1, "alpha_fe": 0.0},
+        trend={"feh": {"x": "feh", "slope": -0.1, "pivot": -2.0}},
+        sigma0={"teff": 0.0, "logg": 0.0, "feh": 0.15, "alpha_fe": 0.0}, g_ref=18.0,
+        failure_rate=0.0, outlier_rate=0.03, duplicate_rate=0.0, epoch="2016.0",
+        teff_range=(4000.0, 7000.0), benchmark_recall=0.0),
+})
 DEFAULT_SURVEYS = ("apogee", "galah", "lamost", "gbs")
+ALL_SURVEYS = DEFAULT_SURVEYS + ("gaia_eso", "rave", "segue", "gspspec", "pristine")
 
 
 @dataclass
@@ -284,11 +324,95 @@ def gbs_table(rng, obs: Observation, truth) -> "Table":
     })
 
 
+def _generic(name: str):
+    """Table builder for a survey whose layout is data: see ``_LAYOUTS``."""
+    lay = _LAYOUTS[name]
+
+    def build(rng, obs: Observation, truth) -> "Table":
+        from astropy.table import Table
+
+        s = obs.star
+        ra, dec = positions_at(truth, s, lay["epoch"])
+        f = obs.failed
+        cols = {}
+
+        def out_type(v):  # FITS catalogues store float32; CSV catalogues print a few decimals
+            return np.round(v, 4) if lay.get("csv") else v.astype(np.float32)
+
+        if lay.get("object_id"):
+            cols[lay["object_id"][0]] = lay["object_id"][1](rng, obs, ra, dec)
+        cols[lay["ra"]], cols[lay["dec"]] = ra, dec
+        if lay.get("gaia"):
+            ids = truth["source_id"][s].astype(np.int64)
+            if lay.get("gaia_dr2"):  # a few DR2 ids differ from the DR3 ones
+                ids = np.where(rng.random(s.size) < 0.02, ids + 1, ids)
+            cols[lay["gaia"]] = ids
+        for label, (vcol, ecol) in lay["labels"].items():
+            bad = f if lay["failure"] == "sentinel" else np.zeros(s.size, bool)
+            v = obs.values[label]
+            e = obs.errors[label]
+            if lay["failure"] == "nan":
+                v = np.where(f, np.nan, v)
+            cols[vcol] = out_type(_sentinel(v, bad))
+            if ecol:
+                cols[ecol] = out_type(_sentinel(e, bad))
+            for suffix, sign in lay.get("bounds", {}).items():  # GSP-Spec ships lower/upper confidence values
+                cols[vcol.replace("_gspspec", "_gspspec_" + suffix)] = np.where(f, np.nan, v + sign * e).astype(np.float32)
+        if lay.get("snr"):
+            cols[lay["snr"]] = out_type(obs.snr)
+        return Table(cols)
+
+    return build
+
+
+def _ges_cname(rng, obs, ra, dec):
+    return _sexagesimal_ids(ra, dec, "", 2, 1, "")
+
+
+def _rave_id(rng, obs, ra, dec):
+    n = obs.star.size
+    night = (rng.integers(2003, 2013, n) * 10000 + rng.integers(1, 13, n) * 100 + rng.integers(1, 29, n)).astype(str)
+    fibre = np.char.zfill(rng.integers(1, 150, obs.star.size).astype(str), 3)
+    return np.char.add(np.char.add(night, "_"), np.char.add(np.char.add(_tail(_sexagesimal_ids(ra, dec, "", 0, 0), 0).astype("U4"), "m50_"), fibre))
+
+
+def _segue_id(rng, obs, ra, dec):
+    return (np.int64(3) * 10**17 + np.cumsum(rng.integers(1, 10**9, obs.star.size))).astype(str)
+
+
+_LAYOUTS = {
+    "gaia_eso": {"epoch": 2000.0, "ra": "RA", "dec": "DEC", "gaia": "GAIAEDR3_SOURCE_ID", "failure": "nan",
+                 "object_id": ("CNAME", _ges_cname), "snr": "SNR",
+                 "labels": {"teff": ("TEFF", "E_TEFF"), "logg": ("LOGG", "E_LOGG"), "feh": ("FEH", "E_FEH"),
+                            "alpha_fe": ("ALPHA_FE", "E_ALPHA_FE")}},
+    "rave": {"epoch": 2000.0, "csv": True, "ra": "RA_INPUT", "dec": "DEC_INPUT", "gaia": "gaiadr2_source_id", "gaia_dr2": True,
+             "failure": "sentinel", "object_id": ("RAVE_OBS_ID", _rave_id), "snr": "snr_med_sparv",
+             "labels": {"teff": ("teff_cal_madera", "teff_error_madera"),
+                        "logg": ("logg_cal_madera", "logg_error_madera"),
+                        "feh": ("m_h_cal_madera", "m_h_error_madera")}},
+    "segue": {"epoch": 2000.0, "ra": "RA", "dec": "DEC", "failure": "sentinel",
+              "object_id": ("SPECOBJID", _segue_id), "snr": "SNR",
+              "labels": {"teff": ("TEFFADOP", "TEFFADOPUNC"), "logg": ("LOGGADOP", "LOGGADOPUNC"),
+                         "feh": ("FEHADOP", "FEHADOPUNC"), "alpha_fe": ("AFE", "AFEUNC")}},
+    "gspspec": {"epoch": 2016.0, "ra": "ra", "dec": "dec", "gaia": "source_id", "failure": "nan",
+                "bounds": {"lower": -1.0, "upper": 1.0},
+                "labels": {"teff": ("teff_gspspec", "teff_gspspec_error"), "logg": ("logg_gspspec", "logg_gspspec_error"),
+                           "feh": ("mh_gspspec", "mh_gspspec_error"), "alpha_fe": ("alphafe_gspspec", "alphafe_gspspec_error")}},
+    "pristine": {"epoch": 2016.0, "csv": True, "ra": "RA", "dec": "Dec", "gaia": "source_id", "failure": "nan",
+                 "labels": {"feh": ("FeH", "FeH_err")}},
+}
+
+
 WRITERS = {
     "apogee": ("apogee_dr17_allstar.fits", apogee_table),
     "galah": ("galah_dr3.fits", galah_table),
     "lamost": ("lamost_dr8_lrs.csv", lamost_table),
     "gbs": ("gbs_v3.fits", gbs_table),
+    "gaia_eso": ("gaia_eso_dr5.fits", _generic("gaia_eso")),
+    "rave": ("rave_dr6.csv", _generic("rave")),
+    "segue": ("segue_sspp.fits", _generic("segue")),
+    "gspspec": ("gspspec.fits", _generic("gspspec")),
+    "pristine": ("pristine.csv", _generic("pristine")),
 }
 
 
@@ -304,7 +428,7 @@ def describe(spec: SurveySpec, obs: Observation, filename: str) -> dict:
                       "completeness": spec.completeness, "benchmark_recall": spec.benchmark_recall},
         "failure_rate": spec.failure_rate, "outlier_rate": spec.outlier_rate,
         "duplicate_rate": spec.duplicate_rate, "position_epoch": spec.epoch,
-        "sentinel": SENTINEL if spec.name in ("apogee", "lamost") else None,
+        "sentinel": SENTINEL if spec.name in ("apogee", "lamost", "rave", "segue") else None,
         "n_rows": int(obs.star.size), "n_stars": int(np.unique(obs.star).size),
         "n_failed": int(obs.failed.sum()), "n_outliers": int(obs.outlier.sum()),
     }

@@ -2,7 +2,8 @@
 
 Layout as Gaia's ``XpContinuousMeanSpectrum_*.csv.gz``: basis function ids 56 (BP) / 57 (RP),
 55 parameters per band, arrays as quoted ``"[...]"`` (coefficients float64, errors and
-correlations float32), a missing band as empty fields for all of that band's columns.
+correlations float32); a missing band, as in the real archive files, has empty integer and array
+fields and ``nan`` in its float columns.
 """
 from __future__ import annotations
 
@@ -66,18 +67,20 @@ def values(source_id: np.ndarray, obs: dict[str, dict[str, np.ndarray]], missing
         def scalar(v, dtype):
             v = np.asarray(v).astype(np.float64)
             v[miss] = np.nan
-            return v if dtype == "f" else pa.array(np.where(miss, 0, v).astype(np.int64), mask=miss)
+            if dtype == "f":  # a missing band's float columns read "nan" in Gaia's files, its integers are empty
+                return pa.array(v.astype(np.float32)).cast(pa.string())
+            return pa.array(np.where(miss, 0, v).astype(np.int64), mask=miss)
 
         out[f"{band}_basis_function_id"] = scalar(np.full(n, _BASIS_ID[band]), "i")
         out[f"{band}_degrees_of_freedom"] = scalar(o["degrees_of_freedom"], "i")
         out[f"{band}_n_parameters"] = scalar(np.full(n, N_COEF), "i")
         out[f"{band}_n_measurements"] = scalar(o["n_measurements"], "i")
         out[f"{band}_n_rejected_measurements"] = scalar(o["n_rejected_measurements"], "i")
-        out[f"{band}_standard_deviation"] = scalar(o["standard_deviation"], "f").astype(np.float32)
-        out[f"{band}_chi_squared"] = scalar(o["chi_squared"], "f").astype(np.float32)
+        out[f"{band}_standard_deviation"] = scalar(o["standard_deviation"], "f")
+        out[f"{band}_chi_squared"] = scalar(o["chi_squared"], "f")
         out[f"{band}_coefficients"] = array_strings(o["coefficients"].astype(np.float64), miss)
         out[f"{band}_coefficient_errors"] = array_strings(o["coefficient_errors"].astype(np.float32), miss)
         out[f"{band}_coefficient_correlations"] = corr_text.take(band, o["template"], miss)
         out[f"{band}_n_relevant_bases"] = scalar(o["n_relevant_bases"], "i")
-        out[f"{band}_relative_shrinking"] = scalar(o["relative_shrinking"], "f").astype(np.float32)
+        out[f"{band}_relative_shrinking"] = scalar(o["relative_shrinking"], "f")
     return out

@@ -255,3 +255,25 @@ def test_metallicity_leaves_a_signal_in_xp(xp, truth):
     from xpmet.simulate.xp_noise import coefficient_errors
     err = coefficient_errors(np.random.default_rng(0), np.array([15.0]), "bp")[0]
     assert np.sqrt(np.sum(((bp[0] - bp[1]) / err) ** 2)) > 20
+
+
+def test_gaiaxpy_calibrate_reproduces_the_sed():
+    """The projection inverts GaiaXPy's external calibration: calibrate(coefficients) ~ SED (broad bins)."""
+    import pandas as pd
+    from gaiaxpy import calibrate
+    from xpmet.simulate import sed, xp_model
+    n = 3
+    spec = sed.sed(np.array([4000.0, 5772.0, 7500.0]), np.array([4.6, 4.44, 4.0]), np.array([0.0, -1.0, 0.0]),
+                   np.zeros(n), np.full(n, 1e-9), np.array([0.0, 0.0, 0.5]))
+    bp, rp = xp_model.project(spec)
+    rows = [{"source_id": i + 1, **{f"{b}_{k}": v for b, c in (("bp", bp[i]), ("rp", rp[i])) for k, v in (
+        ("n_parameters", 55), ("coefficients", c), ("coefficient_errors", np.full(55, 1e-3 * abs(c[0]))),
+        ("coefficient_correlations", np.zeros(1485)), ("standard_deviation", 1.0), ("n_relevant_bases", 55))}}
+        for i in range(n)]
+    spectra, wl = calibrate(pd.DataFrame(rows), save_file=False)
+    for i in range(n):
+        flux = np.asarray(spectra["flux"][i])
+        ref = np.interp(wl, xp_model.WAVELENGTH, spec[i])
+        for lo, hi in ((340, 400), (400, 500), (500, 650), (650, 800), (800, 1000)):
+            k = (wl >= lo) & (wl < hi)
+            assert abs(flux[k].sum() / ref[k].sum() - 1) < 0.01, (i, lo, hi)

@@ -12,7 +12,9 @@ THE OUTPUT IS SIMULATED DATA (OUTDIR/SIMULATED.txt says so), in the real file fo
   surveys/apogee_dr17_allstar.fits, galah_dr3.fits, lamost_dr8_lrs.csv, gbs_v3.fits
   truth.fits (true labels of every source), survey_truth.json (injected offsets/trends/noise)
   plots/*.png with --plots (Kiel diagram, [Fe/H] histogram, sky map)
-Deterministic for a given --seed and options. Memory is bounded by --rows-per-file.
+Deterministic for a given --seed and options (including --rows-per-file: noise is drawn per file).
+Memory: the XP data are streamed file by file (bounded by --rows-per-file); the per-source truth
+catalogue stays in memory (a few hundred bytes per source) to draw the surveys from.
 
 \b
 Modelling choices:
@@ -48,7 +50,7 @@ Modelling choices:
 @click.argument("outdir", type=click.Path(file_okay=False))
 @click.option("--n-stars", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Gaia sources WITH XP spectra.")
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed (same seed, same files).")
 @click.option("--surveys", default="apogee,galah,lamost,gbs", show_default=True,
               help="Comma-separated surveys to simulate, or 'all' (adds gaia_eso, rave, segue, gspspec, pristine).")
 @click.option("--faint-ratio", type=click.FloatRange(min=0), default=1.0, show_default=True,

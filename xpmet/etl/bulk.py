@@ -24,7 +24,9 @@ from xpmet.db.engine import raw_connect
 from xpmet.errors import BadInput, XpmetError
 from xpmet.etl.provenance import Skipped, file_load
 from xpmet.etl.runner import FileResult
-from xpmet.io.pgcopy import Col, copy_sql, encode
+from psycopg.copy import QueuedLibpqWriter
+
+from xpmet.io.pgcopy import HEADER, TRAILER, Col, copy_sql, encode
 
 
 class Quarantine:
@@ -87,6 +89,60 @@ def _copy(cur, table, cols, data):
         cp.write(encode(cols, data))
 
 
+def _prepared(chunks, cols, load_id, report):
+    """(source, data) per non-empty chunk: only the COPY columns, all of them present, sorted by source_id."""
+    names = {c.name for c in cols}
+    for chunk in chunks:
+        if chunk.n == 0:
+            report(0, chunk.n_bytes)
+            continue
+        data = {k: v for k, v in chunk.data.items() if k in names}
+        data = _sorted_chunk(data, chunk.source, chunk.first_row)
+        data["load_id"] = np.full(chunk.n, load_id, np.int32)
+        for c in cols:  # a column the file lacks loads as NULL
+            if c.name not in data:
+                data[c.name] = (np.full((chunk.n, c.length), np.nan) if c.is_array else
+                                np.ma.MaskedArray(np.zeros(chunk.n, c.base[0][1:]), mask=True))
+        yield chunk, data
+
+
+def _copy_streamed(conn, table, cols, chunks, load, url, report):
+    """One COPY for the whole file, sent by a writer thread: the server ingests chunk k while this
+    process parses chunk k+1 (both sides busy instead of taking turns)."""
+    source = str(load.path)
+    try:
+        with conn.cursor() as cur, cur.copy(copy_sql(table, cols), writer=QueuedLibpqWriter(cur)) as cp:
+            cp.write(HEADER)
+            for chunk, data in chunks:
+                source = chunk.source
+                cp.write(encode(cols, data, header=False, trailer=False))
+                load.n_rows += chunk.n
+                report(chunk.n, chunk.n_bytes)
+            cp.write(TRAILER)
+    except psycopg.errors.UniqueViolation as e:
+        raise _duplicate_error(e, source, table, url) from None
+
+
+def _copy_per_chunk(conn, table, cols, chunks, load, url, report):
+    """--replace: one COPY per chunk under a savepoint; on a duplicate source_id, this file wins."""
+    with conn.cursor() as cur:
+        for chunk, data in chunks:
+            cur.execute("SAVEPOINT chunk")
+            try:
+                _copy(cur, table, cols, data)
+            except psycopg.errors.UniqueViolation:
+                cur.execute("ROLLBACK TO SAVEPOINT chunk")
+                cur.execute(f"DELETE FROM {table} WHERE source_id = ANY(%s) AND load_id <> %s",
+                            (np.ma.getdata(data["source_id"]).tolist(), load.load_id))
+                try:
+                    _copy(cur, table, cols, data)
+                except psycopg.errors.UniqueViolation as e2:
+                    raise _duplicate_error(e2, chunk.source, table, url) from None
+            cur.execute("RELEASE SAVEPOINT chunk")
+            load.n_rows += chunk.n
+            report(chunk.n, chunk.n_bytes)
+
+
 def load_file(path, report, *, kind: str, table: str, cols: list[Col], reader, replace: bool = False,
               errors_to=None, url: str | None = None, options: dict | None = None) -> FileResult:
     """Load ``path`` (whole file or nothing); returns a :class:`FileResult` (status failed on bad input)."""
@@ -101,35 +157,11 @@ def load_file(path, report, *, kind: str, table: str, cols: list[Col], reader, r
                                   load_id=load.load_id)
             conn = load.conn
             _tune_session(conn)
-            names = [c.name for c in cols]
-            with conn.cursor() as cur:
-                for chunk in reader(path, on_bad=quarantine):
-                    if chunk.n == 0:
-                        report(0, chunk.n_bytes)
-                        continue
-                    data = {k: v for k, v in chunk.data.items() if k in names}
-                    data = _sorted_chunk(data, chunk.source, chunk.first_row)
-                    data["load_id"] = np.full(chunk.n, load.load_id, np.int32)
-                    present = [c for c in cols if c.name in data]
-                    if replace:
-                        cur.execute("SAVEPOINT chunk")
-                    try:
-                        _copy(cur, table, present, data)
-                    except psycopg.errors.UniqueViolation as e:
-                        if not replace:
-                            raise _duplicate_error(e, chunk.source, table, url) from None
-                        # this file wins: drop other loads' rows of these source_ids, then copy again
-                        cur.execute("ROLLBACK TO SAVEPOINT chunk")
-                        cur.execute(f"DELETE FROM {table} WHERE source_id = ANY(%s) AND load_id <> %s",
-                                    (np.ma.getdata(data["source_id"]).tolist(), load.load_id))
-                        try:
-                            _copy(cur, table, present, data)
-                        except psycopg.errors.UniqueViolation as e2:
-                            raise _duplicate_error(e2, chunk.source, table, url) from None
-                    if replace:
-                        cur.execute("RELEASE SAVEPOINT chunk")
-                    load.n_rows += chunk.n
-                    report(chunk.n, chunk.n_bytes)
+            chunks = _prepared(reader(path, on_bad=quarantine), cols, load.load_id, report)
+            if replace:
+                _copy_per_chunk(conn, table, cols, chunks, load, url, report)
+            else:
+                _copy_streamed(conn, table, cols, chunks, load, url, report)
             load_id = load.load_id
             n_rows = load.n_rows
         return FileResult(str(path), "loaded", n_rows, size, time.perf_counter() - t0,

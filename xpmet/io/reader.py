@@ -207,7 +207,8 @@ def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad) -> Iterator[C
                                                  true_values=["True", "true", "TRUE", "1", "T", "t"],
                                                  false_values=["False", "false", "FALSE", "0", "F", "f"]))
     except (pa.ArrowInvalid, OSError) as e:
-        raise _text_error(source, e, 1, names, scal, arrs) from None
+        raise _text_error(source, e, 1, names, scal, arrs,
+                          lambda col, value: _locate(path, fmt, n_comment, delim, col, value)) from None
     row = 1
     last_bytes = 0
     while True:
@@ -216,7 +217,8 @@ def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad) -> Iterator[C
         except StopIteration:
             break
         except (pa.ArrowInvalid, OSError, EOFError) as e:
-            raise _text_error(source, e, row, names, scal, arrs) from None
+            raise _text_error(source, e, row, names, scal, arrs,
+                              lambda col, value: _locate(path, fmt, n_comment, delim, col, value)) from None
         data, bad = {}, {}
         for c, f in scal.items():
             data[c] = _scalar(batch.column(f), spec.scalars[c], source, row, c)
@@ -264,7 +266,7 @@ class _CountingStream:
         self._s.close()
 
 
-def _text_error(path, e, row, names, scal, arrs):
+def _text_error(path, e, row, names, scal, arrs, locate=None):
     msg = str(e)
     if isinstance(e, (OSError, EOFError)) and ("compress" in msg.lower() or "gzip" in msg.lower()
                                                or "zlib" in msg.lower() or isinstance(e, EOFError)):
@@ -272,17 +274,36 @@ def _text_error(path, e, row, names, scal, arrs):
                         "download the file again")
     m = re.search(r"In CSV column #(\d+): .*?conversion error to (\w+): invalid value '(.*)'", msg)
     if m:
-        wanted = list(dict.fromkeys(list(scal.values()) + list(arrs.values())))
-        k = int(m.group(1))
-        col = wanted[k] if k < len(wanted) else f"#{k}"
-        return BadInput(path, f"value {m.group(3)[:40]!r} is not a valid {m.group(2)} (in the block of rows "
-                        f"starting at row {row})", column=col)
+        k = int(m.group(1))  # Arrow numbers the file's columns
+        col = names[k] if k < len(names) else f"#{k}"
+        bad_row = locate(col, m.group(3)) if locate else None
+        return BadInput(path, f"value {m.group(3)[:40]!r} is not a valid {m.group(2)}", column=col,
+                        row=bad_row if bad_row else None)
     m = re.search(r"(?:Row #(\d+): )?Expected (\d+) columns, got (\d+)", msg)
     if m:
         where = f"row {m.group(1)}" if m.group(1) else f"a row after row {row}"
         return BadInput(path, f"{where} has {m.group(3)} fields, the header has {m.group(2)} "
                         "(truncated or malformed line)")
     return BadInput(path, f"cannot parse the file near row {row}: {msg[:300]}")
+
+
+def _locate(path, fmt, n_comment, delim, column, value):
+    """Error path: the 1-based data row where ``column`` holds ``value`` (re-reads that column as text)."""
+    try:
+        reader = pacsv.open_csv(
+            pa.input_stream(str(path), compression="gzip" if fmt.gzip else None),
+            read_options=pacsv.ReadOptions(skip_rows=n_comment, use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter=delim),
+            convert_options=pacsv.ConvertOptions(column_types={column: pa.string()}, include_columns=[column]))
+        row = 1
+        for batch in reader:
+            hits = np.flatnonzero(np.asarray(batch.column(0).to_numpy(zero_copy_only=False)) == value)
+            if hits.size:
+                return row + int(hits[0])
+            row += batch.num_rows
+    except (pa.ArrowInvalid, OSError):
+        return None
+    return None
 
 
 def _scalar(col, code, path, row, name):

@@ -42,7 +42,7 @@ def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS
     """
     from tqdm import tqdm
 
-    from xpmet.simulate import galaxy, gaia_source, physics, sky, surveys as sv, xp_file, xp_noise
+    from xpmet.simulate import gaia_source, galaxy, sky, surveys as sv, xp_file, xp_noise
     from xpmet.simulate.writers import GzipEcsvWriter
 
     outdir = Path(outdir)

@@ -77,7 +77,7 @@ OnBad = Callable[[str, np.ndarray, str, str], None]
 
 
 def read_table(path, spec: TableSpec, chunk_rows: int = 20000, skip: tuple[str, ...] = (),
-               block_bytes: int = 1 << 25, on_bad: OnBad | None = None) -> Iterator[Chunk]:
+               block_bytes: int = 1 << 24, on_bad: OnBad | None = None) -> Iterator[Chunk]:
     """Stream ``path`` as chunks of ``spec``'s columns (``skip`` leaves columns out, e.g. correlations).
 
     A bad row (malformed or wrong-length array, failed check) raises :class:`BadInput` naming file,

@@ -107,7 +107,7 @@ XP_COLUMNS = ["source_id", "solution_id"] + [
         "n_relevant_bases", "relative_shrinking")]
 
 
-def read_xp(path, chunk_rows: int = 20000, correlations: bool = True, on_bad=None, block_bytes: int = 1 << 25):
+def read_xp(path, chunk_rows: int = 20000, correlations: bool = True, on_bad=None, block_bytes: int = 1 << 24):
     """Chunks of XP spectra from ``path`` (any supported format); ``correlations=False`` skips them."""
     skip = () if correlations else CORRELATION_COLUMNS
     return read_table(path, XP_SPEC, chunk_rows=chunk_rows, skip=skip, on_bad=on_bad, block_bytes=block_bytes)

@@ -99,8 +99,11 @@ def _bit(name):
     return 1 << XMATCH_BITS[name]
 
 
-def match_sql(propagate: bool) -> str:
-    """The INSERT ... SELECT that materializes one run; parameters %(run_id)s %(pm_cap)s %(max_r)s %(max_dt)s."""
+def pairs_sql(propagate: bool) -> str:
+    """Candidate (survey row, Gaia source) pairs with exact separations, into temp table xm_pair.
+
+    Parameters %(pm_cap)s %(max_r)s %(max_dt)s; reads temp table xm_param (per-survey radii).
+    """
     # position of the Gaia source at the survey row's epoch (linear in ra*cos dec, dec; fine away from poles)
     if propagate:
         dt = "(coalesce(s.epoch, 2016.0) - coalesce(g.ref_epoch, 2016.0))"
@@ -124,8 +127,8 @@ def match_sql(propagate: bool) -> str:
         search = "p.radius / 3600.0"
         fast_arm = ""
         slow_only = ""
-    b = _bit
     return f"""
+    CREATE TEMP TABLE xm_pair ON COMMIT DROP AS
     WITH p AS (SELECT * FROM xm_param),
     cand AS (
       SELECT s.star_id, g.source_id FROM xpmet.survey_star s JOIN p USING (survey_id)
@@ -145,11 +148,18 @@ def match_sql(propagate: bool) -> str:
       JOIN xpmet.survey_star s USING (star_id)
       JOIN p USING (survey_id)
       JOIN xpmet.gaia_source g USING (source_id)
-    ),
-    judged AS (
+    )
+    SELECT * FROM pairs"""
+
+
+def insert_sql() -> str:
+    """One xmatch row per survey row from the pairs in xm_pair (parameter %(run_id)s)."""
+    b = _bit
+    return f"""
+    WITH judged AS (
       SELECT *, sep <= CASE WHEN no_pm THEN nopm_radius ELSE radius END AS within,
              declared AND (no_position OR sep <= id_radius) AS id_ok
-      FROM pairs
+      FROM xm_pair
     ),
     ranked AS (
       SELECT *, row_number() OVER (PARTITION BY star_id
@@ -234,8 +244,17 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         max_dt = conn.execute("SELECT coalesce(max(abs(coalesce(epoch, 2016.0) - 2016.0)), 0) "
                               "FROM xpmet.survey_star").fetchone()[0]
         max_r = max(max(r, nr) for _, _, r, nr, _ in per_survey)
-        conn.execute(match_sql(p.epoch == "propagate"),
-                     {"run_id": run_id, "pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt)})
+        # Fresh statistics, or the planner takes a just-loaded table for empty and nests loops
+        # over it (quadratic); the candidate pairs go through an analysed temp table for the same reason.
+        conn.execute("ANALYZE xpmet.survey_star")
+        if conn.execute("SELECT (last_analyze IS NULL AND last_autoanalyze IS NULL) "
+                        "OR n_mod_since_analyze > 0.2 * n_live_tup FROM pg_stat_user_tables "
+                        "WHERE schemaname = 'xpmet' AND relname = 'gaia_source'").fetchone()[0]:
+            conn.execute("ANALYZE xpmet.gaia_source")
+        conn.execute(pairs_sql(p.epoch == "propagate"),
+                     {"pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt)})
+        conn.execute("ANALYZE xm_pair")
+        conn.execute(insert_sql(), {"run_id": run_id})
         counts = dict(conn.execute("SELECT method, count(*) FROM xpmet.xmatch WHERE run_id = %s GROUP BY method",
                                    (run_id,)).fetchall())
         n_rows = sum(counts.values())
@@ -245,6 +264,7 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
             conn.execute("UPDATE xpmet.xmatch_run SET is_current = false WHERE is_current")
         conn.execute("UPDATE xpmet.xmatch_run SET status = 'done', is_current = %s, n_rows = %s, n_matched = %s, "
                      "seconds = %s WHERE run_id = %s", (make_current, n_rows, n_matched, secs, run_id))
+        conn.execute("ANALYZE xpmet.xmatch")
         if keep is not None:
             conn.execute("DELETE FROM xpmet.xmatch_run WHERE run_id NOT IN "
                          "(SELECT run_id FROM xpmet.xmatch_run ORDER BY run_id DESC LIMIT %s) AND NOT is_current",

@@ -39,7 +39,8 @@ SETTINGS = ("reference", "fallback", "min_overlap", "min_trend_overlap", "clip",
 
 
 def settings(engine=None) -> dict:
-    with (engine or connect()).connect() as c:
+    with (engine or connect()).begin() as c:
+        c.execute(sa.text("INSERT INTO xpmet.label_setting (id) VALUES (1) ON CONFLICT DO NOTHING"))
         row = c.execute(sa.text("SELECT * FROM xpmet.label_setting WHERE id = 1")).mappings().one()
     return {k: row[k] for k in SETTINGS}
 
@@ -59,6 +60,8 @@ def refresh(reference: str | None = None, engine=None, **options) -> dict:
         changes["fallback"] = None
     with engine.begin() as c:
         c.execute(sa.text("SET LOCAL jit = off"))
+        # the settings row may have been truncated away: recreate it with its defaults
+        c.execute(sa.text("INSERT INTO xpmet.label_setting (id) VALUES (1) ON CONFLICT DO NOTHING"))
         names = set(c.execute(sa.text("SELECT name FROM xpmet.survey")).scalars())
         for key in ("reference", "fallback"):
             v = changes.get(key)

@@ -82,58 +82,63 @@ $fit$;
 -- delta = survey - reference on shared stars; median/MAD clip at 4 sigma, then mean and its error;
 -- with >= min_trend_overlap stars a linear trend of delta against the survey''s own value, applied
 -- when significant at 3 sigma. Surveys with too few stars in common with the reference are
--- calibrated against the fallback survey (itself calibrated on the reference) when set.
+-- calibrated against the fallback survey (itself calibrated on the reference) when set; for a
+-- label the reference does not measure at all (e.g. alpha_fe of the benchmark stars), the fallback
+-- survey's own scale is used (status fallback_scale).
 CREATE MATERIALIZED VIEW xpmet.survey_zero_point AS
 WITH cfg AS (SELECT * FROM xpmet.label_setting WHERE id = 1),
-ref AS (SELECT s.* FROM xpmet.survey_source_label s, cfg WHERE s.survey = cfg.reference),
+ssl AS MATERIALIZED (SELECT * FROM xpmet.survey_source_label),
+ref AS (SELECT s.* FROM ssl s, cfg WHERE s.survey = cfg.reference),
+ref_labels AS (SELECT DISTINCT label FROM ref),
 d1 AS (
   SELECT o.survey_id, o.survey, o.label, o.value AS x, o.value - r.value AS delta, cfg.reference AS via
-  FROM xpmet.survey_source_label o JOIN ref r USING (source_id, label), cfg
+  FROM ssl o JOIN ref r USING (source_id, label), cfg
   WHERE o.survey_id <> r.survey_id
 ),
 z1 AS (SELECT z.* FROM cfg, xpmet.fit_zero_points((SELECT array_agg(ROW(d1.*)::xpmet.zp_delta) FROM d1),
                                                  cfg.min_overlap, cfg.min_trend_overlap) z),
-fb AS (  -- fallback survey values put on the reference scale
+fb AS (  -- fallback survey values on the reference scale; for a label the reference lacks, as they are
   SELECT s.source_id, s.label,
-         s.value - z.zero_point - coalesce(z.slope, 0) * (s.value - z.pivot) AS value
-  FROM xpmet.survey_source_label s, cfg, z1 z
-  WHERE s.survey = cfg.fallback AND z.survey = cfg.fallback AND z.label = s.label AND z.status = 'calibrated'
+         s.value - coalesce(z.zero_point, 0) - coalesce(z.slope, 0) * (s.value - coalesce(z.pivot, 0)) AS value
+  FROM ssl s CROSS JOIN cfg
+  LEFT JOIN z1 z ON z.survey_id = s.survey_id AND z.label = s.label AND z.status = 'calibrated'
+  WHERE s.survey = cfg.fallback AND (z.status IS NOT NULL OR s.label NOT IN (SELECT label FROM ref_labels))
 ),
 d2 AS (
   SELECT o.survey_id, o.survey, o.label, o.value AS x, o.value - f.value AS delta, cfg.fallback AS via
-  FROM xpmet.survey_source_label o JOIN fb f USING (source_id, label), cfg
+  FROM ssl o JOIN fb f USING (source_id, label), cfg
   WHERE o.survey <> cfg.fallback AND o.survey <> cfg.reference
     AND NOT EXISTS (SELECT 1 FROM z1 WHERE z1.survey_id = o.survey_id AND z1.label = o.label
                     AND z1.status = 'calibrated')
 ),
 z2 AS (SELECT z.* FROM cfg, xpmet.fit_zero_points((SELECT array_agg(ROW(d2.*)::xpmet.zp_delta) FROM d2),
                                                  cfg.min_overlap, cfg.min_trend_overlap) z),
-present AS (SELECT DISTINCT survey_id, survey, label FROM xpmet.survey_source_label)
-SELECT p.survey_id, p.survey, p.label,
-       CASE WHEN p.survey = cfg.reference THEN 'reference'
-            WHEN z1.status = 'calibrated' THEN 'calibrated'
-            WHEN z2.status = 'calibrated' THEN 'via_fallback'
-            ELSE 'uncalibrated' END AS status,
-       CASE WHEN p.survey = cfg.reference THEN NULL WHEN z1.status = 'calibrated' THEN z1.via
-            WHEN z2.status = 'calibrated' THEN z2.via END AS calibrated_on,
-       cfg.reference,
-       CASE WHEN p.survey = cfg.reference THEN 0 WHEN z1.status = 'calibrated' THEN z1.zero_point
-            WHEN z2.status = 'calibrated' THEN z2.zero_point ELSE 0 END AS zero_point,
-       CASE WHEN p.survey = cfg.reference THEN 0 WHEN z1.status = 'calibrated' THEN z1.zero_point_err
-            WHEN z2.status = 'calibrated' THEN sqrt(z2.zero_point_err ^ 2 + coalesce(
-              (SELECT zf.zero_point_err ^ 2 FROM z1 zf WHERE zf.survey = cfg.fallback AND zf.label = p.label), 0))
+present AS (SELECT DISTINCT survey_id, survey, label FROM ssl),
+zz AS (SELECT * FROM z1 WHERE status = 'calibrated'       -- z2 only holds surveys z1 did not calibrate
+       UNION ALL SELECT * FROM z2 WHERE status = 'calibrated'),
+chosen AS (
+  SELECT p.survey_id, p.survey, p.label, cfg.reference,
+         CASE WHEN p.survey = cfg.reference THEN 'reference'
+              WHEN zz.via = cfg.reference THEN 'calibrated'
+              WHEN zz.via IS NOT NULL THEN 'via_fallback'
+              WHEN p.survey = cfg.fallback AND p.label NOT IN (SELECT label FROM ref_labels) THEN 'fallback_scale'
+              ELSE 'uncalibrated' END AS status,
+         zz.via, zz.zero_point, zz.zero_point_err, zz.pivot, zz.slope, zz.slope_err, zz.n_stars, zz.scatter,
+         coalesce((SELECT z1.n_stars FROM z1 WHERE z1.survey_id = p.survey_id AND z1.label = p.label), 0)
+           AS n_shared_with_reference,
+         (SELECT zf.zero_point_err FROM z1 zf WHERE zf.survey = cfg.fallback AND zf.label = p.label
+            AND zf.status = 'calibrated') AS fallback_err
+  FROM present p CROSS JOIN cfg
+  LEFT JOIN zz ON zz.survey_id = p.survey_id AND zz.label = p.label
+)
+SELECT survey_id, survey, label, status, via AS calibrated_on, reference,
+       coalesce(zero_point, 0) AS zero_point,
+       CASE WHEN status IN ('reference', 'fallback_scale') THEN 0
+            WHEN status = 'calibrated' THEN zero_point_err
+            WHEN status = 'via_fallback' THEN sqrt(zero_point_err ^ 2 + coalesce(fallback_err, 0) ^ 2)
             END AS zero_point_err,
-       CASE WHEN z1.status = 'calibrated' THEN z1.pivot WHEN z2.status = 'calibrated' THEN z2.pivot END AS pivot,
-       CASE WHEN z1.status = 'calibrated' THEN z1.slope WHEN z2.status = 'calibrated' THEN z2.slope END AS slope,
-       CASE WHEN z1.status = 'calibrated' THEN z1.slope_err WHEN z2.status = 'calibrated' THEN z2.slope_err END
-         AS slope_err,
-       coalesce(CASE WHEN z1.status = 'calibrated' THEN z1.n_stars ELSE z2.n_stars END, 0) AS n_stars,
-       coalesce(z1.n_stars, 0) AS n_shared_with_reference,
-       CASE WHEN z1.status = 'calibrated' THEN z1.scatter WHEN z2.status = 'calibrated' THEN z2.scatter END
-         AS scatter
-FROM present p CROSS JOIN cfg
-LEFT JOIN z1 ON z1.survey_id = p.survey_id AND z1.label = p.label
-LEFT JOIN z2 ON z2.survey_id = p.survey_id AND z2.label = p.label;
+       pivot, slope, slope_err, coalesce(n_stars, 0) AS n_stars, n_shared_with_reference, scatter
+FROM chosen;
 COMMENT ON MATERIALIZED VIEW xpmet.survey_zero_point IS
   'Per survey and label: offset from the reference scale (survey - reference), its error, trend, N';
 
@@ -176,6 +181,7 @@ COMMENT ON VIEW xpmet.label_measurement IS
 -- (bits: see xpmet.labels.LABEL_BITS).
 CREATE MATERIALIZED VIEW xpmet.labels AS
 WITH cfg AS (SELECT * FROM xpmet.label_setting WHERE id = 1),
+lm AS MATERIALIZED (SELECT * FROM xpmet.label_measurement),
 per AS (
   SELECT source_id, label,
          sum(w * value) / sum(w) AS value,
@@ -185,11 +191,11 @@ per AS (
          bool_or(calibration = 'uncalibrated') AS uncalibrated,
          bool_or(ambiguous) AS ambiguous, bool_or(duplicate_claim) AS duplicate_claim,
          array_agg(survey ORDER BY survey) AS surveys
-  FROM (SELECT *, 1.0 / err ^ 2 AS w FROM xpmet.label_measurement WHERE NOT rejected) k
+  FROM (SELECT *, 1.0 / err ^ 2 AS w FROM lm WHERE NOT rejected) k
   GROUP BY source_id, label
 ),
 rej AS (SELECT source_id, label, count(*) FILTER (WHERE rejected) AS n_rejected
-        FROM xpmet.label_measurement GROUP BY source_id, label),
+        FROM lm GROUP BY source_id, label),
 lab AS (
   SELECT per.*, coalesce(rej.n_rejected, 0) AS n_rejected,
          per.err_stat * CASE WHEN per.n > 1 THEN greatest(1.0, sqrt(per.chi2 / (per.n - 1))) ELSE 1.0 END AS err,
@@ -221,7 +227,7 @@ star AS (
   FROM lab GROUP BY source_id
 ),
 srv AS (SELECT source_id, array_agg(DISTINCT survey ORDER BY survey) AS surveys
-        FROM xpmet.label_measurement WHERE NOT rejected GROUP BY source_id)
+        FROM lm WHERE NOT rejected GROUP BY source_id)
 SELECT star.source_id,
        star.teff, star.teff_err, star.teff_n, star.teff_chi2,
        star.logg, star.logg_err, star.logg_n, star.logg_chi2,
@@ -250,7 +256,7 @@ JOIN xpmet.gaia_source g ON g.source_id = l.source_id
 JOIN xpmet.xp_continuous x ON x.source_id = l.source_id
 CROSS JOIN cfg
 CROSS JOIN LATERAL (
-  SELECT sqrt(sum((c / e) ^ 2)) AS xp_snr, bool_and(e > 0 AND e < 'Infinity'::real) AS errors_ok
+  SELECT sqrt(sum((c / nullif(e, 0)) ^ 2)) AS xp_snr, bool_and(e > 0 AND e < 'Infinity'::real) AS errors_ok
   FROM (SELECT * FROM unnest(x.bp_coefficients, x.bp_coefficient_errors) UNION ALL
         SELECT * FROM unnest(x.rp_coefficients, x.rp_coefficient_errors)) u(c, e)
 ) q
@@ -266,6 +272,12 @@ COMMENT ON VIEW xpmet.training_set IS
 CREATE FUNCTION xpmet.refresh_labels() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   SET LOCAL jit = off;
+  -- The views chain CTEs the planner has no statistics for; it then expects a handful of rows and
+  -- picks nested loops that go quadratic (seconds at 10^4 rows, hours at 10^6). Hash joins throughout.
+  SET LOCAL enable_nestloop = off;
+  -- fresh statistics: right after a load the planner would otherwise expect 1 row and nest loops
+  ANALYZE xpmet.survey_star;
+  ANALYZE xpmet.xmatch;
   REFRESH MATERIALIZED VIEW xpmet.survey_zero_point;
   REFRESH MATERIALIZED VIEW xpmet.labels;
 END $$;

@@ -229,16 +229,17 @@ def test_datalink_zip(clean_db, tmp_path):
     assert s.rows == 3 and _count(clean_db) == 3
 
 
-def test_killed_mid_file_leaves_nothing_then_rerun_completes(clean_db, tmp_path):
-    f = make_bulk(tmp_path / "big.csv.gz", range(1, 6001))
-    env = dict(os.environ)
-    cmd = [sys.executable, "-m", "xpmet", "etl", "xp", str(f), "--no-progress"]
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_mid_file_leaves_nothing_then_rerun_completes(clean_db, tmp_path, workers):
+    files = [make_bulk(tmp_path / f"big{k}.csv.gz", range(10000 * k + 1, 10000 * k + 6001)) for k in range(workers)]
+    cmd = [sys.executable, "-m", "xpmet", "etl", "xp", *map(str, files), "--workers", str(workers), "--no-progress"]
+    p = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    active = ("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY xpmet.xp_continuous%' "
+              "AND state = 'active'")
     deadline = time.time() + 60
     copying = False
     while time.time() < deadline and p.poll() is None:
-        copying = _count(clean_db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY xpmet.xp_continuous%' "
-                                   "AND state = 'active'") > 0
+        copying = _count(clean_db, active) >= workers
         if copying:
             time.sleep(0.3)  # let some chunks go in
             break
@@ -246,8 +247,12 @@ def test_killed_mid_file_leaves_nothing_then_rerun_completes(clean_db, tmp_path)
     assert copying and p.poll() is None, "the load finished before it could be killed; make the file bigger"
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
+    deadline = time.time() + 20  # orphaned pool workers notice the dead parent and exit without committing
+    while _count(clean_db, active) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _count(clean_db, active) == 0
     assert _count(clean_db) == 0
     assert _count(clean_db, "SELECT count(*) FROM xpmet.etl_load WHERE status = 'done'") == 0
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert _count(clean_db) == 6000
+    assert _count(clean_db) == 6000 * workers

@@ -11,6 +11,7 @@ import glob
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -142,6 +143,15 @@ _QUEUE = None
 def _init_worker(q):
     global _QUEUE
     _QUEUE = q
+    # A worker whose parent was killed must not go on and commit: exit, and the server rolls back
+    # the open transaction when the connection drops.
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _report_to_queue(rows, nbytes):

@@ -95,7 +95,8 @@ def test_injected_offsets_are_recovered(clean_db, tmp_path):
         "ALPHA_M": obs(apo_i, "apogee", "alpha_fe", apo_off["alpha_fe"]), "ALPHA_M_ERR": np.full(m, 0.03),
         "ASPCAPFLAG": np.zeros(m, np.int64), "EXTRATARG": np.zeros(m, np.int64)})
     k = len(gal_i)
-    gal_feh = obs(gal_i, "galah", "feh", gal_off["feh"])
+    gal_trend = 0.1
+    gal_feh = obs(gal_i, "galah", "feh", gal_off["feh"]) + gal_trend * (truth["feh"][gal_i] + 0.5)
     outlier = 10                                   # one GALAH star 1.5 dex off: seen by 3 surveys? no: 2
     gal_feh[outlier] += 1.5
     write_table(tmp_path / "galah_dr3.fits", {
@@ -121,6 +122,8 @@ def test_injected_offsets_are_recovered(clean_db, tmp_path):
         assert z["status"] == "via_fallback" and z["calibrated_on"] == "apogee"
         assert z["n_shared_with_reference"] == (0 if lab == "alpha_fe" else 1)
         want = gal_off[lab] - (apo_off[lab] if lab == "alpha_fe" else 0)  # no benchmark alpha: APOGEE's scale
+        if lab == "feh":   # the zero point is the offset at the pivot (mean of the shared stars)
+            want += gal_trend * (np.mean(truth["feh"][gal_i]) + 0.5)
         assert abs(z["zero_point"] - want) < 3 * z["zero_point_err"], (lab, z)
     assert zp[("apogee", "alpha_fe")]["status"] == "fallback_scale"   # no benchmark alpha_fe
     # calibrated labels carry no offset any more
@@ -134,7 +137,16 @@ def test_injected_offsets_are_recovered(clean_db, tmp_path):
     bad = [r for r in lab if r["source_id"] == ids[gal_i[outlier]]][0]
     assert bad["label_flags"] & bit("feh_discordant")
     assert sum(1 for r in lab if r["label_flags"] & bit("feh_discordant")) < 10
-    return truth, ids
+    # GALAH's [Fe/H] offset has a trend (slope gal_trend per dex): fitted on 600 stars and removed
+    z = zp[("galah", "feh")]
+    want = gal_trend / (1 + gal_trend)        # the slope against GALAH's own (offset) values
+    assert z["slope"] != 0 and abs(z["slope"] - want) < 3 * z["slope_err"], z
+    cal = rows(clean_db, "SELECT source_id, value FROM xpmet.calibrated_measurement "
+                         "WHERE survey = 'galah' AND label = 'feh'")
+    t = truth["feh"][np.array([r["source_id"] for r in cal]) - 1000]
+    r = np.array([r["value"] for r in cal]) - t
+    ok = np.abs(r) < 0.5
+    assert abs(np.polyfit(t[ok], r[ok], 1)[0]) < 0.02 and abs(np.mean(r[ok])) < 0.02
 
 
 def test_three_surveys_reject_the_discordant_one_and_training_set(clean_db, tmp_path):

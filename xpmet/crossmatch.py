@@ -212,15 +212,17 @@ def insert_sql() -> str:
 
 
 def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_current: bool = True,
-               keep: int | None = None) -> XmatchRun:
+               keep: int | None = None, progress: bool = False) -> XmatchRun:
     """Match every survey_star row to Gaia in one transaction; the new run becomes the current one.
 
     ``keep``: delete all but the newest ``keep`` runs afterwards (None keeps every run).
     """
+    from tqdm import tqdm
     p = params or XmatchParams()
     p.validate()
     t0 = time.perf_counter()
-    with raw_connect(url) as conn:
+    bar = tqdm(total=3, desc="crossmatch", unit="step", disable=not progress)
+    with raw_connect(url) as conn, bar:
         conn.execute("SET LOCAL jit = off")
         conn.execute("SET LOCAL work_mem = '256MB'")
         per_survey = survey_parameters(conn, p)
@@ -251,10 +253,15 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
                         "OR n_mod_since_analyze > 0.2 * n_live_tup FROM pg_stat_user_tables "
                         "WHERE schemaname = 'xpmet' AND relname = 'gaia_source'").fetchone()[0]:
             conn.execute("ANALYZE xpmet.gaia_source")
+        bar.update(1)
+        bar.set_postfix_str("candidate pairs")
         conn.execute(pairs_sql(p.epoch == "propagate"),
                      {"pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt)})
         conn.execute("ANALYZE xm_pair")
+        bar.update(1)
+        bar.set_postfix_str("best neighbours")
         conn.execute(insert_sql(), {"run_id": run_id})
+        bar.update(1)
         counts = dict(conn.execute("SELECT method, count(*) FROM xpmet.xmatch WHERE run_id = %s GROUP BY method",
                                    (run_id,)).fetchall())
         n_rows = sum(counts.values())

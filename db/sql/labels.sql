@@ -37,6 +37,7 @@ CREATE VIEW xpmet.survey_source_label AS
 SELECT source_id, survey_id, survey, label,
        sum(value * w) / sum(w) AS value,
        sqrt(1.0 / sum(w) + max(error_floor) ^ 2) AS err,
+       sqrt(1.0 / sum(w)) AS err_stat,
        count(*)::int AS n_rows,
        bool_or(ambiguous) AS ambiguous, bool_or(duplicate_claim) AS duplicate_claim
 FROM (SELECT *, 1.0 / greatest(coalesce(err, error_floor), 1e-6) ^ 2 AS w FROM xpmet.survey_measurement) m
@@ -45,11 +46,14 @@ COMMENT ON VIEW xpmet.survey_source_label IS
   'Per source, survey and label: inverse-variance mean of the survey''s rows, error with floor';
 
 -- A survey-minus-reference difference on one shared star (input of fit_zero_points).
-CREATE TYPE xpmet.zp_delta AS (survey_id smallint, survey text, label text, x float8, delta float8, via text);
+CREATE TYPE xpmet.zp_delta AS (survey_id smallint, survey text, label text, x float8, delta float8, via text,
+                               x_var float8);
 
 -- Robust zero point per (survey, label): median/MAD clip at 4 sigma, then the mean of the kept
 -- differences and its standard error; a linear trend of the difference against the survey's own
--- value when n >= min_trend_n and the slope is significant at 3 sigma (else slope 0).
+-- value when n >= min_trend_n and the slope is significant at 3 sigma (else slope 0). The survey's
+-- own noise is in both x and delta and biases a plain least-squares slope upwards: its variance
+-- (x_var, the survey's statistical error squared) is removed from Sxy and Sxx (errors-in-variables).
 CREATE FUNCTION xpmet.fit_zero_points(d xpmet.zp_delta[], min_n int, min_trend_n int)
 RETURNS TABLE (survey_id smallint, survey text, label text, via text, status text, n_stars int,
                zero_point float8, zero_point_err float8, scatter float8, pivot float8,
@@ -65,15 +69,20 @@ kept AS (SELECT u.* FROM u JOIN mad ON mad.survey_id = u.survey_id AND mad.label
          WHERE abs(u.delta - mad.m) <= greatest(4 * 1.4826 * mad.mad, 1e-9)),
 fit AS (SELECT k.survey_id, k.survey, k.label, k.via, count(*)::int AS n, avg(k.delta) AS zp,
                stddev_samp(k.delta) AS sd, avg(k.x) AS pivot, regr_slope(k.delta, k.x) AS b,
-               regr_sxx(k.delta, k.x) AS sxx, regr_syy(k.delta, k.x) AS syy, regr_sxy(k.delta, k.x) AS sxy
+               regr_sxx(k.delta, k.x) AS sxx, regr_syy(k.delta, k.x) AS syy, regr_sxy(k.delta, k.x) AS sxy,
+               sum(coalesce(k.x_var, 0)) AS svar
         FROM kept k GROUP BY 1, 2, 3, 4),
+fit2 AS (SELECT f.*, CASE WHEN f.sxx - f.svar > 0.1 * f.sxx
+                          THEN (f.sxy - f.svar) / (f.sxx - f.svar) ELSE f.b END AS b_eiv
+         FROM fit f),
 se AS (SELECT f.*, CASE WHEN f.n > 2 AND f.sxx > 0
                         THEN sqrt(greatest(f.syy - f.sxy ^ 2 / f.sxx, 0) / (f.n - 2) / f.sxx) END AS b_err
-       FROM fit f)
+       FROM fit2 f)
 SELECT se.survey_id, se.survey, se.label, se.via,
        CASE WHEN se.n >= min_n THEN 'calibrated' ELSE 'too_few' END,
        se.n, se.zp, se.sd / sqrt(se.n), se.sd, se.pivot,
-       CASE WHEN se.n >= min_trend_n AND se.b_err IS NOT NULL AND abs(se.b) > 3 * se.b_err THEN se.b ELSE 0 END,
+       CASE WHEN se.n >= min_trend_n AND se.b_err IS NOT NULL AND abs(se.b_eiv) > 3 * se.b_err
+            THEN se.b_eiv ELSE 0 END,
        se.b_err
 FROM se
 $fit$;
@@ -91,7 +100,8 @@ ssl AS MATERIALIZED (SELECT * FROM xpmet.survey_source_label),
 ref AS (SELECT s.* FROM ssl s, cfg WHERE s.survey = cfg.reference),
 ref_labels AS (SELECT DISTINCT label FROM ref),
 d1 AS (
-  SELECT o.survey_id, o.survey, o.label, o.value AS x, o.value - r.value AS delta, cfg.reference AS via
+  SELECT o.survey_id, o.survey, o.label, o.value AS x, o.value - r.value AS delta, cfg.reference AS via,
+         o.err_stat ^ 2 AS x_var
   FROM ssl o JOIN ref r USING (source_id, label), cfg
   WHERE o.survey_id <> r.survey_id
 ),
@@ -105,7 +115,8 @@ fb AS (  -- fallback survey values on the reference scale; for a label the refer
   WHERE s.survey = cfg.fallback AND (z.status IS NOT NULL OR s.label NOT IN (SELECT label FROM ref_labels))
 ),
 d2 AS (
-  SELECT o.survey_id, o.survey, o.label, o.value AS x, o.value - f.value AS delta, cfg.fallback AS via
+  SELECT o.survey_id, o.survey, o.label, o.value AS x, o.value - f.value AS delta, cfg.fallback AS via,
+         o.err_stat ^ 2 AS x_var
   FROM ssl o JOIN fb f USING (source_id, label), cfg
   WHERE o.survey <> cfg.fallback AND o.survey <> cfg.reference
     AND NOT EXISTS (SELECT 1 FROM z1 WHERE z1.survey_id = o.survey_id AND z1.label = o.label

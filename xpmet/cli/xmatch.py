@@ -41,9 +41,7 @@ def xmatch(radius, nopm_radius, id_radius, epoch, override, version, keep, no_la
     from xpmet.crossmatch import XmatchParams, run_xmatch
     p = XmatchParams(radius=radius, nopm_radius=nopm_radius, id_radius=id_radius, epoch=epoch,
                      overrides=_overrides(override), version=version)
-    with click.progressbar(length=1, label="crossmatch", file=click.get_text_stream("stderr")) as bar:
-        r = run_xmatch(p, keep=keep)
-        bar.update(1)
+    r = run_xmatch(p, keep=keep, progress=True)
     click.echo(f"crossmatch {r.version}: {r.n_rows} survey rows, {r.n_matched} matched "
                f"({', '.join(f'{k} {v}' for k, v in sorted(r.by_method.items()))}) in {r.seconds:.1f} s")
     if not no_labels:

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class Predictor:
             m.load_state_dict(sd)
             m.eval()
             self.members.append(m.to(self.device))
+        self.members64 = [copy.deepcopy(m).double() for m in self.members] if self.kind == "emulator" else []
         self.model_id = None
         mj = d / "model.json"
         if mj.exists():
@@ -147,19 +149,22 @@ class Predictor:
         return mean, err, fit_stat, poor
 
     def _fit(self, arr: XPArrays):
+        # float64: the Fisher matrix and the finite-difference Jacobian need the precision
         n = self.norm
-        x, e = self._f(arr.x), self._f(arr.e)
+        d = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float64, device=self.device)  # noqa: E731
+        x, e = d(arr.x), d(arr.e)
         corr = sd = None
         if self.uses_correlations and arr.corr is not None:
-            corr = self._f(arr.corr)
-            sd = None if arr.std_dev is None else self._f(arr.std_dev)
+            corr = d(arr.corr)
+            sd = None if arr.std_dev is None else d(arr.std_dev)
         P = self.members[0].n_params
-        starts = self._starts()
-        prior_mu = torch.zeros(P, device=self.device)
-        prior_sigma = torch.full((P,), 3.0, device=self.device)
+        starts = self._starts().double()
+        prior_mu = torch.zeros(P, dtype=torch.float64, device=self.device)
+        prior_sigma = torch.full((P,), 3.0, dtype=torch.float64, device=self.device)
+        x_mean, x_scale = d(self.norm.x.mean), d(self.norm.x.std)
         ps, covs, c2s = [], [], []
-        for m in self.members:
-            p, cov, c2, nused = fit_emulator(m, x, e, self.x_mean, self.x_scale, prior_mu, prior_sigma, starts,
+        for m in self.members64:
+            p, cov, c2, nused = fit_emulator(m, x, e, x_mean, x_scale, prior_mu, prior_sigma, starts,
                                              corr=corr, std_dev=sd)
             ps.append(p.cpu().numpy())
             covs.append(torch.diagonal(cov, dim1=1, dim2=2).cpu().numpy())

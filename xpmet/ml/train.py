@@ -190,8 +190,11 @@ def load_splits(data_path, config: TrainConfig, label_override=None):
 
 
 def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = False, register: bool = True,
-          label_override=None, progress: bool = True) -> Path:
+          label_override=None, progress: bool = True, on_epoch=None) -> Path:
     """Train a model on DATA.h5 into OUT_DIR; returns the model directory.
+
+    ``on_epoch(member, epoch, train_loss, valid_loss)`` is called after each epoch's checkpoint
+    (for logging; an exception there stops training, and ``resume=True`` continues it).
 
     >>> from xpmet.ml.train import train, TrainConfig
     >>> train("data.h5", "models/est", TrainConfig(kind="estimator", epochs=50))
@@ -267,6 +270,8 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
             state["current"] = cur
             state["config"] = asdict(config) | {"hidden": list(config.hidden)}
             _atomic_save(state, ckpt_path)
+            if on_epoch is not None:
+                on_epoch(m, epoch, cur["train"][-1], vloss)
             if cur["bad"] >= config.patience:
                 break
         bar.close()

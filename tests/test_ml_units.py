@@ -1,0 +1,138 @@
+"""Unit tests of xpmet.ml on real XP spectra (tests/data/ml) and semi-synthetic files: no database."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xpmet.ml import dataset as ds
+from xpmet.ml.export import assign_split, parse_split
+from xpmet.ml.models import covariance, gaussian_terms, heteroscedastic_nll
+from xpmet.ml.normalise import G_ZERO_POINT, NoiseModel, Scaler, g_flux, normalise_xp
+from xpmet.xp import N_CORR, covariance_matrix
+
+import ml_semisynth as semi
+
+
+def test_g_flux_falls_back_to_the_magnitude():
+    f = g_flux([1000.0, np.nan, -1.0], [20.0, 15.0, G_ZERO_POINT])
+    assert f[0] == 1000.0
+    assert f[1] == pytest.approx(10 ** (-0.4 * (15.0 - G_ZERO_POINT)))
+    assert f[2] == pytest.approx(1.0)
+
+
+def test_normalisation_removes_brightness_and_flags_missing_bands():
+    bp, bpe, rp, rpe, flux = semi.real_xp()
+    x1, e1, m1 = normalise_xp(bp, bpe, rp, rpe, flux)
+    x2, e2, _ = normalise_xp(bp * 7.0, bpe * 7.0, rp * 7.0, rpe * 7.0, flux * 7.0)
+    np.testing.assert_allclose(x1, x2, rtol=1e-12)
+    assert not m1.any()
+    bp2 = bp.copy()
+    bp2[3] = np.nan
+    _, _, m = normalise_xp(bp2, bpe, rp, rpe, flux)
+    assert m[3].tolist() == [True, False] and m.sum() == 1
+
+
+def test_scaler_is_robust_and_ignores_nan():
+    v = np.r_[np.random.default_rng(0).normal(5, 2, 2000), 1e9, np.nan][:, None]
+    s = Scaler.fit(v)
+    assert s.mean[0] == pytest.approx(5, abs=0.2) and s.std[0] == pytest.approx(2, rel=0.1)
+    assert Scaler.from_dict(s.to_dict()).transform(np.array([[5.0]]))[0, 0] == pytest.approx((5 - s.mean[0]) / s.std[0])
+
+
+def test_noise_model_recovers_background_and_photon_terms():
+    rng = np.random.default_rng(1)
+    flux = 10 ** rng.uniform(2.5, 5.5, 3000)
+    a, b = np.array([4.0, 100.0]), np.array([0.01, 0.002])
+    err = np.sqrt(a + b * flux[:, None]) * np.exp(rng.normal(0, 0.05, (3000, 2)))
+    nm = NoiseModel.fit(err, flux, target_g=rng.uniform(15, 18, 100))
+    np.testing.assert_allclose(nm.a, a, rtol=0.15)
+    np.testing.assert_allclose(nm.b, b, rtol=0.15)
+    assert NoiseModel.from_dict(nm.to_dict()).target_g.size == 201
+
+
+def test_splits_depend_only_on_id_and_seed():
+    ids = np.arange(4295806720, 4295806720 + 20000 * 7, 7, dtype=np.int64)
+    fr = parse_split("train=0.8,valid=0.1,test=0.1")
+    s = assign_split(ids, fr, seed=3)
+    perm = np.random.default_rng(0).permutation(len(ids))
+    assert (assign_split(ids[perm], fr, 3) == s[perm]).all()  # order does not matter
+    assert (assign_split(ids[:100], fr, 3) == s[:100]).all()  # nor does what else is exported
+    counts = np.bincount(s, minlength=3) / len(ids)
+    np.testing.assert_allclose(counts, [0.8, 0.1, 0.1], atol=0.01)
+    assert (assign_split(ids, fr, 4) != s).mean() > 0.2       # another seed, another split
+    with pytest.raises(Exception, match="sum to 1"):
+        parse_split("train=0.8,valid=0.3,test=0.1")
+
+
+def test_heteroscedastic_nll_masks_unknown_labels_and_adds_label_errors():
+    mu = torch.zeros(2, 2)
+    ls = torch.zeros(2, 2)
+    y = torch.tensor([[1.0, float("nan")], [0.0, 2.0]])
+    err = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    got = float(heteroscedastic_nll(mu, ls, y, err))
+    want = (0.5 * 1.0 + 0.0 + 0.5 * (4 / 2 + np.log(2))) / 3  # mean over the 3 known labels only
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_full_covariance_chi2_matches_numpy_and_xpmet_xp():
+    rng = np.random.default_rng(2)
+    n = 3
+    # valid correlation matrices: normalised Gram matrices of random vectors
+    corrs = []
+    for _ in range(2 * n):
+        a = rng.normal(size=(55, 80))
+        c = a @ a.T
+        d = np.sqrt(np.diag(c))
+        corrs.append((c / d[:, None] / d[None, :])[np.tril_indices(55, -1)])
+    corr = np.asarray(corrs).reshape(n, 2, N_CORR)
+    e = rng.uniform(0.5, 2.0, (n, 110))
+    r = rng.normal(size=(n, 110))
+    ok = np.ones((n, 110), bool)
+    t = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
+    c2, logdet = gaussian_terms(t(r), t(e), torch.as_tensor(ok), None, t(corr))
+    for i in range(n):
+        want = 0.0
+        ld = 0.0
+        for b in range(2):
+            cov = covariance_matrix(e[i, 55 * b:55 * (b + 1)], corr[i, b])
+            rb = r[i, 55 * b:55 * (b + 1)]
+            want += rb @ np.linalg.solve(cov, rb)
+            ld += np.linalg.slogdet(cov)[1]
+        assert float(c2[i]) == pytest.approx(want, rel=1e-4)
+        assert float(logdet[i]) == pytest.approx(ld, rel=1e-4)
+    # zero correlations reduce to the diagonal chi2
+    c2d, _ = gaussian_terms(t(r), t(e), torch.as_tensor(ok), None, t(np.zeros_like(corr)))
+    np.testing.assert_allclose(c2d.numpy(), ((r / e) ** 2).sum(1), rtol=1e-4)
+    cov = covariance(t(e), t(corr), extra_var=t(np.ones_like(e)))
+    assert torch.allclose(torch.diagonal(cov, dim1=-2, dim2=-1).reshape(n, 110), t(e ** 2 + 1), rtol=1e-5)
+
+
+def test_synthetic_photometry_scales_with_flux_and_skips_missing_bands():
+    from xpmet.ml.photometry import synthetic_photometry
+    bp, bpe, rp, rpe, _ = semi.real_xp()
+    bp, bpe, rp, rpe = bp[:20], bpe[:20], rp[:20], rpe[:20]
+    bp[5] = np.nan
+    m1 = synthetic_photometry(bp, bpe, rp, rpe)
+    m2 = synthetic_photometry(bp * 10, bpe * 10, rp * 10, rpe * 10)
+    ok = np.arange(20) != 5
+    for band in ("CaHK", "g_sdss", "G", "BP", "RP"):
+        fin = ok & np.isfinite(m1[band])  # a negative synthetic flux (faint CaHK) has no magnitude
+        assert fin.sum() >= 15
+        np.testing.assert_allclose(m1[band][fin] - m2[band][fin], 2.5, atol=1e-6)
+        assert np.isnan(m1[band][5])
+        assert (m1[band + "_err"][fin] > 0).all()
+    # the CaHK band is the noisy one for these faint-ish stars; G the precise one
+    assert np.nanmedian(m1["CaHK_err"][ok]) > 5 * np.nanmedian(m1["G_err"][ok])
+
+
+def test_read_rejects_foreign_files(tmp_path):
+    import h5py
+    p = tmp_path / "x.h5"
+    with h5py.File(p, "w") as f:
+        f["a"] = [1]
+    with pytest.raises(Exception, match="not an xpmet training file"):
+        ds.read(p, "train")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(Exception, match="not a readable HDF5"):
+        ds.read(tmp_path / "junk.h5")

@@ -1,0 +1,123 @@
+"""Decode binary ``COPY ... TO STDOUT`` streams of fixed-width rows into numpy arrays, block by block.
+
+The SELECT feeding the COPY makes every row the same width (NULL scalars as NaN, a NULL array
+as an array of NaN), so a block of rows is one structured numpy array: no per-row Python.
+Columns are described with the same ``Col`` as the writer in xpmet.io.pgcopy.
+
+    cols = [Col("source_id", "i8"), Col("bp_coefficients", "f8[]", 55)]
+    reader = RowReader(cols)
+    with cur.copy("COPY (SELECT ...) TO STDOUT (FORMAT binary)") as cp:
+        for block in cp:
+            for rows in reader.feed(block):     # dict name -> native-endian array
+                ...
+    for rows in reader.finish():                # the rest; raises if the stream was cut short
+        ...
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from xpmet.errors import XpmetError
+from xpmet.io.pgcopy import HEADER, TRAILER, Col
+
+SIGNATURE = HEADER[:11]
+
+
+def row_dtype(cols: list[Col]) -> np.dtype:
+    """The structured dtype of one tuple in which no column is NULL."""
+    fields = [("nfields", ">i2")]
+    for c in cols:
+        dt, _oid = c.base
+        fields.append((f"{c.name}__len", ">i4"))
+        if c.is_array:
+            fields += [(f"{c.name}__hdr", ">i4", (5,)), (c.name, [("l", ">i4"), ("v", dt)], (c.length,))]
+        else:
+            fields.append((c.name, dt))
+    return np.dtype(fields)
+
+
+class RowReader:
+    """Incremental decoder: feed it the COPY stream's blocks, get dicts of column arrays back."""
+
+    def __init__(self, cols: list[Col], max_rows: int = 65536):
+        self.cols = cols
+        self.dtype = row_dtype(cols)
+        self.max_rows = max_rows
+        self.buf = bytearray()
+        self.header_done = False
+        self.ended = False
+        self.n_rows = 0
+
+    def feed(self, block) -> list[dict]:
+        """Append a block; return complete rows once max_rows of them are buffered (then in
+        pieces of max_rows). libpq hands over one row per block, so decoding waits for many."""
+        self.buf += block
+        if not self.header_done and not self._header():
+            return []
+        if len(self.buf) < self.max_rows * self.dtype.itemsize:
+            return []
+        return self._decode(final=False)
+
+    def _header(self) -> bool:
+        if len(self.buf) < 19:
+            return False
+        if bytes(self.buf[:11]) != SIGNATURE:
+            raise XpmetError("the server's COPY output is not in PostgreSQL binary format")
+        ext = struct.unpack(">i", self.buf[15:19])[0]
+        if len(self.buf) < 19 + ext:
+            return False
+        del self.buf[:19 + ext]
+        self.header_done = True
+        return True
+
+    def _decode(self, final: bool) -> list[dict]:
+        width = self.dtype.itemsize
+        out = []
+        while True:
+            n = min(len(self.buf) // width, self.max_rows)
+            if n == 0 or (not final and n < self.max_rows):
+                break
+            rec = np.frombuffer(bytes(self.buf[:n * width]), dtype=self.dtype)
+            self._check(rec)
+            del self.buf[:n * width]
+            out.append(self._columns(rec))
+            self.n_rows += n
+        return out
+
+    def _check(self, rec):
+        bad = rec["nfields"] != len(self.cols)
+        for c in self.cols:
+            dt, oid = c.base
+            size = np.dtype(dt).itemsize
+            if c.is_array:
+                bad |= rec[f"{c.name}__len"] != 20 + c.length * (4 + size)
+                bad |= (rec[f"{c.name}__hdr"] != np.array([1, 0, oid, c.length, 1])).any(axis=1)
+            else:
+                bad |= rec[f"{c.name}__len"] != size
+        if bad.any():
+            i = int(np.argmax(bad))
+            first = self.cols[0]
+            key = rec[first.name][i] if not first.is_array else "?"
+            raise XpmetError(f"row {self.n_rows + i} ({first.name} {key}) of the COPY stream is not fixed-width: "
+                             "a NULL inside an array, or an array of unexpected length. Check that row in the "
+                             "database (arrays must have no NULL elements).")
+
+    def _columns(self, rec) -> dict:
+        out = {}
+        for c in self.cols:
+            v = rec[c.name]["v"] if c.is_array else rec[c.name]
+            out[c.name] = v.astype(v.dtype.newbyteorder("="))
+        return out
+
+    def finish(self) -> list[dict]:
+        """The rows still buffered, after checking that the stream ended with the trailer (a cut
+        stream must not pass as complete)."""
+        if not self.header_done:
+            self._header()
+        out = self._decode(final=True) if self.header_done else []
+        if not self.header_done or bytes(self.buf) != TRAILER:
+            raise XpmetError(f"the COPY stream ended early ({len(self.buf)} stray bytes after "
+                             f"{self.n_rows} rows); nothing of it was used")
+        return out

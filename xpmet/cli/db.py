@@ -65,10 +65,16 @@ def status():
 
 @db.command()
 @click.option("--sqlalchemy", is_flag=True, help="Print the postgresql+psycopg:// form for SQLAlchemy.")
-def url(sqlalchemy):
+@click.option("--read-only", "read_only", is_flag=True,
+              help="URL of the role xpmet_reader, which can SELECT but not modify anything.")
+def url(sqlalchemy, read_only):
     """Print the connection URL, e.g.  psql "$(xpmet db url)"  (starts the embedded cluster)."""
     from xpmet.db.engine import libpq_url, to_sqlalchemy
-    u = libpq_url()
+    if read_only:
+        from xpmet.db.readonly import readonly_url
+        u = readonly_url()
+    else:
+        u = libpq_url()
     click.echo(to_sqlalchemy(u) if sqlalchemy else u)
 
 

@@ -88,16 +88,35 @@ def read_table(path: Path, d: Descriptor):
 
 
 class Columns:
-    """Case-insensitive column lookup over a table, taking the first alternative present."""
+    """Case-insensitive column lookup over a table, taking the first alternative present.
+
+    An alternative may be a sum of columns, "ALPHA_M + M_H - FE_H", usable when all of them exist.
+    """
 
     def __init__(self, table):
         self.t = table
         self.by_lower = {c.lower(): c for c in table.colnames}
 
+    def terms(self, alt: str):
+        """[(sign, column)] of an expression alternative, or None if a column is missing."""
+        toks = alt.replace("+", " + ").replace("-", " - ").split()
+        if not toks or toks[0] not in "+-":
+            toks = ["+"] + toks
+        if len(toks) % 2:
+            return None
+        out = []
+        for sign, name in zip(toks[::2], toks[1::2]):
+            if sign not in "+-" or name.lower() not in self.by_lower:
+                return None
+            out.append((1.0 if sign == "+" else -1.0, self.by_lower[name.lower()]))
+        return out
+
     def find(self, alts):
         for a in alts:
             if a.lower() in self.by_lower:
                 return self.by_lower[a.lower()]
+            if any(op in a for op in " +-") and self.terms(a):
+                return a
         return None
 
 
@@ -243,6 +262,13 @@ def normalise(path: Path, table, d: Descriptor) -> tuple[dict, list]:
             continue
         if f == "survey_flags":
             out[f] = _numeric(path, table, c, dtype=np.int64)
+            continue
+        if c not in table.colnames:  # an expression: a sentinel or NaN in any term makes the sum NaN
+            total = np.zeros(n)
+            for sign, col in cols.terms(c):
+                v = _numeric(path, table, col)
+                total += sign * np.where(np.isin(v, sentinels), np.nan, v)
+            out[f] = total
             continue
         out[f] = _numeric(path, table, c)
     for lab in LABELS:

@@ -1,0 +1,105 @@
+"""End to end against the real database: simulate -> etl -> xmatch/labels -> training_set view ->
+xpmet export -> xpmet train (both kinds) -> xpmet evaluate --truth, through the CLI."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+
+@pytest.fixture(scope="module")
+def sky(tmp_path_factory):
+    from xpmet.simulate import simulate
+    out = tmp_path_factory.mktemp("sky")
+    simulate(out / "sim", n_stars=1500, seed=11, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(sky, engine):
+    """The simulated sky loaded and crossmatched (module-scoped: the tests below only read it)."""
+    from click.testing import CliRunner
+    from conftest import truncate_all
+    from xpmet.cli import main
+    truncate_all(engine)
+    sim = sky / "sim"
+
+    def run(*args):
+        r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r
+    run("etl", "gaia-source", sim / "gaia_source")
+    run("etl", "xp", sim / "xp_continuous")
+    for name, f in (("apogee", "apogee_dr17_allstar.fits"), ("galah", "galah_dr3.fits"),
+                    ("lamost", "lamost_dr8_lrs.csv"), ("gbs", "gbs_v3.fits")):
+        run("etl", "survey", name, sim / "surveys" / f)
+    run("xmatch")
+    yield sky
+    truncate_all(engine)
+
+
+def test_export_train_evaluate(loaded, run_cli, engine):
+    d = loaded
+    h5 = d / "train.h5"
+    r = run_cli("export", h5, "--seed", 2, "--correlations", "--split", "train=0.7,valid=0.15,test=0.15")
+    assert "wrote" in r.output
+    with engine.connect() as c:
+        n_view = c.execute(sa.text("SELECT count(*) FROM xpmet.training_set")).scalar()
+    with h5py.File(h5, "r") as f:
+        n = f["source_id"].shape[0]
+        assert n == n_view > 100
+        assert len(np.unique(f["source_id"][:])) == n          # one row, hence one split, per star
+        assert f["xp/bp_coefficient_correlations"].shape == (n, 1485)
+        assert f["xp/bp_coefficients"].chunks[1] == 55 and f["xp/bp_coefficients"].compression == "gzip"
+        assert set(np.unique(f["split"][:])) == {0, 1, 2}
+        for k in ("cuts", "reference", "xmatch_version", "xpmet_version", "created", "seed"):
+            assert k in f.attrs, k
+        assert f.attrs["reference"] == "gbs" and f.attrs["xmatch_version"].startswith("xm-")
+        assert f["noise/phot_g_mean_mag"].shape[0] > n        # unlabelled stars for the noise model
+        split_a = dict(zip(f["source_id"][:], f["split"][:]))
+    # same seed, a G cut: the stars that remain keep their split (no leakage between exports)
+    run_cli("export", d / "bright.h5", "--seed", 2, "--g-max", 15, "--split", "train=0.7,valid=0.15,test=0.15")
+    with h5py.File(d / "bright.h5", "r") as f:
+        assert (f["phot/phot_g_mean_mag"][:] <= 15).all()
+        assert all(split_a[s] == v for s, v in zip(f["source_id"][:], f["split"][:]))
+    bad = run_cli("export", d / "none.h5", "--g-max", 3, ok=False)
+    assert bad.exit_code == 1 and "no star passed the cuts" in bad.output and not (d / "none.h5").exists()
+
+    run_cli("train", h5, "--out", d / "est", "--hidden", "32,32", "--epochs", 25, "--batch-size", 64,
+            "--lr", 4e-3, "--patience", 6)
+    run_cli("train", h5, "--out", d / "emu", "--kind", "emulator", "--hidden", "32,32", "--epochs", 25,
+            "--batch-size", 64, "--lr", 4e-3, "--patience", 6, "--correlations")
+    with engine.connect() as c:
+        rows = c.execute(sa.text("SELECT model_id, kind, path, data_fingerprint FROM xpmet.models ORDER BY model_id")).all()
+    assert [r.kind for r in rows] == ["estimator", "emulator"]
+    assert rows[0].data_fingerprint == (d / "est" / "fingerprint.txt").read_text().strip()
+    assert json.loads((d / "est" / "model.json").read_text())["model_id"] == rows[0].model_id
+
+    r = run_cli("evaluate", d / "est", h5, "--truth", d / "sim" / "truth.fits", "--max-truth", 1500)
+    assert "never_surveyed" in r.output
+    ev = json.loads((d / "est" / "evaluation" / "evaluation.json").read_text())
+    ns = ev["never_surveyed"]["overall"]["feh"]
+    assert ns["n"] > 300
+    assert ns["scatter"] < 0.35 and abs(ns["bias"]) < 0.15      # sane for a tiny model and ~200 stars
+    assert 0.6 < ns["calibration"] < 1.6
+    assert ev["test"]["by_g"] and ev["never_surveyed"]["by_feh"]
+    for name in ("never_surveyed_one_to_one", "never_surveyed_kiel", "test_calibration", "learning_curves"):
+        assert (d / "est" / "evaluation" / f"{name}.png").exists(), name
+
+    r = run_cli("evaluate", d / "emu", h5, "--truth", d / "sim" / "truth.fits", "--max-truth", 300)
+    ev = json.loads((d / "emu" / "evaluation" / "evaluation.json").read_text())
+    assert ev["never_surveyed"]["median_fit_stat"] < 3
+    assert ev["never_surveyed"]["overall"]["feh"]["scatter"] < 0.5
+    ph = ev["photometry"]["CaHK"]
+    assert ph["std_emulated"] > 0.5 * ph["std_observed"]       # the original research's failure: 0.4 vs 2.2 mag
+    assert (d / "emu" / "evaluation" / "photometry.png").exists()
+
+
+def test_export_without_training_set_view_fails_cleanly(run_cli, tmp_path, engine):
+    r = run_cli("export", tmp_path / "x.h5", "--split", "train=0.5,valid=0.5", ok=False)
+    assert r.exit_code != 0 and "train, valid and test" in r.output
+    r = run_cli("train", tmp_path / "missing.h5", "--out", tmp_path / "m", ok=False)
+    assert r.exit_code != 0

@@ -50,6 +50,8 @@ def _register():
     main.add_command(query.query)
     from xpmet.cli import predict  # issue 7: predictions
     main.add_command(predict.predict)
+    from xpmet.cli import demo  # issue 7: end-to-end demo
+    main.add_command(demo.demo)
     from xpmet.cli import ml  # issue 6: export, train, evaluate
     main.add_command(ml.export_cmd)
     main.add_command(ml.train_cmd)

@@ -35,14 +35,14 @@ def _worker(outdir: str, n_stars: int, correlations: bool) -> None:
     print(json.dumps({"seconds": dt, "bytes": size, "peak_rss_mb": peak_mb}))
 
 
-def _run(n_stars: int, correlations: bool, keep: Path | None) -> dict:
-    outdir = tempfile.mkdtemp(prefix="bench_simulate_", dir=keep)
+def _run(n_stars: int, correlations: bool, tmp: Path | None, keep: bool = False) -> dict:
+    outdir = tempfile.mkdtemp(prefix="bench_simulate_", dir=tmp)
     try:
         cmd = [sys.executable, __file__, "--worker", outdir, str(n_stars), "1" if correlations else "0"]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
     finally:
-        if keep is None:
+        if not keep:
             shutil.rmtree(outdir, ignore_errors=True)
     r.update(n_stars=n_stars, correlations=correlations, xp_stars_per_s=n_stars / r["seconds"])
     return r

@@ -98,10 +98,10 @@ def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS
     truth_cols = _truth_columns(stars, ra, dec, source_id, truth)
     survey_rng = np.random.default_rng(s_surveys)
     benchmarks = sv.benchmark_stars(truth_cols, n_stars)
-    observed_by = [[] for _ in range(n)]
+    observed_by = np.zeros(n, np.int32)  # bit k set: the k-th requested survey observed the star
     survey_truth = {}
     (outdir / "surveys").mkdir()
-    for name in surveys:
+    for bit, name in enumerate(surveys):
         spec = sv.SURVEYS[name]
         chosen = sv.select(survey_rng, spec, truth_cols, benchmarks)
         obs = sv.observe(survey_rng, spec, truth_cols, chosen)
@@ -109,9 +109,8 @@ def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS
         table = make_table(survey_rng, obs, truth_cols)
         _write_table(table, outdir / "surveys" / filename)
         survey_truth[name] = sv.describe(spec, obs, filename)
-        for i in np.unique(obs.star):
-            observed_by[i].append(name)
-    truth_cols["surveys"] = np.array([",".join(s) for s in observed_by])
+        observed_by[obs.star] |= 1 << bit
+    truth_cols["surveys"] = _survey_lists(observed_by, list(surveys))
     _write_truth(truth_cols, outdir / "truth.fits")
     (outdir / "survey_truth.json").write_text(json.dumps(survey_truth, indent=2, default=_json_default) + "\n")
     params = dict(n_stars=n_stars, seed=seed, surveys=list(surveys), faint_ratio=faint_ratio,
@@ -177,25 +176,65 @@ _TRUTH_UNITS = {"ra": "deg", "dec": "deg", "l": "deg", "b": "deg", "pmra": "mas 
                 "phot_rp_mean_mag": "mag"}
 
 
-def _write_truth(cols: dict[str, np.ndarray], path: Path) -> None:
-    from astropy.table import Table
+def _survey_lists(bits: np.ndarray, names: list[str]) -> np.ndarray:
+    """Comma-separated survey names per star from a bitmask, formatted once per distinct combination."""
+    combos, inverse = np.unique(bits, return_inverse=True)
+    text = np.array([",".join(nm for k, nm in enumerate(names) if c >> k & 1) for c in combos], dtype="S")
+    return text[inverse]
 
-    t = Table(cols)
-    order = np.argsort(t["source_id"])
-    t = t[order]
-    for k, u in _TRUTH_UNITS.items():
-        t[k].unit = u
-    t.meta["SIMULAT"] = (True, "SIMULATED DATA, not real observations")
-    t.meta["EPOCH"] = (2016.0, "epoch of ra, dec")
-    _write_table(t, path)
+
+def _write_truth(cols: dict[str, np.ndarray], path: Path, chunk: int = 200_000) -> None:
+    """truth.fits in source_id order, streamed in row chunks: astropy builds the header from one row
+    and the rows are written as FITS stores them (big-endian, logicals as T/F), so memory stays at
+    one chunk instead of several copies of a multi-GB table."""
+    from astropy.io import fits
+
+    order = np.argsort(cols["source_id"])
+    cols = {k: (v.astype("S") if v.dtype.kind == "U" else v) for k, v in cols.items()}
+    mem = np.dtype([(k, v.dtype if v.dtype.kind in "bS" else np.dtype(np.int64) if v.dtype.kind == "i"
+                     else np.dtype(np.float64)) for k, v in cols.items()])
+    first = np.empty(1, dtype=mem)
+    for k, v in cols.items():
+        first[k] = v[order[:1]]
+    hdu = fits.BinTableHDU(first, name="TRUTH")
+    for i, name in enumerate(mem.names, start=1):
+        if name in _TRUTH_UNITS:
+            hdu.header[f"TUNIT{i}"] = _TRUTH_UNITS[name]
+    hdu.header["SIMULAT"] = (True, "SIMULATED DATA, not real observations")
+    hdu.header["EPOCH"] = (2016.0, "epoch of ra, dec")
+    hdu.header["NAXIS2"] = order.size
+    disk = np.dtype([(k, "S1" if mem[k].kind == "b" else mem[k].newbyteorder(">") if mem[k].kind != "S" else mem[k])
+                     for k in mem.names])
+    if hdu.header["NAXIS1"] != disk.itemsize:
+        raise RuntimeError(f"truth row layout mismatch: FITS {hdu.header['NAXIS1']} bytes, ours {disk.itemsize}")
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as fh:
+        fh.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
+        fh.write(hdu.header.tostring().encode("ascii"))
+        for start in range(0, order.size, chunk):
+            rows = order[start:start + chunk]
+            block = np.empty(rows.size, dtype=disk)
+            for k, v in cols.items():
+                block[k] = np.where(v[rows], b"T", b"F") if v.dtype.kind == "b" else v[rows]
+            fh.write(block.tobytes())
+        fh.write(b"\0" * (-(order.size * disk.itemsize) % 2880))
+    tmp.replace(path)
 
 
 def _write_table(table, path: Path) -> None:
     tmp = path.with_name(path.name + ".part")
-    fmt = "csv" if path.suffix == ".csv" else "fits"
-    if fmt == "fits":
+    if path.suffix == ".csv":
+        # pyarrow's C++ CSV writer: astropy's ascii writer formats row by row in Python.
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        arrow = pa.table({name: np.asarray(table[name]) for name in table.colnames})
+        with open(tmp, "wb") as fh:  # plain header line and unquoted values, as the surveys' CSVs
+            fh.write((",".join(table.colnames) + "\n").encode())
+            pacsv.write_csv(arrow, fh, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+    else:
         table.meta.setdefault("SIMULAT", (True, "SIMULATED DATA, not real observations"))
-    table.write(tmp, format="ascii.csv" if fmt == "csv" else "fits", overwrite=True)
+        table.write(tmp, format="fits", overwrite=True)
     tmp.replace(path)
 
 

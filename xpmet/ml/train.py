@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from xpmet import __version__
 from xpmet.errors import XpmetError
 from xpmet.ml import dataset as ds
-from xpmet.ml.models import Emulator, Estimator, emulator_nll, estimator_inputs, heteroscedastic_nll
+from xpmet.ml.models import N_X, Emulator, Estimator, emulator_nll, estimator_inputs, known_label_nll
 from xpmet.ml.plots import learning_curves
 from xpmet.ml.normalise import G_ZERO_POINT, Normaliser, emulator_params, fit_normaliser
 
@@ -83,12 +83,15 @@ class Tensors:
         self.n = len(arr)
         std = norm.x.std
         if kind == "estimator":
-            self.x_std = f(norm.x.transform(arr.x))
-            self.e_std = f(arr.e / std)
-            self.missing = f(arr.missing)
-            self.y = f(norm.labels.transform(arr.labels))
-            self.y_err = f(arr.label_err / norm.labels.std)
-            self.g = f(arr.g_mag)
+            # network inputs computed once; a batch only gathers rows (and augmentation edits them)
+            self.inputs = estimator_inputs(f(norm.x.transform(arr.x)), f(arr.e / std), f(arr.missing)).contiguous()
+            e = arr.e / std
+            self.e_std = f(np.where(np.isfinite(e) & (e > 0), e, 0.0))  # 0 = missing: never augmented
+            y = norm.labels.transform(arr.labels)
+            self.y_known = f(np.isfinite(y))
+            self.y = f(np.nan_to_num(y))
+            self.y_err = f(np.nan_to_num(arr.label_err / norm.labels.std))
+            self.g = f(np.nan_to_num(arr.g_mag, nan=99.0))
             # star-specific factor between its errors and the noise model at its own flux
             model = norm.noise.raw_sigma(arr.flux)
             raw = arr.e * arr.flux[:, None]
@@ -115,22 +118,25 @@ class Augmenter:
         q = np.asarray(norm.noise.target_g, np.float64)
         self.q = torch.as_tensor(q if q.size >= 2 else [], dtype=torch.float32, device=device)
 
-    def __call__(self, x_std, e_std, ratio, g, frac, gen):
-        n = x_std.shape[0]
-        u = torch.rand(n, generator=gen, device=x_std.device)
+    def __call__(self, inputs, e_std, ratio, g, frac, gen):
+        """inputs (n,222) network inputs (x_std | log e_std | flags) -> degraded copy."""
+        n = inputs.shape[0]
+        dev = inputs.device
+        u = torch.rand(n, 2, generator=gen, device=dev)
         if self.q.numel() >= 2:  # inverse-CDF sample of the target magnitudes
-            pos = torch.rand(n, generator=gen, device=x_std.device) * (self.q.numel() - 1)
+            pos = u[:, 1] * (self.q.numel() - 1)
             lo = pos.floor().long().clamp(max=self.q.numel() - 2)
-            g_new = self.q[lo] + (pos - lo) * (self.q[lo + 1] - self.q[lo])
+            g_new = torch.lerp(self.q[lo], self.q[lo + 1], pos - lo)
         else:
-            g_new = g + 3 * torch.rand(n, generator=gen, device=x_std.device)
-        sel = (u < frac) & (g_new > g) & torch.isfinite(g)
-        flux = 10 ** (-0.4 * (g_new - G_ZERO_POINT))
-        e_new = ratio * torch.sqrt(self.a + self.b * flux[:, None]) / flux[:, None] / self.std
-        add = torch.sqrt(torch.clamp(e_new ** 2 - e_std ** 2, min=0))
-        noise = torch.randn(x_std.shape, generator=gen, device=x_std.device) * add
-        sel2 = sel[:, None] & (e_new > e_std)
-        return torch.where(sel2, x_std + noise, x_std), torch.where(sel2, e_new, e_std)
+            g_new = g + 3 * u[:, 1]
+        g_new = torch.where((u[:, 0] < frac) & (g_new > g), g_new, g)  # unselected rows keep their G
+        flux = (10 ** (-0.4 * (g_new - G_ZERO_POINT)))[:, None]
+        e_new = ratio * torch.sqrt(self.a + self.b * flux) / (flux * self.std)
+        e_new = torch.maximum(e_new, e_std)  # never less noisy than observed; missing (0) stays 0
+        add = torch.sqrt(e_new ** 2 - e_std ** 2)
+        x = inputs[:, :N_X] + torch.randn(n, N_X, generator=gen, device=dev) * add
+        le = torch.where(e_new > e_std, torch.log(e_new), inputs[:, N_X:2 * N_X])
+        return torch.cat([x, le, inputs[:, 2 * N_X:]], dim=1)
 
 
 def build_model(config: TrainConfig):
@@ -150,11 +156,11 @@ class Trainer:
 
     def loss(self, model, t: Tensors, idx, gen=None, train=False):
         if self.config.kind == "estimator":
-            x, e = t.x_std[idx], t.e_std[idx]
+            inp = t.inputs[idx]
             if train and self.config.augment > 0:
-                x, e = self.augment(x, e, t.ratio[idx], t.g[idx], self.config.augment, gen)
-            mu, log_sigma = model(estimator_inputs(x, e, t.missing[idx]))
-            return heteroscedastic_nll(mu.float(), log_sigma.float(), t.y[idx], t.y_err[idx])
+                inp = self.augment(inp, t.e_std[idx], t.ratio[idx], t.g[idx], self.config.augment, gen)
+            mu, log_sigma = model(inp)
+            return known_label_nll(mu.float(), log_sigma.float(), t.y[idx], t.y_err[idx], t.y_known[idx])
         corr = None if t.corr is None else t.corr[idx]
         sd = None if t.sd is None else t.sd[idx]
         return emulator_nll(model, t.p[idx], t.x[idx], t.e[idx], self.x_mean, self.x_scale, corr, sd)[0]
@@ -240,24 +246,10 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
         bar = tqdm(range(cur["epoch"], config.epochs), desc=f"{config.kind} #{m}", disable=not progress,
                    initial=cur["epoch"], total=config.epochs, leave=False)
         for epoch in bar:
-            model.train()
-            perm = torch.randperm(t_train.n, generator=gen, device=device)
-            tot, nb = 0.0, 0
-            for i in range(0, t_train.n, config.batch_size):
-                idx = perm[i:i + config.batch_size]
-                with torch.autocast(device.type, enabled=amp):
-                    loss = trainer.loss(model, t_train, idx, gen, train=True)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-                scaler.step(opt)
-                scaler.update()
-                tot += float(loss.detach())
-                nb += 1
+            mean_loss = train_epoch(model, opt, scaler, trainer, t_train, config.batch_size, gen, amp)
             vloss = validation_loss(model, trainer, t_valid, config.batch_size * 8)
             sched.step(vloss)
-            cur["train"].append(tot / max(nb, 1))
+            cur["train"].append(mean_loss)
             cur["valid"].append(vloss)
             if vloss < cur["best"] - 1e-4:
                 cur["best"], cur["bad"] = vloss, 0
@@ -324,6 +316,33 @@ def _atomic_save(obj, path: Path):
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def train_epoch(model, opt, scaler, trainer: Trainer, t: Tensors, batch_size: int, gen, amp: bool) -> float:
+    """One pass over shuffled in-memory tensors; returns the mean batch loss."""
+    model.train()
+    device = trainer.device
+    perm = torch.randperm(t.n, generator=gen, device=device)
+    tot = torch.zeros((), device=device)  # summed on the device: no sync per batch
+    nb = 0
+    for i in range(0, t.n, batch_size):
+        idx = perm[i:i + batch_size]
+        with torch.autocast(device.type, enabled=amp):
+            loss = trainer.loss(model, t, idx, gen, train=True)
+        opt.zero_grad(set_to_none=True)
+        if amp:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0, foreach=True)
+            opt.step()
+        tot += loss.detach()
+        nb += 1
+    return float(tot) / max(nb, 1)
 
 
 @torch.no_grad()

@@ -47,6 +47,11 @@ def parse():
     ap.add_argument("--repeats", type=int, default=5, help="throughput runs (median reported)")
     ap.add_argument("--throughput-rows", type=int, default=100000)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads for everything (0: torch's default; on a shared 2-core machine "
+                         "1 thread was 16x faster than 2)")
+    ap.add_argument("--emulator-correlations", action="store_true",
+                    help="train the emulators with the full XP covariance (exact, ~20x slower to train)")
     ap.add_argument("--skip-pipeline", action="store_true", help="reuse WORKDIR's database and train.h5")
     return ap.parse_args()
 
@@ -143,8 +148,11 @@ def throughput(a, h5):
     t = Tensors(big, norm, "estimator", dev)
     trainer = Trainer(cfg, norm, dev)
     # the bare loop's inputs: precomputed network inputs and targets, nothing else
-    X = estimator_inputs(t.x_std, t.e_std, t.missing).contiguous()
-    Y, YE = t.y.contiguous(), t.y_err.contiguous()
+    X = estimator_inputs(torch.as_tensor(norm.x.transform(big.x), dtype=torch.float32),
+                         torch.as_tensor(big.e / norm.x.std, dtype=torch.float32),
+                         torch.as_tensor(big.missing, dtype=torch.float32)).contiguous()
+    Y = torch.as_tensor(norm.labels.transform(big.labels), dtype=torch.float32)
+    YE = torch.as_tensor(big.label_err / norm.labels.std, dtype=torch.float32)
     res = {"ours": [], "bare": []}
     for r in range(a.repeats):
         for which in ("bare", "ours"):
@@ -176,6 +184,9 @@ def throughput(a, h5):
 def main():
     a = parse()
     work = Path(a.workdir)
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
     if not a.skip_pipeline:
         if work.exists():
             from xpmet.db.cluster import Cluster
@@ -206,9 +217,10 @@ def main():
         "estimator": TrainConfig(kind="estimator", hidden=hidden, epochs=a.epochs, ensemble=a.ensemble, seed=a.seed),
         "reference_estimator": TrainConfig(kind="estimator", hidden=hidden, epochs=a.epochs, ensemble=a.ensemble,
                                            seed=a.seed),
-        "emulator": TrainConfig(kind="emulator", hidden=ehidden, epochs=a.epochs, seed=a.seed, correlations=True),
+        "emulator": TrainConfig(kind="emulator", hidden=ehidden, epochs=a.epochs, seed=a.seed,
+                                correlations=a.emulator_correlations),
         "reference_emulator": TrainConfig(kind="emulator", hidden=ehidden, epochs=a.epochs, seed=a.seed,
-                                          correlations=True),
+                                          correlations=a.emulator_correlations),
     }
     for name, cfg in models.items():
         if (work / name / "weights.pt").exists():

@@ -75,6 +75,18 @@ def test_heteroscedastic_nll_masks_unknown_labels_and_adds_label_errors():
     assert got == pytest.approx(want, rel=1e-6)
 
 
+def test_fast_label_nll_equals_the_reference_one():
+    from xpmet.ml.models import known_label_nll
+    g = torch.Generator().manual_seed(0)
+    mu, ls = torch.randn(50, 4, generator=g), 0.3 * torch.randn(50, 4, generator=g)
+    y, err = torch.randn(50, 4, generator=g), torch.rand(50, 4, generator=g)
+    y[::3, 1] = float("nan")
+    known = torch.isfinite(y).float()
+    a = heteroscedastic_nll(mu, ls, y, err)
+    b = known_label_nll(mu, ls, torch.nan_to_num(y), err, known)
+    assert float(a) == pytest.approx(float(b), rel=1e-6)
+
+
 def test_full_covariance_chi2_matches_numpy_and_xpmet_xp():
     rng = np.random.default_rng(2)
     n = 3

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from xpmet import __version__
 from xpmet.errors import XpmetError
 from xpmet.ml import dataset as ds
-from xpmet.ml.models import N_X, Emulator, Estimator, emulator_nll, estimator_inputs, known_label_nll
+from xpmet.ml.models import ESTIMATOR_INPUTS, N_X, Emulator, Estimator, emulator_nll, estimator_inputs, known_label_nll
 from xpmet.ml.plots import learning_curves
 from xpmet.ml.normalise import G_ZERO_POINT, Normaliser, emulator_params, fit_normaliser
 
@@ -50,6 +50,7 @@ class TrainConfig:
     ensemble: int = 1
     augment: float = 0.5         # fraction of each batch degraded to a fainter magnitude (estimator)
     dropout: float = 0.0
+    clip: float = 10.0           # gradient-norm clipping (0: off); steadies the heteroscedastic loss
     correlations: bool = False   # emulator: chi-squared with the full covariance (needs --correlations export)
     name: str | None = None
     max_train: int | None = None
@@ -76,32 +77,42 @@ def seed_everything(seed: int):
 
 
 class Tensors:
-    """One split as device tensors, in the form the model kind trains on."""
+    """One split as device tensors, in the form the model kind trains on.
+
+    Estimator rows are packed into ONE (n, width) tensor so a batch is a single gather:
+    [network inputs (222) | e^2 (110) | ka (110) | kb (110) | G | labels (4) | errors (4) | known (4)],
+    where a star degraded to flux F has standardised error^2 = ka / F^2 + kb / F.
+    """
 
     def __init__(self, arr: ds.XPArrays, norm: Normaliser, kind: str, device, correlations=False):
         f = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device)  # noqa: E731
         self.n = len(arr)
         std = norm.x.std
         if kind == "estimator":
-            # network inputs computed once; a batch only gathers rows (and augmentation edits them)
-            self.inputs = estimator_inputs(f(norm.x.transform(arr.x)), f(arr.e / std), f(arr.missing)).contiguous()
+            inputs = estimator_inputs(f(norm.x.transform(arr.x)), f(arr.e / std), f(arr.missing)).cpu().numpy()
             e = arr.e / std
-            self.e_std = f(np.where(np.isfinite(e) & (e > 0), e, 0.0))  # 0 = missing: never augmented
-            y = norm.labels.transform(arr.labels)
-            self.y_known = f(np.isfinite(y))
-            self.y = f(np.nan_to_num(y))
-            self.y_err = f(np.nan_to_num(arr.label_err / norm.labels.std))
-            self.g = f(np.nan_to_num(arr.g_mag, nan=99.0))
+            e2 = np.where(np.isfinite(e) & (e > 0), e, 0.0) ** 2  # 0 = missing: never augmented
             # star-specific factor between its errors and the noise model at its own flux
             model = norm.noise.raw_sigma(arr.flux)
             raw = arr.e * arr.flux[:, None]
-            self.ratio = f(np.where(np.isfinite(raw) & (model > 0), raw / np.where(model > 0, model, 1), 1.0))
+            ratio2 = np.where(np.isfinite(raw) & (model > 0), raw / np.where(model > 0, model, 1), 1.0) ** 2
+            ka, kb = ratio2 * norm.noise.a / std ** 2, ratio2 * norm.noise.b / std ** 2
+            y = norm.labels.transform(arr.labels)
+            self.packed = f(np.concatenate([
+                inputs, e2, ka, kb, np.nan_to_num(arr.g_mag, nan=99.0)[:, None], np.nan_to_num(y),
+                np.nan_to_num(arr.label_err / norm.labels.std), np.isfinite(y)], axis=1)).contiguous()
         else:
             self.p = f(norm.params.transform(emulator_params(norm, arr.labels, arr.ag)))
             self.x = f(arr.x)
             self.e = f(arr.e)
             self.corr = f(arr.corr) if correlations and arr.corr is not None else None
             self.sd = f(arr.std_dev) if self.corr is not None and arr.std_dev is not None else None
+
+
+_I = ESTIMATOR_INPUTS
+PACK = {"inputs": slice(0, _I), "e2": slice(_I, _I + N_X), "ka": slice(_I + N_X, _I + 2 * N_X),
+        "kb": slice(_I + 2 * N_X, _I + 3 * N_X), "g": _I + 3 * N_X, "y": slice(_I + 3 * N_X + 1, _I + 3 * N_X + 5),
+        "y_err": slice(_I + 3 * N_X + 5, _I + 3 * N_X + 9), "known": slice(_I + 3 * N_X + 9, _I + 3 * N_X + 13)}
 
 
 class Augmenter:
@@ -112,16 +123,14 @@ class Augmenter:
     """
 
     def __init__(self, norm: Normaliser, device):
-        self.a = torch.as_tensor(norm.noise.a, dtype=torch.float32, device=device)
-        self.b = torch.as_tensor(norm.noise.b, dtype=torch.float32, device=device)
-        self.std = torch.as_tensor(norm.x.std, dtype=torch.float32, device=device)
         q = np.asarray(norm.noise.target_g, np.float64)
         self.q = torch.as_tensor(q if q.size >= 2 else [], dtype=torch.float32, device=device)
 
-    def __call__(self, inputs, e_std, ratio, g, frac, gen):
-        """inputs (n,222) network inputs (x_std | log e_std | flags) -> degraded copy."""
-        n = inputs.shape[0]
-        dev = inputs.device
+    def __call__(self, b, frac, gen):
+        """b: a gathered batch of Tensors.packed -> degraded network inputs (n,222)."""
+        inputs, g = b[:, PACK["inputs"]], b[:, PACK["g"]]
+        n = b.shape[0]
+        dev = b.device
         u = torch.rand(n, 2, generator=gen, device=dev)
         if self.q.numel() >= 2:  # inverse-CDF sample of the target magnitudes
             pos = u[:, 1] * (self.q.numel() - 1)
@@ -130,12 +139,11 @@ class Augmenter:
         else:
             g_new = g + 3 * u[:, 1]
         g_new = torch.where((u[:, 0] < frac) & (g_new > g), g_new, g)  # unselected rows keep their G
-        flux = (10 ** (-0.4 * (g_new - G_ZERO_POINT)))[:, None]
-        e_new = ratio * torch.sqrt(self.a + self.b * flux) / (flux * self.std)
-        e_new = torch.maximum(e_new, e_std)  # never less noisy than observed; missing (0) stays 0
-        add = torch.sqrt(e_new ** 2 - e_std ** 2)
-        x = inputs[:, :N_X] + torch.randn(n, N_X, generator=gen, device=dev) * add
-        le = torch.where(e_new > e_std, torch.log(e_new), inputs[:, N_X:2 * N_X])
+        inv_f = (10 ** (0.4 * (g_new - G_ZERO_POINT)))[:, None]
+        e2 = b[:, PACK["e2"]]
+        e2_new = torch.maximum(b[:, PACK["ka"]] * inv_f ** 2 + b[:, PACK["kb"]] * inv_f, e2)
+        x = inputs[:, :N_X] + torch.randn(n, N_X, generator=gen, device=dev) * torch.sqrt(e2_new - e2)
+        le = torch.where(e2_new > e2, 0.5 * torch.log(e2_new), inputs[:, N_X:2 * N_X])
         return torch.cat([x, le, inputs[:, 2 * N_X:]], dim=1)
 
 
@@ -156,11 +164,11 @@ class Trainer:
 
     def loss(self, model, t: Tensors, idx, gen=None, train=False):
         if self.config.kind == "estimator":
-            inp = t.inputs[idx]
-            if train and self.config.augment > 0:
-                inp = self.augment(inp, t.e_std[idx], t.ratio[idx], t.g[idx], self.config.augment, gen)
+            b = t.packed[idx]
+            inp = self.augment(b, self.config.augment, gen) if train and self.config.augment > 0 else b[:, PACK["inputs"]]
             mu, log_sigma = model(inp)
-            return known_label_nll(mu.float(), log_sigma.float(), t.y[idx], t.y_err[idx], t.y_known[idx])
+            return known_label_nll(mu.float(), log_sigma.float(), b[:, PACK["y"]], b[:, PACK["y_err"]],
+                                   b[:, PACK["known"]])
         corr = None if t.corr is None else t.corr[idx]
         sd = None if t.sd is None else t.sd[idx]
         return emulator_nll(model, t.p[idx], t.x[idx], t.e[idx], self.x_mean, self.x_scale, corr, sd)[0]
@@ -246,7 +254,8 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
         bar = tqdm(range(cur["epoch"], config.epochs), desc=f"{config.kind} #{m}", disable=not progress,
                    initial=cur["epoch"], total=config.epochs, leave=False)
         for epoch in bar:
-            mean_loss = train_epoch(model, opt, scaler, trainer, t_train, config.batch_size, gen, amp)
+            mean_loss = train_epoch(model, opt, scaler, trainer, t_train, config.batch_size, gen, amp,
+                                    config.clip)
             vloss = validation_loss(model, trainer, t_valid, config.batch_size * 8)
             sched.step(vloss)
             cur["train"].append(mean_loss)
@@ -318,7 +327,8 @@ def _atomic_save(obj, path: Path):
     os.replace(tmp, path)
 
 
-def train_epoch(model, opt, scaler, trainer: Trainer, t: Tensors, batch_size: int, gen, amp: bool) -> float:
+def train_epoch(model, opt, scaler, trainer: Trainer, t: Tensors, batch_size: int, gen, amp: bool,
+                clip: float = 0.0) -> float:
     """One pass over shuffled in-memory tensors; returns the mean batch loss."""
     model.train()
     device = trainer.device
@@ -332,13 +342,15 @@ def train_epoch(model, opt, scaler, trainer: Trainer, t: Tensors, batch_size: in
         opt.zero_grad(set_to_none=True)
         if amp:
             scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            if clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             scaler.step(opt)
             scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0, foreach=True)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
             opt.step()
         tot += loss.detach()
         nb += 1

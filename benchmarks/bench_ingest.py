@@ -22,7 +22,6 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -142,14 +141,15 @@ def reset_tables():
 
 
 def etl_run(files, workers: int, correlations: bool) -> dict:
-    """One ``xpmet etl xp`` run in a child process: wall seconds and peak RSS (max over its processes)."""
+    """One ``xpmet etl xp`` run in a child process: wall seconds and peak RSS (VmHWM, max over its processes;
+    getrusage would report the benchmark's own peak, inherited through fork)."""
     reset_tables()
     cmd = [sys.executable, "-c",
            "import resource, sys, json; from xpmet.etl.xp import load_xp; "
            f"s = load_xp(sys.argv[1:], workers={workers}, correlations={correlations}, progress=False); "
-           "r = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-           "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-           "print(json.dumps({'rows': s.rows, 'seconds': s.seconds, 'maxrss_kb': r}))"] + [str(f) for f in files]
+           "from xpmet.etl.bulk import peak_rss_mb; "
+           "r = max(s.peak_rss_mb or 0, peak_rss_mb() or 0); "
+           "print(json.dumps({'rows': s.rows, 'seconds': s.seconds, 'maxrss_kb': r * 1024}))"] + [str(f) for f in files]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     wall = time.perf_counter() - t0

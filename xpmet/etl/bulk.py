@@ -13,6 +13,7 @@ or with ``replace`` the earlier rows of those source_ids are deleted and the chu
 from __future__ import annotations
 
 import os
+import queue
 import re
 import time
 from pathlib import Path
@@ -106,12 +107,21 @@ def _prepared(chunks, cols, load_id, report):
         yield chunk, data
 
 
+class _BoundedWriter(QueuedLibpqWriter):
+    """psycopg's queued writer with a 16 MB queue (its default, 128 MB, only raises peak memory when
+    the server is the slower side)."""
+
+    def __init__(self, cursor):
+        super().__init__(cursor)
+        self._queue = queue.Queue(maxsize=128)  # items of at most 128 kB
+
+
 def _copy_streamed(conn, table, cols, chunks, load, url, report):
     """One COPY for the whole file, sent by a writer thread: the server ingests chunk k while this
     process parses chunk k+1 (both sides busy instead of taking turns)."""
     source = str(load.path)
     try:
-        with conn.cursor() as cur, cur.copy(copy_sql(table, cols), writer=QueuedLibpqWriter(cur)) as cp:
+        with conn.cursor() as cur, cur.copy(copy_sql(table, cols), writer=_BoundedWriter(cur)) as cp:
             cp.write(HEADER)
             for chunk, data in chunks:
                 source = chunk.source
@@ -165,11 +175,24 @@ def load_file(path, report, *, kind: str, table: str, cols: list[Col], reader, r
             load_id = load.load_id
             n_rows = load.n_rows
         return FileResult(str(path), "loaded", n_rows, size, time.perf_counter() - t0,
-                          quarantined=quarantine.count if quarantine else 0, load_id=load_id)
+                          quarantined=quarantine.count if quarantine else 0, load_id=load_id,
+                          peak_rss_mb=peak_rss_mb())
     except (XpmetError, psycopg.Error, OSError, ValueError) as e:
         msg = str(e) if isinstance(e, XpmetError) else f"{path}: {type(e).__name__}: {str(e).strip()[:500]}"
         return FileResult(str(path), "failed", 0, size, time.perf_counter() - t0, error=msg,
                           quarantined=quarantine.count if quarantine else 0)
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM; exact per process, unlike getrusage across fork/exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _tune_session(conn):

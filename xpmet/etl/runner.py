@@ -34,6 +34,7 @@ class FileResult:
     error: str | None = None
     quarantined: int = 0
     load_id: int | None = None
+    peak_rss_mb: float | None = None   # peak memory of the process that loaded the file
 
 
 @dataclass
@@ -74,6 +75,12 @@ class LoadSummary:
     @property
     def quarantined(self) -> int:
         return sum(f.quarantined for f in self.files)
+
+    @property
+    def peak_rss_mb(self) -> float | None:
+        """Largest peak memory of any loading process (flat in the number and size of files)."""
+        peaks = [f.peak_rss_mb for f in self.files if f.peak_rss_mb]
+        return max(peaks) if peaks else None
 
     @property
     def rows_per_s(self) -> float:

@@ -65,7 +65,7 @@ class Chunk:
     data: dict
     first_row: int      # 1-based data row of data[...][0] in its file (or zip member)
     source: str         # file (or "zip!member") the rows come from
-    n_bytes: int = 0    # input bytes consumed since the previous chunk (for MB/s)
+    n_bytes: int = 0    # input bytes this chunk accounts for (FITS, zip members; 0 for streamed text)
 
     @property
     def n(self) -> int:
@@ -195,10 +195,9 @@ def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad) -> Iterator[C
         types.update({f: pa.float64() for f in cols})
     include = list(types)
     stream = pa.input_stream(str(path), compression="gzip" if fmt.gzip else None)
-    counter = _CountingStream(stream)
     try:
         reader = pacsv.open_csv(
-            counter,
+            stream,
             read_options=pacsv.ReadOptions(skip_rows=n_comment, use_threads=False, block_size=block_bytes),
             parse_options=pacsv.ParseOptions(delimiter=delim, newlines_in_values=False),
             convert_options=pacsv.ConvertOptions(column_types=types, include_columns=include,
@@ -210,7 +209,6 @@ def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad) -> Iterator[C
         raise _text_error(source, e, 1, names, scal, arrs,
                           lambda col, value: _locate(path, fmt, n_comment, delim, col, value)) from None
     row = 1
-    last_bytes = 0
     while True:
         try:
             batch = reader.read_next_batch()
@@ -233,37 +231,8 @@ def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad) -> Iterator[C
                                   spec.arrays[c][1])
         n_rows = batch.num_rows
         data = _finish(data, spec, source, row, on_bad, bad)
-        consumed = counter.bytes_read
-        yield Chunk(data, row, source, consumed - last_bytes)
-        last_bytes = consumed
+        yield Chunk(data, row, source)
         row += n_rows
-
-
-class _CountingStream:
-    """File-like wrapper over an Arrow input stream that counts compressed bytes read."""
-
-    def __init__(self, stream):
-        self._s = stream
-        self.bytes_read = 0
-        self.closed = False
-
-    def read(self, n=-1):
-        b = self._s.read(n)
-        self.bytes_read = self._raw_tell()
-        return b
-
-    def _raw_tell(self):
-        try:
-            return self._s.tell() if not hasattr(self._s, "raw") else self._s.raw.tell()
-        except Exception:
-            return self.bytes_read
-
-    def readable(self):
-        return True
-
-    def close(self):
-        self.closed = True
-        self._s.close()
 
 
 def _text_error(path, e, row, names, scal, arrs, locate=None):

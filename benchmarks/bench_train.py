@@ -277,6 +277,11 @@ def main():
     report["photometry_true_labels"] = ph2
     step("throughput")
     report["throughput"] = throughput(a, h5)
+    step("plots (xpmet evaluate)")
+    from xpmet.ml.evaluate import evaluate
+    evaluate(work / "estimator", h5, truth_path, emulator_dir=work / "emulator", max_truth=a.max_truth)
+    evaluate(work / "emulator", h5, truth_path, max_truth=min(a.max_fit, 1000))
+    report["plots"] = sorted(str(p) for p in work.glob("*/evaluation/*.png"))
     report["seconds"] = time.time() - t_start
     (work / "report.json").write_text(json.dumps(report, indent=1, default=float))
     print_report(report, work)

@@ -58,7 +58,9 @@ def _draw_metallicity(rng, pop):
     nh = halo.sum()
     tail = rng.random(nh) < 0.12  # metal-poor tail: exponential below -2.3
     feh[halo] = np.where(tail, -2.3 - rng.exponential(0.45, nh), rng.normal(-1.45, 0.45, nh))
-    feh = np.clip(feh, -4.0, 0.6)
+    # Reflect rather than clip at the grid edges (-4, +0.6): no pile-up of stars at the limits.
+    feh = np.where(feh < -4.0, -8.0 - feh, feh)
+    feh = np.clip(np.where(feh > 0.6, 1.2 - feh, feh), -4.0, 0.6)
     alpha[thin] = np.clip(-0.25 * feh[thin], -0.05, 0.2) + rng.normal(0, 0.03, thin.sum())
     alpha[thick] = 0.28 - 0.1 * np.clip(feh[thick] + 0.5, 0, 1) + rng.normal(0, 0.04, thick.sum())
     alpha[halo] = np.where(feh[halo] > -1.2, 0.15, 0.32) + rng.normal(0, 0.06, nh)

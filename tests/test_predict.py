@@ -105,7 +105,12 @@ def test_resumes_after_sigkill(clean_db, tmp_path):
             proc.kill()
     killed_at = len(stored()["source_id"])
     assert 400 <= killed_at < 2400, "the kill should land mid-run"
-    time.sleep(0.5)  # the server notices the dead client and rolls its open chunk back
+    # The server notices the dead client, rolls its open chunk back and frees its advisory lock.
+    deadline = time.monotonic() + 30
+    with raw_connect(autocommit=True) as c:
+        while c.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid",
+                        (LOCK_CLASS,)).fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
     r = predict(ColourPredictor(), chunk_rows=200, batch=50, progress=False)
     assert r.already == killed_at and r.written == 2400 - killed_at
     got = stored()

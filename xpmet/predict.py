@@ -145,13 +145,16 @@ def chunk_ranges(conn, rows_per_chunk: int):
 
 # -- the model ---------------------------------------------------------------------------------
 def load(model):
-    """A Predictor from a model directory (xpmet.ml.inference.load_predictor), or the object itself."""
+    """A Predictor from a model directory (xpmet.ml.inference.load_predictor; on CUDA when present),
+    or the object itself."""
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.exists():
             raise XpmetError(f"model directory {path} does not exist (train one with `xpmet train`)")
+        import torch
+
         from xpmet.ml.inference import load_predictor
-        return load_predictor(path)
+        return load_predictor(path, device="cuda" if torch.cuda.is_available() else "cpu")
     if not hasattr(model, "predict"):
         raise XpmetError(f"{model!r} is neither a model directory nor an object with predict()")
     return model

@@ -74,6 +74,7 @@ class XmatchRun:
     seconds: float
     by_method: dict
     parameters: dict
+    stages: dict = field(default_factory=dict)   # seconds per step (statistics, candidates, pairs, best)
 
 
 def survey_parameters(conn, p: XmatchParams) -> list[tuple]:
@@ -99,61 +100,73 @@ def _bit(name):
     return 1 << XMATCH_BITS[name]
 
 
-def pairs_sql(propagate: bool) -> str:
-    """Candidate (survey row, Gaia source) pairs with exact separations, into temp table xm_pair.
+def _separation(propagate: bool) -> tuple[str, str]:
+    """SQL of the separation (arcsec) of survey row s and Gaia source g, and of "g has no proper motion"."""
+    if not propagate:
+        return "q3c_dist(g.ra, g.dec, s.ra, s.dec) * 3600.0", "false"
+    # position of the Gaia source at the survey row's epoch (linear in ra*cos dec, dec; fine away from poles)
+    dt = "(coalesce(s.epoch, 2016.0) - coalesce(g.ref_epoch, 2016.0))"
+    return (f"CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN q3c_dist(g.ra, g.dec, s.ra, s.dec) "
+            f"ELSE q3c_dist(g.ra + g.pmra * {dt} / (3600000.0 * cos(radians(g.dec))), "
+            f"g.dec + g.pmdec * {dt} / 3600000.0, s.ra, s.dec) END * 3600.0",
+            "(g.pmra IS NULL OR g.pmdec IS NULL)")
+
+
+GAIA_COLS = "g.source_id, g.ra, g.dec, g.pmra, g.pmdec, g.ref_epoch"
+
+
+def candidates_sql(propagate: bool) -> str:
+    """Candidate (survey row, Gaia source) pairs into temp table xm_cand: q3c index probes and declared ids.
 
     Parameters %(pm_cap)s %(max_r)s %(max_dt)s; reads temp table xm_param (per-survey radii).
     """
-    # position of the Gaia source at the survey row's epoch (linear in ra*cos dec, dec; fine away from poles)
     if propagate:
-        dt = "(coalesce(s.epoch, 2016.0) - coalesce(g.ref_epoch, 2016.0))"
-        sep = (f"CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN q3c_dist(g.ra, g.dec, s.ra, s.dec) "
-               f"ELSE q3c_dist(g.ra + g.pmra * {dt} / (3600000.0 * cos(radians(g.dec))), "
-               f"g.dec + g.pmdec * {dt} / 3600000.0, s.ra, s.dec) END * 3600.0")
-        nopm = "(g.pmra IS NULL OR g.pmdec IS NULL)"
         search = ("greatest(p.nopm_radius, p.radius + %(pm_cap)s * abs(coalesce(s.epoch, 2016.0) - 2016.0) "
                   "/ 1000.0) / 3600.0")
-        fast_arm = f"""
+        fast_arm = """
       UNION ALL
-      SELECT s.star_id, g.source_id FROM xpmet.gaia_source g
+      SELECT s.star_id, {G} FROM xpmet.gaia_source g
       JOIN xpmet.survey_star s
         ON q3c_join(g.ra, g.dec, s.ra, s.dec,
                     (%(max_r)s + sqrt(g.pmra ^ 2 + g.pmdec ^ 2) * %(max_dt)s / 1000.0) / 3600.0)
       WHERE %(max_dt)s > 0 AND g.pmra ^ 2 + g.pmdec ^ 2 > %(pm_cap)s ^ 2"""
-        slow_only = "AND (g.pmra IS NULL OR g.pmdec IS NULL OR g.pmra ^ 2 + g.pmdec ^ 2 <= %(pm_cap)s ^ 2)"
     else:
-        sep = "q3c_dist(g.ra, g.dec, s.ra, s.dec) * 3600.0"
-        nopm = "false"
         search = "p.radius / 3600.0"
         fast_arm = ""
-        slow_only = ""
+    fast_arm = fast_arm.replace("{G}", GAIA_COLS)
     return f"""
-    CREATE TEMP TABLE xm_pair ON COMMIT DROP AS
+    CREATE TEMP TABLE xm_cand ON COMMIT DROP AS
     WITH p AS (SELECT * FROM xm_param),
     probe AS MATERIALIZED (  -- the search radius must be known before the index probe into gaia_source
       SELECT s.star_id, s.ra, s.dec, {search} AS r FROM xpmet.survey_star s JOIN p USING (survey_id)
       WHERE s.ra IS NOT NULL AND s.dec IS NOT NULL
     ),
     cand AS (
-      SELECT s.star_id, g.source_id FROM probe s
+      SELECT s.star_id, {GAIA_COLS} FROM probe s
       JOIN xpmet.gaia_source g ON q3c_join(s.ra, s.dec, g.ra, g.dec, s.r)
-      WHERE true {slow_only}
+      -- no filter on g here: any condition on gaia_source makes the planner drop the q3c index
+      -- (its cost estimates are huge); fast movers found by both arms are deduplicated below
       {fast_arm}
       UNION ALL
-      SELECT s.star_id, s.gaia_source_id FROM xpmet.survey_star s WHERE s.gaia_source_id IS NOT NULL
-    ),
-    pairs AS (
-      SELECT s.star_id, s.survey_id, g.source_id, s.gaia_release, s.ra IS NULL AS no_position,
-             {sep} AS sep, {nopm} AS no_pm,
-             coalesce(g.source_id = s.gaia_source_id AND s.gaia_release IN ('DR3', 'EDR3'), false) AS declared,
-             coalesce(g.source_id = s.gaia_source_id AND s.gaia_release = 'DR2', false) AS declared_dr2,
-             p.radius, p.nopm_radius, p.id_radius
-      FROM (SELECT DISTINCT star_id, source_id FROM cand) c
-      JOIN xpmet.survey_star s USING (star_id)
-      JOIN p USING (survey_id)
-      JOIN xpmet.gaia_source g USING (source_id)
+      SELECT s.star_id, {GAIA_COLS} FROM xpmet.survey_star s
+      JOIN xpmet.gaia_source g ON g.source_id = s.gaia_source_id
     )
-    SELECT * FROM pairs"""
+    SELECT DISTINCT ON (star_id, source_id) * FROM cand"""
+
+
+def pairs_sql(propagate: bool) -> str:
+    """Exact separations (at each row's epoch) of the candidate pairs in xm_cand, into temp table xm_pair."""
+    sep, nopm = _separation(propagate)
+    return f"""
+    CREATE TEMP TABLE xm_pair ON COMMIT DROP AS
+    SELECT s.star_id, s.survey_id, g.source_id, s.gaia_release, s.ra IS NULL AS no_position,
+           {sep} AS sep, {nopm} AS no_pm,
+           coalesce(g.source_id = s.gaia_source_id AND s.gaia_release IN ('DR3', 'EDR3'), false) AS declared,
+           coalesce(g.source_id = s.gaia_source_id AND s.gaia_release = 'DR2', false) AS declared_dr2,
+           p.radius, p.nopm_radius, p.id_radius
+    FROM xm_cand g            -- carries the Gaia columns it needs: no second pass over gaia_source
+    JOIN xpmet.survey_star s USING (star_id)
+    JOIN xm_param p USING (survey_id)"""
 
 
 def insert_sql() -> str:
@@ -226,6 +239,12 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
     p.validate()
     t0 = time.perf_counter()
     bar = tqdm(total=3, desc="crossmatch", unit="step", disable=not progress)
+    stages, last = {}, [t0]
+
+    def lap(name):
+        now = time.perf_counter()
+        stages[name] = now - last[0]
+        last[0] = now
     with raw_connect(url) as conn, bar:
         conn.execute("SET LOCAL jit = off")
         conn.execute("SET LOCAL work_mem = '256MB'")
@@ -257,18 +276,24 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
                         "OR n_mod_since_analyze > 0.2 * n_live_tup FROM pg_stat_user_tables "
                         "WHERE schemaname = 'xpmet' AND relname = 'gaia_source'").fetchone()[0]:
             conn.execute("ANALYZE xpmet.gaia_source")
+        lap("setup_and_statistics")
         bar.update(1)
         bar.set_postfix_str("candidate pairs")
         # q3c's index cost estimates are so high that on small tables the planner rescans all of
         # gaia_source per survey row instead (seconds at 10^3 x 10^4 rows): make the probes index probes.
         conn.execute("SET LOCAL enable_seqscan = off")
-        conn.execute(pairs_sql(p.epoch == "propagate"),
+        conn.execute(candidates_sql(p.epoch == "propagate"),
                      {"pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt)})
         conn.execute("SET LOCAL enable_seqscan = on")
+        conn.execute("ANALYZE xm_cand")
+        lap("candidates")
+        conn.execute(pairs_sql(p.epoch == "propagate"))
         conn.execute("ANALYZE xm_pair")
+        lap("separations")
         bar.update(1)
         bar.set_postfix_str("best neighbours")
         conn.execute(insert_sql(), {"run_id": run_id})
+        lap("best_neighbour_insert")
         bar.update(1)
         counts = dict(conn.execute("SELECT method, count(*) FROM xpmet.xmatch WHERE run_id = %s GROUP BY method",
                                    (run_id,)).fetchall())
@@ -281,11 +306,16 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
                      "seconds = %s WHERE run_id = %s", (make_current, n_rows, n_matched, secs, run_id))
         conn.execute("ANALYZE xpmet.xmatch")
         if keep is not None:
-            conn.execute("DELETE FROM xpmet.xmatch_run WHERE run_id NOT IN "
-                         "(SELECT run_id FROM xpmet.xmatch_run ORDER BY run_id DESC LIMIT %s) AND NOT is_current",
-                         (max(keep, 1),))
+            old = [r[0] for r in conn.execute(
+                "SELECT run_id FROM xpmet.xmatch_run WHERE run_id NOT IN "
+                "(SELECT run_id FROM xpmet.xmatch_run ORDER BY run_id DESC LIMIT %s) AND NOT is_current",
+                (max(keep, 1),))]
+            conn.execute("DELETE FROM xpmet.xmatch WHERE run_id = ANY(%s)", (old,))
+            conn.execute("DELETE FROM xpmet.xmatch_run WHERE run_id = ANY(%s)", (old,))
         conn.commit()
-    return XmatchRun(run_id, version, n_rows, n_matched, secs, counts, params_json)
+        lap("finish_and_commit")
+    secs = time.perf_counter() - t0
+    return XmatchRun(run_id, version, n_rows, n_matched, secs, counts, params_json, stages)
 
 
 def current_version(url: str | None = None) -> str | None:

@@ -45,8 +45,8 @@ def upgrade():
     op.create_index('ix_xmatch_run_current', 'xmatch_run', ['is_current'], unique=True, schema='xpmet',
                     postgresql_where=sa.text('is_current'))
     op.create_table('xmatch',
-    sa.Column('run_id', sa.Integer(), nullable=False),
-    sa.Column('star_id', sa.BigInteger(), nullable=False),
+    sa.Column('run_id', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('star_id', sa.BigInteger(), autoincrement=False, nullable=False),
     sa.Column('survey_id', sa.SmallInteger(), nullable=False),
     sa.Column('source_id', sa.BigInteger(), nullable=True, comment='best Gaia DR3 neighbour; NULL when none'),
     sa.Column('method', sa.Text(), nullable=False, comment='id | position | both | none'),
@@ -58,8 +58,6 @@ def upgrade():
     sa.Column('duplicate_claim', sa.Boolean(), server_default=sa.text('false'), nullable=False, comment='another row of the same survey matched the same source'),
     sa.Column('flags', sa.Integer(), server_default='0', nullable=False, comment='see xpmet.crossmatch.XMATCH_BITS'),
     sa.CheckConstraint("method IN ('id', 'position', 'both', 'none')", name='xmatch_method_check'),
-    sa.ForeignKeyConstraint(['run_id'], ['xpmet.xmatch_run.run_id'], ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['star_id'], ['xpmet.survey_star.star_id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('run_id', 'star_id'),
     schema='xpmet',
     comment='Best Gaia neighbour of every survey row, per crossmatch run'

@@ -28,10 +28,11 @@ xmatch_run = sa.Table(
 
 xmatch = sa.Table(
     "xmatch", metadata,
-    sa.Column("run_id", sa.Integer, sa.ForeignKey("xpmet.xmatch_run.run_id", ondelete="CASCADE"),
-              primary_key=True),
-    sa.Column("star_id", sa.BigInteger, sa.ForeignKey("xpmet.survey_star.star_id", ondelete="CASCADE"),
-              primary_key=True),
+    # No foreign keys on purpose: their per-row triggers doubled the time of xpmet xmatch. run_xmatch
+    # deletes a run's rows itself; rows of survey rows replaced since the run are left until the next
+    # run (star_id values are never reused) and the label views join survey_star, so they never show.
+    sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("star_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("survey_id", sa.SmallInteger, nullable=False),
     sa.Column("source_id", sa.BigInteger, comment="best Gaia DR3 neighbour; NULL when none"),
     sa.Column("method", sa.Text, nullable=False, comment="id | position | both | none"),

@@ -103,6 +103,17 @@ def test_export_train_evaluate(loaded, run_cli, engine):
     ev = json.loads((d / "emu" / "evaluation" / "evaluation.json").read_text())
     assert ev["never_surveyed"]["median_fit_stat"] < 3
     assert ev["never_surveyed"]["overall"]["feh"]["scatter"] < 0.5
+    # the contract with `xpmet predict` (CONTRACTS.md section 3): both kinds write predictions
+    run_cli("predict", "--model", d / "est", "--where", "g.phot_g_mean_mag < 14")
+    run_cli("predict", "--model", d / "emu", "--where", "g.phot_g_mean_mag < 13")
+    with engine.connect() as c:
+        got = dict(c.execute(sa.text("SELECT model_id, count(*) FROM xpmet.predictions GROUP BY 1")).all())
+        n_bright = c.execute(sa.text("SELECT count(*) FROM xpmet.gaia_source g JOIN xpmet.xp_continuous "
+                                     "USING (source_id) WHERE g.phot_g_mean_mag < 14")).scalar()
+        n_rec = c.execute(sa.text("SELECT count(*) FILTER (WHERE recommended), count(feh_err) "
+                                  "FROM xpmet.predictions WHERE model_id = :m"), {"m": rows[0].model_id}).one()
+    assert got[rows[0].model_id] == n_bright > 0 and got[rows[1].model_id] > 0
+    assert n_rec[0] > 0.5 * n_bright and n_rec[1] > 0.9 * n_bright
     ph = ev["photometry"]["CaHK"]
     assert ph["std_emulated"] > 0.5 * ph["std_observed"]       # the original research's failure: 0.4 vs 2.2 mag
     assert (d / "emu" / "evaluation" / "photometry.png").exists()

@@ -52,8 +52,8 @@ def test_real_samples_match_their_declared_dr3_ids(clean_db, tmp_path):
 
 
 def test_high_proper_motion_needs_epoch_propagation(clean_db, tmp_path):
-    # Gaia positions at 2016.0; the survey observed in 2000.0. pm 400 mas/yr (beyond pm_cap's first pass
-    # when pm_cap is 300) and 100 mas/yr: 6.4" and 1.6" away at the Gaia epoch.
+    # Gaia positions at 2016.0; the survey observed in 2000.0. pm 400 mas/yr and 100 mas/yr (both beyond
+    # pm_cap, found from the Gaia side) put them 6.4" and 1.6" away at the Gaia epoch; pm 0 for the third.
     insert_gaia(tmp_path, {"source_id": np.array([1, 2, 3]), "ra": np.array([50.0, 60.0, 70.0]),
                            "dec": np.array([20.0, 20.0, 20.0]), "pmra": np.array([400.0, 0.0, 0.0]),
                            "pmdec": np.array([0.0, 100.0, 0.0])})
@@ -65,6 +65,9 @@ def test_high_proper_motion_needs_epoch_propagation(clean_db, tmp_path):
     assert [m[k]["source_id"] for k in "012"] == [1, 2, 3]
     assert all(m[k]["separation"] < 0.31 for k in "012")
     assert all(m[k]["method"] == "position" for k in "012")
+    run_xmatch(XmatchParams(radius=1.0, pm_cap=1000.0))     # all found by the widened first pass instead
+    m = by_object(clean_db)
+    assert [m[k]["source_id"] for k in "012"] == [1, 2, 3]
     run_xmatch(XmatchParams(radius=1.0, epoch="gaia"))      # what the original pipeline did
     m = by_object(clean_db)
     assert [m[k]["source_id"] for k in "012"] == [None, None, 3]

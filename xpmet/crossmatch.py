@@ -48,7 +48,7 @@ class XmatchParams:
     nopm_radius: float | None = None     # default 2 x radius
     id_radius: float = 3.0
     epoch: str = "propagate"             # or "gaia": compare at Gaia positions (no propagation)
-    pm_cap: float = 300.0                # faster Gaia sources are searched from the Gaia side
+    pm_cap: float = 50.0                 # faster Gaia sources are searched from the Gaia side
     overrides: dict = field(default_factory=dict)   # survey name -> {radius, nopm_radius, id_radius}
     version: str | None = None
 

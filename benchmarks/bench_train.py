@@ -203,6 +203,14 @@ def main():
         work.mkdir(parents=True)
     os.environ["XPMET_HOME"] = str(work / "home")
     os.environ.pop("XPMET_DATABASE_URL", None)
+    from xpmet.db.cluster import Cluster
+    try:
+        run_benchmark(a, work)
+    finally:
+        Cluster(work / "home").stop()  # leave no server running
+
+
+def run_benchmark(a, work: Path):
     t_start = time.time()
     if not a.skip_pipeline:
         pipeline(a, work)

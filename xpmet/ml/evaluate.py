@@ -132,7 +132,7 @@ def evaluate(model_dir, data_path, truth_path=None, out_dir=None, emulator_dir=N
     pred = load_predictor(model_dir)
     out_dir = Path(out_dir or Path(model_dir) / "evaluation")
     out_dir.mkdir(parents=True, exist_ok=True)
-    test = ds.read(data_path, "test", correlations=pred.uses_correlations)
+    test = ds.read(data_path, "test", correlations=True)  # when present: exact photometric noise
     p_test = pred.predict_arrays(test)
     result = {"model": str(model_dir), "model_id": pred.model_id, "kind": pred.kind, "data": str(data_path),
               "test": compute_metrics(p_test, test.labels, test.label_err, test.g_mag)}

@@ -107,9 +107,14 @@ def photometry(arrays, path):
         ax.set_ylabel(f"{b} emulated")
         r = emu[b] - obs[b]
         ax2.scatter(obs[b], r, s=3, alpha=0.5, label="emulated − observed")
-        order = np.argsort(obs[b])
-        ax2.plot(obs[b][order], obs[b + "_err"][order], "r-", lw=1, label="±1σ photometric noise")
-        ax2.plot(obs[b][order], -obs[b + "_err"][order], "r-", lw=1)
+        # the noise as a running median in magnitude bins (per-star values scatter too much to read)
+        ok = np.isfinite(obs[b]) & np.isfinite(obs[b + "_err"])
+        if ok.sum() >= 10:
+            edges = np.nanpercentile(obs[b][ok], np.linspace(0, 100, 11))
+            mid = 0.5 * (edges[1:] + edges[:-1])
+            med = [np.median(obs[b + "_err"][ok & (obs[b] >= lo) & (obs[b] <= hi)]) for lo, hi in zip(edges[:-1], edges[1:])]
+            ax2.plot(mid, med, "r-", lw=1.5, label="±1σ photometric noise (median)")
+            ax2.plot(mid, -np.asarray(med), "r-", lw=1.5)
         ax2.set_ylim(-max(0.05, 4 * np.nanmedian(obs[b + "_err"])), max(0.05, 4 * np.nanmedian(obs[b + "_err"])))
         ax2.set_xlabel(f"{b} [mag]")
         ax2.set_ylabel("Δ mag")

@@ -121,15 +121,17 @@ def candidates_sql(propagate: bool) -> str:
     Parameters %(pm_cap)s %(max_r)s %(max_dt)s; reads temp table xm_param (per-survey radii).
     """
     if propagate:
-        search = ("greatest(p.nopm_radius, p.radius + %(pm_cap)s * abs(coalesce(s.epoch, 2016.0) - 2016.0) "
-                  "/ 1000.0) / 3600.0")
+        search = "(p.radius + %(pm_cap)s * abs(coalesce(s.epoch, 2016.0) - 2016.0) / 1000.0) / 3600.0"
+        # Gaia sources moving faster than pm_cap, and those without proper motion (matched within the
+        # wider nopm_radius), are few: they probe survey_star from the Gaia side instead
         fast_arm = """
       UNION ALL
       SELECT s.star_id, {G} FROM xpmet.gaia_source g
       JOIN xpmet.survey_star s
         ON q3c_join(g.ra, g.dec, s.ra, s.dec,
-                    (%(max_r)s + sqrt(g.pmra ^ 2 + g.pmdec ^ 2) * %(max_dt)s / 1000.0) / 3600.0)
-      WHERE %(max_dt)s > 0 AND g.pmra ^ 2 + g.pmdec ^ 2 > %(pm_cap)s ^ 2"""
+                    CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN %(max_r)s
+                         ELSE %(max_r)s + sqrt(g.pmra ^ 2 + g.pmdec ^ 2) * %(max_dt)s / 1000.0 END / 3600.0)
+      WHERE g.pmra IS NULL OR g.pmdec IS NULL OR g.pmra ^ 2 + g.pmdec ^ 2 > %(pm_cap)s ^ 2"""
     else:
         search = "p.radius / 3600.0"
         fast_arm = ""

@@ -37,9 +37,10 @@ ALL_XP_ROWS = 219_197_643  # Gaia DR3 sources with XP continuous spectra
 
 def simulate(outdir: Path, n_stars: int, seed: int) -> Path:
     if not (outdir / "xp_continuous").is_dir():
-        subprocess.run([sys.executable, "-m", "xpmet", "simulate", str(outdir), "--n-stars", str(n_stars),
-                        "--seed", str(seed), "--faint-ratio", "0", "--surveys", "gbs", "--overwrite"],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-c", "import sys; from xpmet.simulate import simulate; "
+                        "simulate(sys.argv[1], n_stars=int(sys.argv[2]), seed=int(sys.argv[3]), surveys=('gbs',), "
+                        "faint_ratio=0)", str(outdir), str(n_stars), str(seed)],
+                       check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
     return outdir / "xp_continuous"
 
 

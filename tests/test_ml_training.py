@@ -119,6 +119,8 @@ def test_training_is_deterministic_and_resume_continues_exactly(data):
     with pytest.raises(Stop):
         train(d / "data.h5", d / "b", cfg, register=False, progress=False, on_epoch=stop_at_2)
     assert (d / "b" / "checkpoint.pt").exists() and not (d / "b" / "weights.pt").exists()
+    with pytest.raises(Exception, match="--resume"):
+        train(d / "data.h5", d / "b", cfg, register=False, progress=False)
     with pytest.raises(Exception, match="other options"):
         train(d / "data.h5", d / "b", TrainConfig(**{**cfg.__dict__, "lr": 1e-4}), resume=True, register=False,
               progress=False)

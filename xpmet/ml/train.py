@@ -218,6 +218,9 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
     ckpt_path = out / "checkpoint.pt"
     if out.exists() and (out / "weights.pt").exists() and not resume:
         raise XpmetError(f"{out} already holds a trained model; choose another --out or delete it.")
+    if ckpt_path.exists() and not resume:
+        raise XpmetError(f"{out} holds an interrupted run (checkpoint.pt): add --resume to continue it, "
+                         "or delete the directory to start again.")
     if resume and not ckpt_path.exists():
         raise XpmetError(f"{out}: no checkpoint.pt to resume from; train without --resume.")
     out.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,6 @@ live in db/sql/labels.sql (created here, dropped by db/sql/labels_drop.sql on do
 Revision ID: 0002
 Revises: 0001
 """
-from pathlib import Path
-
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -17,11 +15,7 @@ down_revision = '0001'
 branch_labels = None
 depends_on = None
 
-SQL = Path(__file__).resolve().parents[2] / "db" / "sql"
-
-
-def _run_sql(name):
-    op.execute(sa.text((SQL / name).read_text()).execution_options(no_parameters=True))
+from xpmet.db.migrate import run_sql_file
 
 
 def upgrade():
@@ -80,11 +74,11 @@ def upgrade():
     comment='The one row of settings the label views read (xpmet labels --reference ...)'
     )
     op.execute("INSERT INTO xpmet.label_setting (id) VALUES (1)")
-    _run_sql("labels.sql")
+    run_sql_file("labels.sql")
 
 
 def downgrade():
-    _run_sql("labels_drop.sql")
+    run_sql_file("labels_drop.sql")
     op.drop_table('label_setting', schema='xpmet')
     op.drop_index('ix_xmatch_source', table_name='xmatch', schema='xpmet')
     op.drop_table('xmatch', schema='xpmet')

@@ -6,8 +6,6 @@ db/sql/readonly_role.sql; each has a *_drop.sql for downgrade.
 Revision ID: 0003
 Revises: 0002
 """
-from pathlib import Path
-
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,19 +14,15 @@ down_revision = '0002'
 branch_labels = None
 depends_on = None
 
-SQL = Path(__file__).resolve().parents[2] / "db" / "sql"
-
-
-def _run_sql(name):
-    op.execute(sa.text((SQL / name).read_text()).execution_options(no_parameters=True))
+from xpmet.db.migrate import run_sql_file
 
 
 def upgrade():
-    _run_sql("metallicity.sql")
+    run_sql_file("metallicity.sql")
     # Last, so that GRANT ... ON ALL TABLES also covers the views above.
-    _run_sql("readonly_role.sql")
+    run_sql_file("readonly_role.sql")
 
 
 def downgrade():
-    _run_sql("readonly_role_drop.sql")
-    _run_sql("metallicity_drop.sql")
+    run_sql_file("readonly_role_drop.sql")
+    run_sql_file("metallicity_drop.sql")

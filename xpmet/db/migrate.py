@@ -25,6 +25,14 @@ def alembic_config(url: str | None = None) -> Config:
     return cfg
 
 
+def run_sql_file(name: str) -> None:
+    """Execute db/sql/<name> inside a migration (views and functions are written as plain SQL files)."""
+    import sqlalchemy as sa
+    from alembic import op
+    sql = (PROJECT_ROOT / "db" / "sql" / name).read_text()
+    op.execute(sa.text(sql).execution_options(no_parameters=True))
+
+
 def upgrade(revision: str = "head", url: str | None = None) -> None:
     command.upgrade(alembic_config(url), revision)
 

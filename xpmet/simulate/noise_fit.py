@@ -85,7 +85,8 @@ def fit(shared: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str]) -> None:
-    shared = Path(argv[0] if argv else "/work/shared/data/real")
+    from xpmet.config import PROJECT_ROOT
+    shared = Path(argv[0]) if argv else PROJECT_ROOT.parent / "shared" / "data" / "real"
     model = fit(shared)
     MODEL_PATH.parent.mkdir(exist_ok=True)
     np.savez_compressed(MODEL_PATH, **model)

@@ -2,8 +2,7 @@
 
 simulate -> load Gaia sources, XP spectra and four surveys -> crossmatch -> homogenise labels ->
 export -> train -> evaluate -> predict -> cone query, then a short report and plots. Every number
-in the report comes from the step that produced it; a step whose code is missing from this
-installation is reported as SKIPPED, never faked.
+in the report comes from the step that produced it; a failing step stops the demo with its error.
 
 The demo never touches your own database: it runs an embedded cluster under OUT/home (the data
 are simulated). Explore it afterwards with  XPMET_HOME=OUT/home xpmet query cone ...
@@ -28,13 +27,12 @@ SURVEY_FILES = {"apogee": "apogee_dr17_allstar.fits", "galah": "galah_dr3.fits",
 
 @dataclass
 class Report:
-    """What the demo did: step timings, counts, zero points, metrics, skipped steps, files."""
+    """What the demo did: step timings, counts, zero points, metrics, files."""
     out: Path
     steps: list = field(default_factory=list)      # (name, seconds, status)
     counts: dict = field(default_factory=dict)
     zero_points: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
-    skipped: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
 
     def text(self) -> str:
@@ -43,8 +41,6 @@ class Report:
         for name, sec, status in self.steps:
             L.append(f"  {name:62s} {sec:6.1f} s  {status}")
         L.append(f"  {'total':62s} {sum(s for _, s, _ in self.steps):6.1f} s")
-        if self.skipped:
-            L += ["", "SKIPPED (not available in this installation):"] + [f"  {s}" for s in self.skipped]
         L += ["", "counts:"] + [f"  {k:34s} {v:,}" if isinstance(v, int) else f"  {k:34s} {v}"
                                 for k, v in self.counts.items()]
         if self.zero_points:
@@ -74,7 +70,7 @@ def _robust(res) -> dict:
 
 
 class Demo:
-    def __init__(self, out, n_stars=4000, seed=1, epochs=60, say=print, progress=True):
+    def __init__(self, out, n_stars=20000, seed=1, epochs=60, say=print, progress=True):
         self.out = Path(out).resolve()
         self.n_stars, self.seed, self.epochs = n_stars, seed, epochs
         self.say, self.progress = say, progress
@@ -82,26 +78,15 @@ class Demo:
         self.sky = self.out / "sky"
         self.home = self.out / "home"
         self.plots = self.out / "plots"
-        self.done: set = set()
 
     # -- plumbing ----------------------------------------------------------------------------
-    def step(self, name, fn, needs=()):
-        """Run one step; SKIPPED when its code is missing or a step it needs was skipped."""
+    def step(self, name, fn):
+        """Run one step, saying what it does and timing it; a failure stops the demo with its error."""
         self.say(f"==> {name}")
         t0 = time.perf_counter()
-        try:
-            missing = [n for n in needs if n not in self.done]
-            if missing:
-                raise _Missing(f"needs the output of {', '.join(missing)}, which did not run")
-            result = fn()
-            self.done.add(fn.__name__)
-            status = "ok"
-        except _Missing as e:
-            result, status = None, f"SKIPPED: {e}"
-            self.report.skipped.append(f"{name}: {e}")
-            self.say(f"    SKIPPED: {e}")
+        result = fn()
         sec = time.perf_counter() - t0
-        self.report.steps.append((name, sec, status))
+        self.report.steps.append((name, sec, "ok"))
         self.say(f"    ({sec:.1f} s)")
         return result
 
@@ -123,7 +108,7 @@ class Demo:
 
     # -- steps -------------------------------------------------------------------------------
     def simulate(self):
-        simulate = _need("xpmet.simulate", "simulate")
+        from xpmet.simulate import simulate
         simulate(self.sky, n_stars=self.n_stars, seed=self.seed, surveys=tuple(SURVEY_FILES),
                  progress=self.progress)
         self.report.files["simulated sky"] = str(self.sky)
@@ -136,33 +121,31 @@ class Demo:
         self.report.files["database (XPMET_HOME)"] = str(self.home)
 
     def load_gaia(self):
-        load = _need("xpmet.etl.gaia", "load_gaia_source")
+        from xpmet.etl.gaia import load_gaia_source as load
         load(self.sky / "gaia_source", progress=self.progress)
         self.report.counts["Gaia sources"] = self._count("xpmet.gaia_source")
 
     def load_xp(self):
-        load = _need("xpmet.etl.xp", "load_xp")
+        from xpmet.etl.xp import load_xp as load
         # The estimator the demo trains does not use the correlations: skip them (12x less data).
         load(self.sky / "xp_continuous", correlations=False, progress=self.progress)
         self.report.counts["XP spectra"] = self._count("xpmet.xp_continuous")
 
     def load_surveys(self):
-        load = _need("xpmet.etl.survey", "load_survey")
+        from xpmet.etl.survey import load_survey as load
         for name, fname in SURVEY_FILES.items():
             for r in load(name, [self.sky / "surveys" / fname], progress=False):
                 self.say(f"    {name}: {r.n_rows} rows, {r.n_ok} pass the survey's quality flags")
                 self.report.counts[f"{name} rows (quality ok)"] = f"{r.n_rows:,} ({r.n_ok:,})"
 
     def crossmatch(self):
-        mod = _need("xpmet.crossmatch", "run_xmatch")
-        from xpmet.crossmatch import XmatchParams
-        r = mod(XmatchParams(), progress=self.progress)
+        from xpmet.crossmatch import XmatchParams, run_xmatch
+        r = run_xmatch(XmatchParams(), progress=self.progress)
         self.say(f"    {r.version}: {r.n_matched} of {r.n_rows} survey rows matched")
         self.report.counts["survey rows matched to Gaia"] = f"{r.n_matched:,} of {r.n_rows:,}"
 
     def labels(self):
-        refresh = _need("xpmet.labels", "refresh")
-        from xpmet.labels import zero_points
+        from xpmet.labels import refresh, zero_points
         s = refresh("gbs")
         self.report.counts["stars with homogenised labels"] = int(s["n_labels"])
         self.report.counts["training_set rows"] = self._count("xpmet.training_set")
@@ -173,23 +156,21 @@ class Demo:
                 self.report.zero_points.append(z)
 
     def export(self):
-        export = _need("xpmet.ml.export", "export")
-        from xpmet.ml.export import ExportOptions
+        from xpmet.ml.export import ExportOptions, export
         res = export(self.out / "train.h5", ExportOptions(seed=self.seed), progress=self.progress)
         for k, v in res["n_by_split"].items():
             self.report.counts[f"exported {k}"] = int(v)
         self.report.files["training data (HDF5)"] = str(res["path"])
 
     def train(self):
-        train = _need("xpmet.ml.train", "train")
-        from xpmet.ml.train import TrainConfig
+        from xpmet.ml.train import TrainConfig, train
         cfg = TrainConfig(kind="estimator", hidden=(64, 64), epochs=self.epochs, batch_size=128, lr=3e-3,
                           patience=10, seed=self.seed, device="auto", name="demo-estimator")
         self.model = Path(train(self.out / "train.h5", self.out / "model", cfg))
         self.report.files["model"] = str(self.model)
 
     def evaluate(self):
-        evaluate = _need("xpmet.ml.evaluate", "evaluate")
+        from xpmet.ml.evaluate import evaluate
         res = evaluate(self.model, self.out / "train.h5", self.sky / "truth.fits", self.plots / "evaluation",
                        max_truth=5000)
         for name, key in (("test split vs survey labels", "test"), ("test split vs truth", "test_vs_truth"),
@@ -289,7 +270,12 @@ class Demo:
         saved = {k: os.environ.get(k) for k in ("XPMET_HOME", "XPMET_DATABASE_URL")}
         try:
             return self._run()
-        finally:  # a notebook that ran the demo keeps talking to its own database afterwards
+        finally:
+            from xpmet.db.cluster import Cluster
+            demo_db = Cluster(self.home)
+            if demo_db.initialised():
+                demo_db.stop()  # leave no server running; any xpmet command restarts it
+            # a notebook that ran the demo keeps talking to its own database afterwards
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -300,37 +286,22 @@ class Demo:
         self.step("prepare the demo folder", self.prepare)
         self.step(f"simulate a sky of {self.n_stars:,} stars with XP (+ surveys, truth)", self.simulate)
         self.step("start the demo's embedded PostgreSQL + q3c, migrate", self.database)
-        self.step("load Gaia sources (xpmet etl gaia-source)", self.load_gaia, ["simulate"])
-        self.step("load XP spectra (xpmet etl xp)", self.load_xp, ["simulate"])
-        self.step("load APOGEE, GALAH, LAMOST and GBS (xpmet etl survey)", self.load_surveys, ["simulate"])
-        self.step("crossmatch surveys to Gaia (xpmet xmatch)", self.crossmatch, ["load_gaia", "load_surveys"])
-        self.step("homogenise labels on the GBS scale (xpmet labels)", self.labels, ["crossmatch"])
-        self.step("export the training set to HDF5 (xpmet export)", self.export, ["labels", "load_xp"])
-        self.step(f"train an estimator, {self.epochs} epochs max (xpmet train)", self.train, ["export"])
-        self.step("evaluate against survey labels and truth (xpmet evaluate)", self.evaluate, ["train"])
-        self.step("predict every XP star into the database (xpmet predict)", self.predict, ["train", "load_xp"])
-        self.step("cone query on xpmet.metallicity (xpmet query cone)", self.cone, ["predict"])
+        self.step("load Gaia sources (xpmet etl gaia-source)", self.load_gaia)
+        self.step("load XP spectra (xpmet etl xp)", self.load_xp)
+        self.step("load APOGEE, GALAH, LAMOST and GBS (xpmet etl survey)", self.load_surveys)
+        self.step("crossmatch surveys to Gaia (xpmet xmatch)", self.crossmatch)
+        self.step("homogenise labels on the GBS scale (xpmet labels)", self.labels)
+        self.step("export the training set to HDF5 (xpmet export)", self.export)
+        self.step(f"train an estimator, {self.epochs} epochs max (xpmet train)", self.train)
+        self.step("evaluate against survey labels and truth (xpmet evaluate)", self.evaluate)
+        self.step("predict every XP star into the database (xpmet predict)", self.predict)
+        self.step("cone query on xpmet.metallicity (xpmet query cone)", self.cone)
         (self.out / "report.txt").write_text(self.report.text() + "\n")
         self.report.files["this report"] = str(self.out / "report.txt")
-        if "database" in self.done:
-            from xpmet.db.engine import cluster
-            cluster().stop()  # leave no server running; any xpmet command restarts it
         return self.report
 
 
-class _Missing(Exception):
-    """A library function the demo needs is not in this installation."""
-
-
-def _need(module: str, name: str):
-    import importlib
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise _Missing(f"{module}.{name} is not available ({e})") from None
-
-
-def run_demo(out="xpmet-demo", n_stars: int = 4000, seed: int = 1, epochs: int = 60, say=print,
+def run_demo(out="xpmet-demo", n_stars: int = 20000, seed: int = 1, epochs: int = 60, say=print,
              progress: bool = True) -> Report:
     """Run the end-to-end demo into folder ``out``; returns the Report (also written to out/report.txt)."""
     return Demo(out, n_stars=n_stars, seed=seed, epochs=epochs, say=say, progress=progress).run()

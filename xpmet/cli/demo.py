@@ -8,7 +8,7 @@ import click
 @click.option("--out", default="xpmet-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the simulated sky, the demo's own database, model, plots and report "
                    "(an earlier demo's folder is replaced).")
-@click.option("--n-stars", default=4000, show_default=True, type=click.IntRange(min=500),
+@click.option("--n-stars", default=20000, show_default=True, type=click.IntRange(min=500),
               help="Simulated stars with XP spectra.")
 @click.option("--seed", default=1, show_default=True, help="Random seed of the simulation and training.")
 @click.option("--epochs", default=60, show_default=True, type=click.IntRange(min=1),

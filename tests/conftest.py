@@ -71,3 +71,13 @@ def run_cli(xpmet_home):
             raise AssertionError(f"xpmet {' '.join(map(str, args))} exited {r.exit_code}:\n{r.output}")
         return r
     return run
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models on a shared 2-core machine: one torch thread is many times faster than two."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -112,63 +112,60 @@ def _separation(propagate: bool) -> tuple[str, str]:
             "(g.pmra IS NULL OR g.pmdec IS NULL)")
 
 
-GAIA_COLS = "g.source_id, g.ra, g.dec, g.pmra, g.pmdec, g.ref_epoch"
+SURVEY_COLS = "s.star_id, s.survey_id, s.ra, s.dec, s.epoch, s.gaia_source_id, s.gaia_release"
 
 
-def candidates_sql(propagate: bool) -> str:
-    """Candidate (survey row, Gaia source) pairs into temp table xm_cand: q3c index probes and declared ids.
+def _pair_cols(propagate: bool) -> str:
+    """Select list of one candidate pair (survey row s, Gaia source g): its exact separation and id evidence."""
+    sep, nopm = _separation(propagate)
+    return f"""s.star_id, s.survey_id, g.source_id, s.ra IS NULL AS no_position, {sep} AS sep, {nopm} AS no_pm,
+           coalesce(g.source_id = s.gaia_source_id AND s.gaia_release IN ('DR3', 'EDR3'), false) AS declared,
+           coalesce(g.source_id = s.gaia_source_id AND s.gaia_release = 'DR2', false) AS declared_dr2"""
 
-    Parameters %(pm_cap)s %(max_r)s %(max_dt)s; reads temp table xm_param (per-survey radii).
+
+def pairs_sql(propagate: bool) -> str:
+    """Candidate (survey row, Gaia source) pairs with their exact separations, into temp table xm_pair.
+
+    One pass: q3c index probes and declared ids find the candidates, and each arm computes the
+    separation at the row's epoch from the columns it already holds (no second join of the pairs
+    with survey_star or gaia_source). Parameters %(pm_cap)s %(max_r)s %(max_dt)s; reads temp table
+    xm_param (per-survey radii).
     """
+    cols = _pair_cols(propagate)
     if propagate:
         search = "(p.radius + %(pm_cap)s * abs(coalesce(s.epoch, 2016.0) - 2016.0) / 1000.0) / 3600.0"
         # Gaia sources moving faster than pm_cap, and those without proper motion (matched within the
         # wider nopm_radius), are few: they probe survey_star from the Gaia side instead
-        fast_arm = """
+        fast_arm = f"""
       UNION ALL
-      SELECT s.star_id, {G} FROM xpmet.gaia_source g
+      SELECT {cols} FROM xpmet.gaia_source g
       JOIN xpmet.survey_star s
         ON q3c_join(g.ra, g.dec, s.ra, s.dec,
                     CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN %(max_r)s
-                         ELSE %(max_r)s + sqrt(g.pmra ^ 2 + g.pmdec ^ 2) * %(max_dt)s / 1000.0 END / 3600.0)
-      WHERE g.pmra IS NULL OR g.pmdec IS NULL OR g.pmra ^ 2 + g.pmdec ^ 2 > %(pm_cap)s ^ 2"""
+                         ELSE %(max_r)s + sqrt(g.pmra * g.pmra + g.pmdec * g.pmdec) * %(max_dt)s / 1000.0 END / 3600.0)
+      WHERE g.pmra IS NULL OR g.pmdec IS NULL OR g.pmra * g.pmra + g.pmdec * g.pmdec > %(pm_cap)s ^ 2"""
     else:
         search = "p.radius / 3600.0"
         fast_arm = ""
-    fast_arm = fast_arm.replace("{G}", GAIA_COLS)
     return f"""
-    CREATE TEMP TABLE xm_cand ON COMMIT DROP AS
+    CREATE TEMP TABLE xm_pair ON COMMIT DROP AS
     WITH p AS (SELECT * FROM xm_param),
     probe AS MATERIALIZED (  -- the search radius must be known before the index probe into gaia_source
-      SELECT s.star_id, s.ra, s.dec, {search} AS r FROM xpmet.survey_star s JOIN p USING (survey_id)
+      SELECT {SURVEY_COLS}, {search} AS r FROM xpmet.survey_star s JOIN p USING (survey_id)
       WHERE s.ra IS NOT NULL AND s.dec IS NOT NULL
     ),
     cand AS (
-      SELECT s.star_id, {GAIA_COLS} FROM probe s
+      SELECT {cols} FROM probe s
       JOIN xpmet.gaia_source g ON q3c_join(s.ra, s.dec, g.ra, g.dec, s.r)
       -- no filter on g here: any condition on gaia_source makes the planner drop the q3c index
       -- (its cost estimates are huge); fast movers found by both arms are deduplicated below
       {fast_arm}
       UNION ALL
-      SELECT s.star_id, {GAIA_COLS} FROM xpmet.survey_star s
+      SELECT {cols} FROM xpmet.survey_star s
       JOIN xpmet.gaia_source g ON g.source_id = s.gaia_source_id
     )
+    -- a pair found by two arms has the same values in both: keep one
     SELECT DISTINCT ON (star_id, source_id) * FROM cand"""
-
-
-def pairs_sql(propagate: bool) -> str:
-    """Exact separations (at each row's epoch) of the candidate pairs in xm_cand, into temp table xm_pair."""
-    sep, nopm = _separation(propagate)
-    return f"""
-    CREATE TEMP TABLE xm_pair ON COMMIT DROP AS
-    SELECT s.star_id, s.survey_id, g.source_id, s.gaia_release, s.ra IS NULL AS no_position,
-           {sep} AS sep, {nopm} AS no_pm,
-           coalesce(g.source_id = s.gaia_source_id AND s.gaia_release IN ('DR3', 'EDR3'), false) AS declared,
-           coalesce(g.source_id = s.gaia_source_id AND s.gaia_release = 'DR2', false) AS declared_dr2,
-           p.radius, p.nopm_radius, p.id_radius
-    FROM xm_cand g            -- carries the Gaia columns it needs: no second pass over gaia_source
-    JOIN xpmet.survey_star s USING (star_id)
-    JOIN xm_param p USING (survey_id)"""
 
 
 def insert_sql() -> str:
@@ -176,9 +173,9 @@ def insert_sql() -> str:
     b = _bit
     return f"""
     WITH judged AS (
-      SELECT *, sep <= CASE WHEN no_pm THEN nopm_radius ELSE radius END AS within,
-             declared AND (no_position OR sep <= id_radius) AS id_ok
-      FROM xm_pair
+      SELECT x.*, sep <= CASE WHEN no_pm THEN p.nopm_radius ELSE p.radius END AS within,
+             declared AND (no_position OR sep <= p.id_radius) AS id_ok
+      FROM xm_pair x JOIN xm_param p USING (survey_id)
     ),
     ranked AS (
       SELECT *, row_number() OVER (PARTITION BY star_id
@@ -186,8 +183,8 @@ def insert_sql() -> str:
                                             sep) AS rk
       FROM judged
     ),
-    best AS (
-      SELECT star_id,
+    best AS MATERIALIZED (  -- read twice: by the output rows and by the duplicate-claim count
+      SELECT star_id, min(survey_id) AS survey_id,
              max(source_id) FILTER (WHERE rk = 1 AND (within OR id_ok)) AS source_id,
              max(sep) FILTER (WHERE rk = 1 AND (within OR id_ok)) AS separation,
              bool_or(rk = 1 AND id_ok) AS by_id,
@@ -201,6 +198,12 @@ def insert_sql() -> str:
              bool_or(declared AND NOT id_ok) AS id_rejected
       FROM ranked GROUP BY star_id
     ),
+    -- Gaia sources claimed by more than one row of a survey (a hash aggregate: cheaper than a
+    -- window over all rows sorted by survey and source)
+    claims AS (
+      SELECT survey_id, source_id FROM best WHERE source_id IS NOT NULL
+      GROUP BY survey_id, source_id HAVING count(*) > 1
+    ),
     rows AS (
       SELECT s.star_id, s.survey_id, b.source_id, b.separation, coalesce(b.n_candidates, 0) AS n_candidates,
              b.second_separation, b.id_separation,
@@ -210,6 +213,7 @@ def insert_sql() -> str:
                   WHEN b.by_dr2 THEN 'both'
                   ELSE 'position' END AS method,
              coalesce(b.by_position AND b.n_candidates > 1, false) AS ambiguous,
+             c.source_id IS NOT NULL AS dup,
              (CASE WHEN coalesce(b.id_rejected, false) THEN {b('id_rejected')} ELSE 0 END
               | CASE WHEN s.gaia_source_id IS NOT NULL AND s.gaia_release IN ('DR3', 'EDR3')
                           AND b.id_separation IS NULL THEN {b('id_not_found')} ELSE 0 END
@@ -217,7 +221,9 @@ def insert_sql() -> str:
               | CASE WHEN coalesce(b.by_dr2, false) THEN {b('dr2_id')} ELSE 0 END
               | CASE WHEN b.by_id AND b.separation > b.nearest THEN {b('id_not_nearest')} ELSE 0 END
               | CASE WHEN s.ra IS NULL OR s.dec IS NULL THEN {b('no_position')} ELSE 0 END) AS flags
-      FROM xpmet.survey_star s LEFT JOIN best b USING (star_id)
+      FROM xpmet.survey_star s
+      LEFT JOIN best b USING (star_id)
+      LEFT JOIN claims c ON c.survey_id = b.survey_id AND c.source_id = b.source_id
     )
     INSERT INTO xpmet.xmatch (run_id, star_id, survey_id, source_id, method, separation, n_candidates,
                               second_separation, id_separation, ambiguous, duplicate_claim, flags)
@@ -225,8 +231,7 @@ def insert_sql() -> str:
            id_separation, ambiguous, dup,
            flags | CASE WHEN ambiguous THEN {b('ambiguous')} ELSE 0 END
                  | CASE WHEN dup THEN {b('duplicate_claim')} ELSE 0 END
-    FROM (SELECT *, source_id IS NOT NULL AND count(*) OVER (PARTITION BY survey_id, source_id) > 1 AS dup
-          FROM rows) r
+    FROM rows
     """
 
 
@@ -284,14 +289,12 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         # q3c's index cost estimates are so high that on small tables the planner rescans all of
         # gaia_source per survey row instead (seconds at 10^3 x 10^4 rows): make the probes index probes.
         conn.execute("SET LOCAL enable_seqscan = off")
-        conn.execute(candidates_sql(p.epoch == "propagate"),
+        conn.execute(pairs_sql(p.epoch == "propagate"),
                      {"pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt)})
         conn.execute("SET LOCAL enable_seqscan = on")
-        conn.execute("ANALYZE xm_cand")
-        lap("candidates")
-        conn.execute(pairs_sql(p.epoch == "propagate"))
+        # the pairs go through an analysed temp table: the planner knows nothing of the q3c join's output
         conn.execute("ANALYZE xm_pair")
-        lap("separations")
+        lap("candidate_pairs")
         bar.update(1)
         bar.set_postfix_str("best neighbours")
         conn.execute(insert_sql(), {"run_id": run_id})

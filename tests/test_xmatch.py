@@ -170,3 +170,35 @@ def test_agrees_with_stilts_pair_for_pair_without_proper_motions(clean_db, tmp_p
     assert ours == theirs
     amb = rows(clean_db, "SELECT count(*) AS n FROM xpmet.xmatch_current WHERE ambiguous")[0]["n"]
     assert amb > 0   # the field is crowded enough to test the best-neighbour choice
+
+
+def test_two_connections_give_the_same_rows_as_one(clean_db, tmp_path):
+    # a crowded field with fast movers, sources without proper motion, declared ids (right, wrong,
+    # unknown) and a row without position: every arm of the candidate search on both connections
+    rng = np.random.default_rng(11)
+    n_g, n_s = 2000, 600
+    gra, gdec = 30 + rng.uniform(0, 0.2, n_g), -5 + rng.uniform(0, 0.2, n_g)
+    pmra, pmdec = rng.normal(0, 20, n_g), rng.normal(0, 20, n_g)
+    fast = rng.random(n_g) < 0.1
+    pmra[fast] *= 30
+    nopm = rng.random(n_g) < 0.05
+    pmra[nopm] = pmdec[nopm] = np.nan
+    gaia = {"source_id": np.arange(1, n_g + 1, dtype=np.int64), "ra": gra, "dec": gdec, "pmra": pmra, "pmdec": pmdec}
+    insert_gaia(tmp_path, gaia)
+    pick = rng.choice(n_g, n_s)          # with repeats: duplicate claims
+    dt = 2000.0 - 2016.0
+    sra = gra[pick] + (np.nan_to_num(pmra[pick]) * dt / 1000 + rng.normal(0, 0.5, n_s)) / 3600 / np.cos(np.radians(gdec[pick]))
+    sdec = gdec[pick] + (np.nan_to_num(pmdec[pick]) * dt / 1000 + rng.normal(0, 0.5, n_s)) / 3600
+    sra[0] = sdec[0] = np.nan
+    gid = np.where(rng.random(n_s) < 0.3, pick + 1, 0)
+    gid[1:20] = rng.integers(1, n_g + 1, 19)    # mostly wrong ids: rejected by position
+    gid[20] = 10 ** 9                           # not in gaia_source
+    my_survey(tmp_path, {"ra": sra, "dec": sdec, "gid": gid.astype(np.int64)}, epoch=2000.0)
+    cols = ("star_id, source_id, method, separation, n_candidates, second_separation, id_separation, "
+            "ambiguous, duplicate_claim, flags")
+    one = run_xmatch(XmatchParams(radius=1.5), workers=1)
+    two = run_xmatch(XmatchParams(radius=1.5), workers=2)
+    a, b = (rows(clean_db, f"SELECT {cols} FROM xpmet.xmatch WHERE run_id = :r ORDER BY star_id", r=r.run_id)
+            for r in (one, two))
+    assert len(a) == n_s and [dict(r) for r in a] == [dict(r) for r in b]
+    assert len(one.by_method) >= 3 and sum(r["ambiguous"] for r in a) and sum(r["duplicate_claim"] for r in a)

@@ -10,8 +10,12 @@ Order of evidence, per survey row:
 
 Set-based: one q3c_join from the survey rows (probing) into gaia_source (indexed) with a radius
 widened by ``pm_cap`` x |epoch - 2016|, a second q3c_join from the few Gaia sources moving faster
-than ``pm_cap`` into survey_star, exact propagated separations, then a window ranking that keeps
-exactly one best neighbour per row with its candidate count and second-best separation.
+than ``pm_cap`` into survey_star, exact propagated separations computed by the same pass, then a
+window ranking that keeps exactly one best neighbour per row with its candidate count and
+second-best separation. q3c's functions are not parallel safe, so PostgreSQL would run the probes
+on one core: by default a second connection, on the same snapshot, searches a third of the rows
+plus the fast movers and declared ids while the first searches the rest (``workers=1`` turns
+this off; the rows are the same).
 
     from xpmet.crossmatch import XmatchParams, run_xmatch
     run = run_xmatch(XmatchParams(radius=1.0, overrides={"lamost": {"radius": 3.0}}))
@@ -19,8 +23,12 @@ exactly one best neighbour per row with its candidate count and second-best sepa
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass, field
+
+import psycopg
+from psycopg import sql as psql
 
 from xpmet import __version__
 from xpmet.db.engine import raw_connect
@@ -113,69 +121,85 @@ def _separation(propagate: bool) -> tuple[str, str]:
 
 
 SURVEY_COLS = "s.star_id, s.survey_id, s.ra, s.dec, s.epoch, s.gaia_source_id, s.gaia_release"
+#: Parts of the candidate search (pairs_select): everything on one connection, or split in two.
+PARTS = ("all", "main", "worker")
 
 
 def _pair_cols(propagate: bool) -> str:
-    """Select list of one candidate pair (survey row s, Gaia source g): its exact separation and id evidence."""
+    """Select list of one candidate pair (survey row s, Gaia source g, radii p): separation and id evidence."""
     sep, nopm = _separation(propagate)
     return f"""s.star_id, s.survey_id, g.source_id, s.ra IS NULL AS no_position, {sep} AS sep, {nopm} AS no_pm,
            coalesce(g.source_id = s.gaia_source_id AND s.gaia_release IN ('DR3', 'EDR3'), false) AS declared,
-           coalesce(g.source_id = s.gaia_source_id AND s.gaia_release = 'DR2', false) AS declared_dr2"""
+           coalesce(g.source_id = s.gaia_source_id AND s.gaia_release = 'DR2', false) AS declared_dr2,
+           p.radius, p.nopm_radius, p.id_radius"""
 
 
-def pairs_sql(propagate: bool) -> str:
-    """Candidate (survey row, Gaia source) pairs with their exact separations, into temp table xm_pair.
+def pairs_select(propagate: bool, part: str = "all") -> str:
+    """SELECT of the candidate (survey row, Gaia source) pairs with their exact separations.
 
     One pass: q3c index probes and declared ids find the candidates, and each arm computes the
     separation at the row's epoch from the columns it already holds (no second join of the pairs
-    with survey_star or gaia_source). Parameters %(pm_cap)s %(max_r)s %(max_dt)s; reads temp table
-    xm_param (per-survey radii).
+    with survey_star or gaia_source). A pair found by two arms appears twice (insert_sql keeps one).
+    ``part`` splits the work over two connections: "main" probes two thirds of the survey rows,
+    "worker" the other third plus the fast movers and declared ids; "all" does everything.
+    Parameters %(pm_cap)s %(max_r)s %(max_dt)s and the per-survey arrays %(sid)s %(radius)s
+    %(nopm_radius)s %(id_radius)s (plain parameters, so that a second connection can run it too).
     """
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}")
     cols = _pair_cols(propagate)
+    probe_rows = {"all": "", "main": "AND s.star_id %% 3 <> 0", "worker": "AND s.star_id %% 3 = 0"}[part]
+    arms = []
     if propagate:
         search = "(p.radius + %(pm_cap)s * abs(coalesce(s.epoch, 2016.0) - 2016.0) / 1000.0) / 3600.0"
         # Gaia sources moving faster than pm_cap, and those without proper motion (matched within the
         # wider nopm_radius), are few: they probe survey_star from the Gaia side instead
         fast_arm = f"""
-      UNION ALL
       SELECT {cols} FROM xpmet.gaia_source g
       JOIN xpmet.survey_star s
         ON q3c_join(g.ra, g.dec, s.ra, s.dec,
                     CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN %(max_r)s
                          ELSE %(max_r)s + sqrt(g.pmra * g.pmra + g.pmdec * g.pmdec) * %(max_dt)s / 1000.0 END / 3600.0)
+      JOIN p USING (survey_id)
       WHERE g.pmra IS NULL OR g.pmdec IS NULL OR g.pmra * g.pmra + g.pmdec * g.pmdec > %(pm_cap)s ^ 2"""
     else:
         search = "p.radius / 3600.0"
-        fast_arm = ""
-    return f"""
-    CREATE TEMP TABLE xm_pair ON COMMIT DROP AS
-    WITH p AS (SELECT * FROM xm_param),
-    probe AS MATERIALIZED (  -- the search radius must be known before the index probe into gaia_source
-      SELECT {SURVEY_COLS}, {search} AS r FROM xpmet.survey_star s JOIN p USING (survey_id)
-      WHERE s.ra IS NOT NULL AND s.dec IS NOT NULL
-    ),
-    cand AS (
+        fast_arm = None
+    arms.append(f"""
       SELECT {cols} FROM probe s
+      JOIN p USING (survey_id)
       JOIN xpmet.gaia_source g ON q3c_join(s.ra, s.dec, g.ra, g.dec, s.r)
       -- no filter on g here: any condition on gaia_source makes the planner drop the q3c index
-      -- (its cost estimates are huge); fast movers found by both arms are deduplicated below
-      {fast_arm}
-      UNION ALL
+      -- (its cost estimates are huge)""")
+    if part != "main":
+        if fast_arm:
+            arms.append(fast_arm)
+        arms.append(f"""
       SELECT {cols} FROM xpmet.survey_star s
-      JOIN xpmet.gaia_source g ON g.source_id = s.gaia_source_id
+      JOIN p USING (survey_id)
+      JOIN xpmet.gaia_source g ON g.source_id = s.gaia_source_id""")
+    union = "\n      UNION ALL".join(arms)
+    return f"""
+    WITH p AS (SELECT * FROM unnest(%(sid)s::smallint[], %(radius)s::float8[], %(nopm_radius)s::float8[],
+                                    %(id_radius)s::float8[]) AS p(survey_id, radius, nopm_radius, id_radius)),
+    probe AS MATERIALIZED (  -- the search radius must be known before the index probe into gaia_source
+      SELECT {SURVEY_COLS}, {search} AS r FROM xpmet.survey_star s JOIN p USING (survey_id)
+      WHERE s.ra IS NOT NULL AND s.dec IS NOT NULL {probe_rows}
+    ),
+    cand AS ({union}
     )
-    -- a pair found by two arms has the same values in both: keep one
-    SELECT DISTINCT ON (star_id, source_id) * FROM cand"""
+    SELECT star_id, survey_id, source_id, no_position, sep, no_pm, declared, declared_dr2,
+           sep <= CASE WHEN no_pm THEN nopm_radius ELSE radius END AS within,
+           declared AND (no_position OR sep <= id_radius) AS id_ok
+    FROM cand"""
 
 
 def insert_sql() -> str:
     """One xmatch row per survey row from the pairs in xm_pair (parameter %(run_id)s)."""
     b = _bit
     return f"""
-    WITH judged AS (
-      SELECT x.*, sep <= CASE WHEN no_pm THEN p.nopm_radius ELSE p.radius END AS within,
-             declared AND (no_position OR sep <= p.id_radius) AS id_ok
-      FROM xm_pair x JOIN xm_param p USING (survey_id)
+    WITH judged AS (  -- a pair found by two arms of the candidate search has the same values twice
+      SELECT DISTINCT ON (star_id, source_id) * FROM xm_pair ORDER BY star_id, source_id
     ),
     ranked AS (
       SELECT *, row_number() OVER (PARTITION BY star_id
@@ -235,11 +259,43 @@ def insert_sql() -> str:
     """
 
 
+class _WorkerPairs(threading.Thread):
+    """Runs a candidate SELECT on its own connection, on an exported snapshot, into binary COPY data."""
+
+    def __init__(self, url, snapshot: str, select: str, params: dict):
+        super().__init__(name="xmatch-worker", daemon=True)
+        self.url, self.snapshot, self.select, self.params = url, snapshot, select, params
+        self.chunks: list[bytes] = []
+        self.error: BaseException | None = None
+
+    def run(self):
+        try:
+            with raw_connect(self.url) as c:
+                c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ   # needed to import a snapshot
+                c.execute(psql.SQL("SET TRANSACTION SNAPSHOT {}").format(psql.Literal(self.snapshot)))
+                for s in ("jit = off", "work_mem = '256MB'", "enable_seqscan = off"):
+                    c.execute("SET LOCAL " + s)
+                query = psycopg.ClientCursor(c).mogrify(self.select, self.params)   # COPY takes no parameters
+                with c.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT (FORMAT binary)") as cp:
+                    self.chunks = [bytes(b) for b in cp]
+                c.rollback()
+        except BaseException as e:   # re-raised in the main thread by copy_into
+            self.error = e
+
+    def copy_into(self, conn, table: str):
+        if self.error is not None:
+            raise self.error
+        with conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT binary)") as cp:
+            for b in self.chunks:
+                cp.write(b)
+
+
 def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_current: bool = True,
-               keep: int | None = None, progress: bool = False) -> XmatchRun:
+               keep: int | None = None, progress: bool = False, workers: int = 2) -> XmatchRun:
     """Match every survey_star row to Gaia in one transaction; the new run becomes the current one.
 
     ``keep``: delete all but the newest ``keep`` runs afterwards (None keeps every run).
+    ``workers``: 2 searches candidates on two connections at once (same rows as 1, faster on 2+ cores).
     """
     from tqdm import tqdm
     p = params or XmatchParams()
@@ -268,11 +324,6 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         if conn.execute("SELECT 1 FROM xpmet.xmatch_run WHERE version = %s", (version,)).fetchone():
             raise XpmetError(f"crossmatch version {version!r} exists already; choose another --version")
         conn.execute("UPDATE xpmet.xmatch_run SET version = %s WHERE run_id = %s", (version, run_id))
-        conn.execute("CREATE TEMP TABLE xm_param (survey_id smallint PRIMARY KEY, radius float8, "
-                     "nopm_radius float8, id_radius float8) ON COMMIT DROP")
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO xm_param VALUES (%s, %s, %s, %s)",
-                            [(sid, r, nr, ir) for sid, _, r, nr, ir in per_survey])
         max_dt = conn.execute("SELECT coalesce(max(abs(coalesce(epoch, 2016.0) - 2016.0)), 0) "
                               "FROM xpmet.survey_star").fetchone()[0]
         max_r = max(max(r, nr) for _, _, r, nr, _ in per_survey)
@@ -289,15 +340,33 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         # q3c's index cost estimates are so high that on small tables the planner rescans all of
         # gaia_source per survey row instead (seconds at 10^3 x 10^4 rows): make the probes index probes.
         conn.execute("SET LOCAL enable_seqscan = off")
-        conn.execute(pairs_sql(p.epoch == "propagate"),
-                     {"pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt)})
+        args = {"pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt),
+                "sid": [s[0] for s in per_survey], "radius": [s[2] for s in per_survey],
+                "nopm_radius": [s[3] for s in per_survey], "id_radius": [s[4] for s in per_survey]}
+        propagate = p.epoch == "propagate"
+        if workers > 1:
+            # q3c's functions are not parallel safe, so PostgreSQL runs the probes on one core: a second
+            # connection, on this transaction's snapshot, searches a share of the rows at the same time
+            worker = _WorkerPairs(url, conn.execute("SELECT pg_export_snapshot()").fetchone()[0],
+                                  pairs_select(propagate, "worker"), args)
+            worker.start()
+            try:
+                conn.execute("CREATE TEMP TABLE xm_pair ON COMMIT DROP AS " + pairs_select(propagate, "main"), args)
+            finally:
+                worker.join()
+            worker.copy_into(conn, "xm_pair")
+        else:
+            conn.execute("CREATE TEMP TABLE xm_pair ON COMMIT DROP AS " + pairs_select(propagate, "all"), args)
         conn.execute("SET LOCAL enable_seqscan = on")
         # the pairs go through an analysed temp table: the planner knows nothing of the q3c join's output
         conn.execute("ANALYZE xm_pair")
         lap("candidate_pairs")
         bar.update(1)
         bar.set_postfix_str("best neighbours")
+        # the planner cannot estimate the rows of the ranking subquery (it assumes 200): hash joins only
+        conn.execute("SET LOCAL enable_nestloop = off")
         conn.execute(insert_sql(), {"run_id": run_id})
+        conn.execute("SET LOCAL enable_nestloop = on")
         lap("best_neighbour_insert")
         bar.update(1)
         counts = dict(conn.execute("SELECT method, count(*) FROM xpmet.xmatch WHERE run_id = %s GROUP BY method",

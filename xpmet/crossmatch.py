@@ -329,11 +329,12 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         max_r = max(max(r, nr) for _, _, r, nr, _ in per_survey)
         # Fresh statistics, or the planner takes a just-loaded table for empty and nests loops
         # over it (quadratic); the candidate pairs go through an analysed temp table for the same reason.
-        conn.execute("ANALYZE xpmet.survey_star")
-        if conn.execute("SELECT (last_analyze IS NULL AND last_autoanalyze IS NULL) "
-                        "OR n_mod_since_analyze > 0.2 * n_live_tup FROM pg_stat_user_tables "
-                        "WHERE schemaname = 'xpmet' AND relname = 'gaia_source'").fetchone()[0]:
-            conn.execute("ANALYZE xpmet.gaia_source")
+        # (only when a table changed since its last ANALYZE: repeated runs skip it)
+        for table in ("survey_star", "gaia_source"):
+            if conn.execute("SELECT (last_analyze IS NULL AND last_autoanalyze IS NULL) "
+                            "OR n_mod_since_analyze > 0.2 * n_live_tup FROM pg_stat_user_tables "
+                            "WHERE schemaname = 'xpmet' AND relname = %s", (table,)).fetchone()[0]:
+                conn.execute(f"ANALYZE xpmet.{table}")
         lap("setup_and_statistics")
         bar.update(1)
         bar.set_postfix_str("candidate pairs")

@@ -15,17 +15,24 @@ COMMENT ON VIEW xpmet.xmatch_current IS 'Crossmatch rows of the current run (xpm
 -- Sentinels never get here: the loader stored them as NULL (and set <label>_invalid).
 CREATE VIEW xpmet.survey_measurement AS
 SELECT x.source_id, ss.survey_id, sv.name AS survey, ss.star_id, m.label,
-       m.value::float8 AS value, m.err::float8 AS err,
-       coalesce((sv.descriptor -> 'error_floor' ->> m.label)::float8, m.default_floor) AS error_floor,
+       m.value::float8 AS value, m.err::float8 AS err, m.error_floor,
        x.ambiguous, x.duplicate_claim, x.xmatch_version
 FROM xpmet.survey_star ss
 JOIN xpmet.xmatch_current x ON x.star_id = ss.star_id
-JOIN xpmet.survey sv ON sv.survey_id = ss.survey_id
-CROSS JOIN LATERAL (VALUES ('teff', ss.teff, ss.teff_err, 8, 50.0::float8),
-                           ('logg', ss.logg, ss.logg_err, 9, 0.1::float8),
-                           ('feh', ss.feh, ss.feh_err, 10, 0.05::float8),
-                           ('alpha_fe', ss.alpha_fe, ss.alpha_fe_err, 11, 0.05::float8))
-     AS m(label, value, err, flag_bit, default_floor)
+-- the floors are read from the descriptor here, once per survey: referring to sv.descriptor in the
+-- select list would carry the whole descriptor (~1.5 kB) through every join and sort of every
+-- measurement (gigabytes of sort spill at 10^6 rows). OFFSET 0 keeps the planner from pulling the
+-- subquery up and doing exactly that.
+JOIN (SELECT survey_id, name, (descriptor -> 'error_floor' ->> 'teff')::float8 AS floor_teff,
+             (descriptor -> 'error_floor' ->> 'logg')::float8 AS floor_logg,
+             (descriptor -> 'error_floor' ->> 'feh')::float8 AS floor_feh,
+             (descriptor -> 'error_floor' ->> 'alpha_fe')::float8 AS floor_alpha_fe
+      FROM xpmet.survey OFFSET 0) sv ON sv.survey_id = ss.survey_id
+CROSS JOIN LATERAL (VALUES ('teff', ss.teff, ss.teff_err, 8, coalesce(sv.floor_teff, 50.0::float8)),
+                           ('logg', ss.logg, ss.logg_err, 9, coalesce(sv.floor_logg, 0.1::float8)),
+                           ('feh', ss.feh, ss.feh_err, 10, coalesce(sv.floor_feh, 0.05::float8)),
+                           ('alpha_fe', ss.alpha_fe, ss.alpha_fe_err, 11, coalesce(sv.floor_alpha_fe, 0.05::float8)))
+     AS m(label, value, err, flag_bit, error_floor)
 WHERE x.source_id IS NOT NULL AND ss.quality_ok AND m.value IS NOT NULL
   AND (ss.quality_flags >> m.flag_bit) & 1 = 0;
 COMMENT ON VIEW xpmet.survey_measurement IS

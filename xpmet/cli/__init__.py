@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 import click
+import psycopg
 
 from xpmet import __version__
 from xpmet.errors import XpmetError
@@ -17,6 +18,10 @@ class XpmetGroup(click.Group):
             return super().invoke(ctx)
         except XpmetError as e:
             click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(1)
+        except psycopg.OperationalError as e:  # the server went away mid-command
+            click.secho(f"error: lost the database connection: {str(e).strip()}\n"
+                        "Check `xpmet db status`; a re-run continues where committed work stopped.", fg="red", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was committed", err=True)

@@ -24,8 +24,8 @@ def _external_note():
 
 @db.command()
 def start():
-    """Start the embedded cluster (initdb and CREATE EXTENSION q3c on first use). Idempotent."""
-    from xpmet.db.engine import check_server, cluster, libpq_url
+    """Start the embedded cluster (initdb, CREATE EXTENSION q3c and migrations on first use). Idempotent."""
+    from xpmet.db.engine import check_server, cluster, ensure_schema, libpq_url
     if _external_note():
         check_server(libpq_url())
         click.echo("server reachable, q3c present")
@@ -33,6 +33,7 @@ def start():
     t0 = time.perf_counter()
     c = cluster()
     launched = c.start()
+    ensure_schema()
     what = f"started in {time.perf_counter() - t0:.1f} s" if launched else "already running"
     click.echo(f"embedded PostgreSQL {what} (data: {c.data}, socket: {c.run})")
     click.echo(c.url())

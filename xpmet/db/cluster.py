@@ -264,9 +264,11 @@ class Cluster:
                 break
             except psycopg.errors.DuplicateDatabase:
                 break
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as e:
                 if time.monotonic() > deadline:
-                    raise
+                    raise XpmetError(f"The embedded server in {self.data} does not accept connections on "
+                                     f"{self.run}: {str(e).strip()}\nSee {self.log}; `xpmet db stop` then "
+                                     "`xpmet db start` restarts it.") from None
                 time.sleep(0.2)
         with psycopg.connect(base + f" dbname={DB_NAME}", autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS q3c")

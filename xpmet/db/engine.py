@@ -30,7 +30,19 @@ def libpq_url(start: bool = True) -> str:
     # Fast path: a running server with its socket in place needs no start-up checks (~45 ms).
     if start and not (c.running() and (c.run / f".s.PGSQL.{PORT}").exists()):
         c.start()
+        ensure_schema()
     return c.url()
+
+
+def ensure_schema() -> None:
+    """Bring the embedded database's schema to head, so every command works on a fresh cluster.
+
+    Only for the embedded cluster, which xpmet owns; a server of your own is migrated explicitly
+    with ``xpmet db migrate``.
+    """
+    from xpmet.db import migrate
+    if migrate.current() != migrate.head():
+        migrate.upgrade("head")
 
 
 def to_libpq(url: str) -> str:

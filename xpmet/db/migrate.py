@@ -41,6 +41,11 @@ def downgrade(revision: str = "base", url: str | None = None) -> None:
     command.downgrade(alembic_config(url), revision)
 
 
+def head() -> str:
+    from alembic.script import ScriptDirectory
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 def current(url: str | None = None) -> str | None:
     from alembic.runtime.migration import MigrationContext
     from xpmet.db.engine import connect

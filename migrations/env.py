@@ -17,7 +17,11 @@ def run_migrations_online():
         _run(connectable)
 
 
+MIGRATION_LOCK = 0x78706D6574  # "xpmet": concurrent migrators wait instead of racing
+
+
 def _run(conn):
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
     conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
     context.configure(connection=conn, target_metadata=metadata, include_schemas=True,
                       include_object=include_object, version_table_schema=SCHEMA,

@@ -206,6 +206,11 @@ def upgrade():
     op.create_index("ix_survey_star_gaia", "survey_star", ["gaia_source_id"], schema="xpmet")
     op.create_index("ix_survey_star_survey", "survey_star", ["survey_id"], schema="xpmet")
     op.create_index("ix_predictions_source", "predictions", ["source_id"], schema="xpmet")
+    # No planner statistics for the XP arrays: ANALYZE would otherwise build per-element statistics
+    # over ~90M floats per sample (1.36 s -> 0.03 s per 4,000 rows measured); no query filters on them.
+    for band in ("bp", "rp"):
+        for col in ("coefficients", "coefficient_errors", "coefficient_correlations"):
+            op.execute(f"ALTER TABLE xpmet.xp_continuous ALTER COLUMN {band}_{col} SET STATISTICS 0")
 
 
 def downgrade():

@@ -46,7 +46,6 @@ XMATCH_BITS = {
     "no_position": 7,      # the row has no position: the declared id could not be validated
 }
 EPOCH_MODES = ("propagate", "gaia")
-GAIA_EPOCH = 2016.0
 
 
 @dataclass
@@ -273,7 +272,7 @@ class _WorkerPairs(threading.Thread):
             with raw_connect(self.url) as c:
                 c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ   # needed to import a snapshot
                 c.execute(psql.SQL("SET TRANSACTION SNAPSHOT {}").format(psql.Literal(self.snapshot)))
-                for s in ("jit = off", "work_mem = '256MB'", "enable_seqscan = off"):
+                for s in ("work_mem = '256MB'", "enable_seqscan = off"):   # jit is off per session (raw_connect)
                     c.execute("SET LOCAL " + s)
                 query = psycopg.ClientCursor(c).mogrify(self.select, self.params)   # COPY takes no parameters
                 with c.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT (FORMAT binary)") as cp:
@@ -309,7 +308,6 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         stages[name] = now - last[0]
         last[0] = now
     with raw_connect(url) as conn, bar:
-        conn.execute("SET LOCAL jit = off")
         conn.execute("SET LOCAL work_mem = '256MB'")
         per_survey = survey_parameters(conn, p)
         if not per_survey:

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+from psycopg.copy import QueuedLibpqWriter
 
 from xpmet.db.engine import raw_connect
 from xpmet.errors import BadInput, XpmetError
 from xpmet.etl.provenance import Skipped, file_load
 from xpmet.etl.runner import FileResult
-from psycopg.copy import QueuedLibpqWriter
-
-from xpmet.io.pgcopy import HEADER, TRAILER, Col, copy_sql, encode
+from xpmet.io.pgcopy import HEADER, TRAILER, Col, copy_rows, copy_sql, encode
 
 
 class Quarantine:
@@ -85,11 +84,6 @@ def _duplicate_error(e, path, table, url):
     return BadInput(path, f"source_id {sid} appears more than once in the file", column="source_id")
 
 
-def _copy(cur, table, cols, data):
-    with cur.copy(copy_sql(table, cols)) as cp:
-        cp.write(encode(cols, data))
-
-
 def _prepared(chunks, cols, load_id, report):
     """(source, data) per non-empty chunk: only the COPY columns, all of them present, sorted by source_id."""
     names = {c.name for c in cols}
@@ -139,13 +133,13 @@ def _copy_per_chunk(conn, table, cols, chunks, load, url, report):
         for chunk, data in chunks:
             cur.execute("SAVEPOINT chunk")
             try:
-                _copy(cur, table, cols, data)
+                copy_rows(cur, table, cols, data)
             except psycopg.errors.UniqueViolation:
                 cur.execute("ROLLBACK TO SAVEPOINT chunk")
                 cur.execute(f"DELETE FROM {table} WHERE source_id = ANY(%s) AND load_id <> %s",
                             (np.ma.getdata(data["source_id"]).tolist(), load.load_id))
                 try:
-                    _copy(cur, table, cols, data)
+                    copy_rows(cur, table, cols, data)
                 except psycopg.errors.UniqueViolation as e2:
                     raise _duplicate_error(e2, chunk.source, table, url) from None
             cur.execute("RELEASE SAVEPOINT chunk")

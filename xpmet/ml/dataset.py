@@ -16,6 +16,7 @@ import numpy as np
 
 from xpmet.errors import XpmetError
 from xpmet.ml.normalise import LABELS, g_flux, normalise_xp
+from xpmet.xp import N_COEF, N_CORR
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 LAYOUT_VERSION = 1
@@ -118,8 +119,7 @@ def read(path, split: str | None = None, correlations: bool = False, limit: int 
                 break
     if not parts:
         raise XpmetError(f"{path}: the {split or 'any'} split is empty; export more stars or change --split.")
-    out = XPArrays(**{k: (None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts]))
-                      for k in parts[0].__dict__})
+    out = _concat(parts)
     return out.subset(slice(0, limit)) if limit else out
 
 
@@ -170,7 +170,7 @@ def _rows_to_batch(rows, names) -> dict:
         if name.startswith("_"):  # columns the caller handles itself
             continue
         if name.endswith(("coefficients", "coefficient_errors", "coefficient_correlations")):
-            width = 1485 if name.endswith("correlations") else 55
+            width = N_CORR if name.endswith("correlations") else N_COEF
             a = np.full((len(col), width), np.nan)
             have = [i for i, v in enumerate(col) if v is not None]
             if have:
@@ -200,5 +200,10 @@ def read_db(source_ids, correlations: bool = False, chunk: int = 20000) -> XPArr
     if not parts:
         raise XpmetError("none of the requested sources has an XP spectrum in the database; "
                          "load them with `xpmet etl xp`.")
+    return _concat(parts)
+
+
+def _concat(parts: list[XPArrays]) -> XPArrays:
+    """Row-wise concatenation of blocks read the same way (optional fields absent in all or none)."""
     return XPArrays(**{k: (None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts]))
                        for k in parts[0].__dict__})

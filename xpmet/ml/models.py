@@ -127,11 +127,6 @@ def cholesky(cov):
     return torch.where((info > 0)[..., None, None], fallback, L)
 
 
-def whitening(e, corr, std_dev=None):
-    """Cholesky factors (n,2,55,55) of the published covariance (no model term)."""
-    return cholesky(covariance(e, corr, std_dev))
-
-
 def gaussian_terms(r, e, ok, model_var=None, corr=None, std_dev=None):
     """Per-star chi2 and log-determinant of residuals r (n,110) under cov = C_obs + diag(model_var).
 

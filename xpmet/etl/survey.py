@@ -319,11 +319,10 @@ def normalise(path: Path, table, d: Descriptor) -> tuple[dict, list]:
                 kept[k] = (np.asarray(np.ma.getdata(col)).astype(str) if col.dtype.kind in "US"
                            else np.ma.filled(np.ma.masked_invalid(np.asarray(col, float)), np.nan))
         if kept:
-            keys = list(kept)
             out["extra"] = [b"\x01" + json.dumps({k: (None if isinstance(v[i], float) and np.isnan(v[i])
                                                     else v[i].item() if hasattr(v[i], "item") else v[i])
                                                   for k, v in kept.items()}).encode()
-                            for i in range(n)] if keys else None
+                            for i in range(n)]
     return out, absent
 
 

@@ -20,7 +20,6 @@ import numpy as np
 from xpmet.simulate.xp_model import WAVELENGTH
 
 _H, _C, _K = 6.62607015e-34, 2.99792458e8, 1.380649e-23
-SIGMA_SB = 5.670374419e-8
 _WL_M = WAVELENGTH * 1e-9
 
 

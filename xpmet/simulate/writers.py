@@ -58,8 +58,7 @@ def ecsv_header(columns: list[Column], meta: dict | None = None) -> str:
 def _scalar_strings(values: np.ndarray, null_token: str) -> pa.Array:
     values = np.asarray(values)
     if values.dtype == bool:
-        arr = pa.array(np.where(values, "True", "False"))
-        return arr
+        return pa.array(np.where(values, "True", "False"))
     if values.dtype.kind == "f":
         arr = pa.array(values, from_pandas=True)  # NaN -> null
     elif values.dtype.kind in "OUS":
@@ -118,13 +117,10 @@ class GzipEcsvWriter:
         else:
             self._fh = gzip.open(self._tmp, "wb", compresslevel=level)
         self._fh.write(ecsv_header(columns, meta).encode())
-        self.n_rows = 0
 
     def write(self, values: dict[str, object], null_token: str = "") -> None:
-        n = len(next(iter(values.values())))
-        if n:
+        if len(next(iter(values.values()))):
             self._fh.write(format_rows(self.columns, values, null_token))
-            self.n_rows += n
 
     def close(self) -> None:
         self._fh.close()

@@ -29,9 +29,8 @@ def noise_model() -> dict[str, np.ndarray]:
 
 @dataclass
 class Templates:
-    """Per band: correlation matrices (t, 55, 55), their Cholesky factors and the 1485-value arrays."""
+    """Per band: Cholesky factors of the correlation matrices (t, 55, 55) and their 1485-value arrays."""
 
-    corr: dict[str, np.ndarray]
     chol: dict[str, np.ndarray]
     flat: dict[str, np.ndarray]
 
@@ -40,12 +39,11 @@ def make_templates(rng: np.random.Generator, n_templates: int, uncorrelated: boo
     """n_templates correlation matrices per band; ``uncorrelated`` gives one identity template per band
     (cheap, honest files for quick tests: coefficients are then drawn independently)."""
     m = noise_model()
-    corr, chol, flat = {}, {}, {}
+    chol, flat = {}, {}
     for band in ("bp", "rp"):
         if uncorrelated:
-            corr[band] = np.eye(N_COEF, dtype=np.float32)[None]
             chol[band] = np.eye(N_COEF)[None]
-            flat[band] = correlations_from_matrix(corr[band])
+            flat[band] = correlations_from_matrix(np.eye(N_COEF, dtype=np.float32)[None])
             continue
         basis = m[f"{band}_correlation_basis"].astype(np.float64)
         k = basis.shape[0]
@@ -55,10 +53,9 @@ def make_templates(rng: np.random.Generator, n_templates: int, uncorrelated: boo
         c = w * basis[a] + (1.0 - w) * basis[b]
         # Store as float32, as Gaia does, and factorise what was stored (plus a hair of jitter).
         c32 = c.astype(np.float32)
-        corr[band] = c32
         chol[band] = np.linalg.cholesky(c32.astype(np.float64) + 1e-9 * np.eye(N_COEF))
         flat[band] = correlations_from_matrix(c32)
-    return Templates(corr, chol, flat)
+    return Templates(chol, flat)
 
 
 def coefficient_errors(rng, g: np.ndarray, band: str) -> np.ndarray:

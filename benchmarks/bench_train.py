@@ -65,7 +65,7 @@ def pipeline(a, work: Path):
     from xpmet.cli import main
     from xpmet.db import migrate
     from xpmet.db.cluster import Cluster
-    from xpmet.simulate import simulate
+    from xpmet.simulate import simulate, survey_files
 
     def run(*args):
         r = CliRunner().invoke(main, [str(x) for x in args], catch_exceptions=False)
@@ -80,9 +80,8 @@ def pipeline(a, work: Path):
     step("etl + xmatch")
     run("etl", "gaia-source", sim / "gaia_source")
     run("etl", "xp", sim / "xp_continuous")
-    for name, f in (("apogee", "apogee_dr17_allstar.fits"), ("galah", "galah_dr3.fits"),
-                    ("lamost", "lamost_dr8_lrs.csv"), ("gbs", "gbs_v3.fits")):
-        run("etl", "survey", name, sim / "surveys" / f)
+    for name, path in survey_files(sim).items():
+        run("etl", "survey", name, path)
     run("xmatch")
     step("export")
     from xpmet.ml.export import ExportOptions, export

@@ -227,10 +227,9 @@ def test_simulator_offsets_recovered_within_uncertainty(clean_db, simulated_sky)
     import json
     from xpmet.etl.gaia import load_gaia_source
     load_gaia_source([str(simulated_sky / "gaia_source")], progress=False)
-    files = {"apogee": "apogee_dr17_allstar.fits", "galah": "galah_dr3.fits", "lamost": "lamost_dr8_lrs.csv",
-             "gbs": "gbs_v3.fits"}
-    for name, f in files.items():
-        load_survey_file(name, simulated_sky / "surveys" / f)
+    from xpmet.simulate import survey_files
+    for name, path in survey_files(simulated_sky).items():
+        load_survey_file(name, path)
     run = run_xmatch()
     assert run.n_matched > 0.97 * run.n_rows
     xlabels.refresh(reference="gbs", fallback="apogee")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from xpmet.simulate import survey_files
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -36,9 +37,8 @@ def loaded(sky, engine):
         return r
     run("etl", "gaia-source", sim / "gaia_source")
     run("etl", "xp", sim / "xp_continuous")
-    for name, f in (("apogee", "apogee_dr17_allstar.fits"), ("galah", "galah_dr3.fits"),
-                    ("lamost", "lamost_dr8_lrs.csv"), ("gbs", "gbs_v3.fits")):
-        run("etl", "survey", name, sim / "surveys" / f)
+    for name, path in survey_files(sim).items():
+        run("etl", "survey", name, path)
     run("xmatch")
     yield sky
     truncate_all(engine)

@@ -21,8 +21,6 @@ import numpy as np
 from xpmet.errors import XpmetError
 
 MARKER = ".xpmet-demo"
-SURVEY_FILES = {"apogee": "apogee_dr17_allstar.fits", "galah": "galah_dr3.fits",
-                "lamost": "lamost_dr8_lrs.csv", "gbs": "gbs_v3.fits"}
 
 
 @dataclass
@@ -108,8 +106,8 @@ class Demo:
 
     # -- steps -------------------------------------------------------------------------------
     def simulate(self):
-        from xpmet.simulate import simulate
-        simulate(self.sky, n_stars=self.n_stars, seed=self.seed, surveys=tuple(SURVEY_FILES),
+        from xpmet.simulate import DEFAULT_SURVEYS, simulate
+        simulate(self.sky, n_stars=self.n_stars, seed=self.seed, surveys=DEFAULT_SURVEYS,
                  progress=self.progress)
         self.report.files["simulated sky"] = str(self.sky)
 
@@ -133,8 +131,9 @@ class Demo:
 
     def load_surveys(self):
         from xpmet.etl.survey import load_survey as load
-        for name, fname in SURVEY_FILES.items():
-            for r in load(name, [self.sky / "surveys" / fname], progress=False):
+        from xpmet.simulate import survey_files
+        for name, path in survey_files(self.sky).items():
+            for r in load(name, [path], progress=False):
                 self.say(f"    {name}: {r.n_rows} rows, {r.n_ok} pass the survey's quality flags")
                 self.report.counts[f"{name} rows (quality ok)"] = f"{r.n_rows:,} ({r.n_ok:,})"
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from xpmet.errors import XpmetError
 
-__all__ = ["simulate", "DEFAULT_SURVEYS"]
+__all__ = ["simulate", "survey_files", "DEFAULT_SURVEYS"]
 
-from xpmet.simulate.surveys import DEFAULT_SURVEYS  # noqa: E402
+from xpmet.simulate.surveys import DEFAULT_SURVEYS, survey_files  # noqa: E402
 
 _OUTPUTS = ("SIMULATED.txt", "gaia_source", "xp_continuous", "surveys", "truth.fits", "survey_truth.json", "plots")
 

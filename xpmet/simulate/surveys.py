@@ -416,6 +416,12 @@ WRITERS = {
 }
 
 
+def survey_files(outdir, names=DEFAULT_SURVEYS) -> dict:
+    """Where ``simulate(outdir, ...)`` writes each survey: name -> OUTDIR/surveys/<native file name>."""
+    from pathlib import Path
+    return {n: Path(outdir) / "surveys" / WRITERS[n][0] for n in names}
+
+
 def describe(spec: SurveySpec, obs: Observation, filename: str) -> dict:
     return {
         "file": f"surveys/{filename}",

@@ -89,8 +89,8 @@ class Tensors:
         self.n = len(arr)
         std = norm.x.std
         if kind == "estimator":
-            inputs = estimator_inputs(f(norm.x.transform(arr.x)), f(arr.e / std), f(arr.missing)).cpu().numpy()
             e = arr.e / std
+            inputs = estimator_inputs(f(norm.x.transform(arr.x)), f(e), f(arr.missing)).cpu().numpy()
             e2 = np.where(np.isfinite(e) & (e > 0), e, 0.0) ** 2  # 0 = missing: never augmented
             # star-specific factor between its errors and the noise model at its own flux
             model = norm.noise.raw_sigma(arr.flux)

@@ -19,7 +19,7 @@ import torch
 from xpmet.errors import XpmetError
 from xpmet.ml.dataset import XPArrays, from_batch
 from xpmet.ml.models import Emulator, Estimator, emulator_outputs, estimator_inputs, fit_emulator
-from xpmet.ml.normalise import LABELS, Normaliser
+from xpmet.ml.normalise import LABELS, Normaliser, emulator_params
 
 #: quality_flags bits (value = 1 << bit)
 QUALITY_BITS = {
@@ -93,7 +93,6 @@ class Predictor:
         """Emulator only: flux-normalised coefficients (n,110) at physical labels (n,4)."""
         if self.kind != "emulator":
             raise XpmetError(f"{self.dir} is an {self.kind}, not an emulator")
-        from xpmet.ml.normalise import emulator_params
         labels = np.asarray(labels, np.float64)
         ag = np.full(len(labels), np.nan) if ag is None else ag
         p = self._f(self.norm.params.transform(emulator_params(self.norm, labels, ag)))

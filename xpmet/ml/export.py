@@ -49,6 +49,7 @@ from xpmet import __version__
 from xpmet.errors import XpmetError
 from xpmet.ml.dataset import LAYOUT_VERSION, SPLITS, _rows_to_batch
 from xpmet.ml.normalise import LABELS, g_flux
+from xpmet.xp import N_COEF, N_CORR
 
 CHUNK = 4096
 FETCH = 20000
@@ -153,12 +154,12 @@ class Writer:
         self.counts = {k: 0 for k in SPLITS}
         d = {"source_id": _create(f, "source_id", (), np.int64), "split": _create(f, "split", (), np.uint8)}
         for c in XP:
-            d[c] = _create(f, "xp/" + c, (55,), np.float64 if c.endswith("coefficients") else np.float32)
+            d[c] = _create(f, "xp/" + c, (N_COEF,), np.float64 if c.endswith("coefficients") else np.float32)
         for c in STD:
             d[c] = _create(f, "xp/" + c, (), np.float32)
         if correlations:
             for c in CORR:
-                d[c] = _create(f, "xp/" + c, (1485,), np.float32)
+                d[c] = _create(f, "xp/" + c, (N_CORR,), np.float32)
         for c in PHOT:
             d[c] = _create(f, "phot/" + c, (), np.float64)
         for lab in LABELS:
@@ -214,6 +215,7 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
                                  "(`xpmet db migrate`) and build labels first.")
             total = conn.execute(f"SELECT count(*) FROM ({sql}) q", params).fetchone()[0]
             w = Writer(f, opt.correlations)
+            text_cols = {k: names.index(k) for k in ("surveys", "xmatch_version", "reference")}
             bar = tqdm(total=total, desc="export", unit="star", disable=not progress)
             # correlations are 27x the coefficients: smaller blocks keep memory flat (~100 MB)
             fetch = FETCH // 10 if opt.correlations else FETCH
@@ -222,7 +224,7 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
                 cur.execute(sql, params)
                 while rows := cur.fetchmany(fetch):
                     bar.update(len(rows))
-                    text = {k: [r[names.index(k)] for r in rows] for k in ("surveys", "xmatch_version", "reference")}
+                    text = {k: [r[i] for r in rows] for k, i in text_cols.items()}
                     b = _rows_to_batch(rows, [n if n not in text else "_" + n for n in names])
                     b["surveys"] = text["surveys"]
                     keep = np.ones(len(rows), bool)

@@ -17,6 +17,7 @@ import numpy as np
 from xpmet.errors import XpmetError
 from xpmet.ml import dataset as ds
 from xpmet.ml.normalise import LABELS
+from xpmet.xp import N_COEF
 
 OUTLIER = {"teff": 500.0, "logg": 0.5, "feh": 0.5, "alpha_fe": 0.25}
 G_BINS = (-np.inf, 13.0, 15.0, 16.0, 17.0, 17.5, np.inf)
@@ -173,7 +174,7 @@ def photometry_check(emulator, arr: ds.XPArrays, max_stars: int = 2000) -> dict:
     Returns per band: robust width of (predicted - observed) magnitudes and the median
     photometric noise of the observed magnitude, and their ratio.
     """
-    from xpmet.ml.photometry import synthetic_photometry
+    from xpmet.ml.photometry import BANDS, synthetic_photometry
     ok = np.isfinite(arr.labels[:, :3]).all(1) & ~arr.missing.any(1)
     arr = arr.subset(np.flatnonzero(ok)[:max_stars])
     if len(arr) < MIN_BIN:
@@ -185,12 +186,13 @@ def photometry_check(emulator, arr: ds.XPArrays, max_stars: int = 2000) -> dict:
     if arr.std_dev is not None:
         kw |= {"bp_sd": arr.std_dev[:, 0], "rp_sd": arr.std_dev[:, 1]}
     obs = synthetic_photometry(bp, bpe, rp, rpe, **kw)
-    emu = synthetic_photometry(model[:, :55], bpe, model[:, 55:], rpe, **kw)
+    emu = synthetic_photometry(model[:, :N_COEF], bpe, model[:, N_COEF:], rpe, **kw)
     out = {"n": len(arr), "_arrays": {"obs": obs, "emu": emu, "feh": arr.labels[:, 2]}}
-    for b in ("CaHK", "g_sdss", "G", "BP", "RP"):
+    for b in BANDS:
         r = emu[b] - obs[b]
         width, noise = robust_scatter(r), float(np.nanmedian(obs[b + "_err"]))
-        out[b] = {"residual_width": width, "z_width": robust_scatter(r / obs[b + "_err"]), "median_bias": float(np.nanmedian(r)), "photometric_noise": noise,
+        out[b] = {"residual_width": width, "z_width": robust_scatter(r / obs[b + "_err"]),
+                  "median_bias": float(np.nanmedian(r)), "photometric_noise": noise,
                   "ratio": width / noise if noise > 0 else float("nan"),
                   "std_observed": float(np.nanstd(obs[b])), "std_emulated": float(np.nanstd(emu[b]))}
     return out

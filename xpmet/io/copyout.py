@@ -20,7 +20,7 @@ import struct
 import numpy as np
 
 from xpmet.errors import XpmetError
-from xpmet.io.pgcopy import HEADER, TRAILER, Col
+from xpmet.io.pgcopy import HEADER, TRAILER, Col, tuple_fields
 
 SIGNATURE = HEADER[:11]
 
@@ -29,12 +29,7 @@ def row_dtype(cols: list[Col]) -> np.dtype:
     """The structured dtype of one tuple in which no column is NULL."""
     fields = [("nfields", ">i2")]
     for c in cols:
-        dt, _oid = c.base
-        fields.append((f"{c.name}__len", ">i4"))
-        if c.is_array:
-            fields += [(f"{c.name}__hdr", ">i4", (5,)), (c.name, [("l", ">i4"), ("v", dt)], (c.length,))]
-        else:
-            fields.append((c.name, dt))
+        fields += tuple_fields(c)  # the writer's layout: what COPY TO sends is what COPY FROM takes
     return np.dtype(fields)
 
 

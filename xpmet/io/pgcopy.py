@@ -61,7 +61,7 @@ def _null_mask(col: Col, values) -> np.ndarray:
     return np.isnan(values) if values.dtype.kind == "f" else np.zeros(len(values), bool)
 
 
-def _fields(col: Col, null: bool):
+def tuple_fields(col: Col, null: bool = False):
     """Structured-dtype fields for one column in a row where it is (not) NULL."""
     if null:
         return [(f"{col.name}__len", ">i4")]
@@ -108,7 +108,7 @@ def encode(cols: list[Col], data: dict, header: bool = True, trailer: bool = Tru
         rows = np.flatnonzero(inverse == p)
         fields = [("nfields", ">i2")]
         for i in numeric:
-            fields += _fields(cols[i], bool(pattern[i]))
+            fields += tuple_fields(cols[i], bool(pattern[i]))
         rec = np.empty(len(rows), dtype=np.dtype(fields))
         rec["nfields"] = len(cols)
         for i in numeric:

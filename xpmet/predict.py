@@ -28,6 +28,7 @@ import psycopg
 from xpmet.errors import XpmetError
 from xpmet.io.copyout import RowReader
 from xpmet.io.pgcopy import TRAILER, Col, copy_sql, encode
+from xpmet.xp import N_COEF, N_CORR
 
 #: source_id // 2**35 is the HEALPix level-12 (nested) pixel of a Gaia source.
 LEVEL12_SHIFT = 35
@@ -40,9 +41,9 @@ DEFAULT_NEEDS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "rp_co
 
 # Where each input column comes from and how it travels: (table alias, Col, SQL type for NaN fill).
 _XP_ARRAYS = {
-    "bp_coefficients": ("f8[]", 55, "float8"), "rp_coefficients": ("f8[]", 55, "float8"),
-    "bp_coefficient_errors": ("f4[]", 55, "real"), "rp_coefficient_errors": ("f4[]", 55, "real"),
-    "bp_coefficient_correlations": ("f4[]", 1485, "real"), "rp_coefficient_correlations": ("f4[]", 1485, "real"),
+    "bp_coefficients": ("f8[]", N_COEF, "float8"), "rp_coefficients": ("f8[]", N_COEF, "float8"),
+    "bp_coefficient_errors": ("f4[]", N_COEF, "real"), "rp_coefficient_errors": ("f4[]", N_COEF, "real"),
+    "bp_coefficient_correlations": ("f4[]", N_CORR, "real"), "rp_coefficient_correlations": ("f4[]", N_CORR, "real"),
 }
 
 OUTPUTS = [Col("model_id", "i4"), Col("source_id", "i8"),

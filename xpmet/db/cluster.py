@@ -13,7 +13,6 @@ import glob
 import hashlib
 import os
 import pwd
-import re
 import shutil
 import stat
 import subprocess
@@ -292,8 +291,3 @@ class Cluster:
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
-
-def version_of(bin_dir: Path) -> str:
-    out = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True).stdout
-    m = re.search(r"(\d+(\.\d+)?)", out)
-    return m.group(1) if m else "?"

@@ -8,15 +8,15 @@ import psycopg
 import sqlalchemy as sa
 
 from xpmet.config import settings
-from xpmet.db.cluster import PORT
+from xpmet.db.cluster import PORT, Cluster
 from xpmet.errors import XpmetError
 
 #: Session settings for every connection: q3c plans do not profit from JIT.
 SESSION_OPTIONS = "-c jit=off"
 
 
-def cluster():
-    from xpmet.db.cluster import Cluster
+def cluster() -> Cluster:
+    """The embedded cluster of the current XPMET_HOME."""
     return Cluster(settings().home)
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xpmet.simulate.xp_noise import MODEL_PATH  # the file xp_noise reads
 from xpmet.xp import N_COEF, correlation_matrix
 
-MODEL_PATH = Path(__file__).with_name("data") / "xp_noise_model.npz"
 G_PIVOT = 15.0
 
 

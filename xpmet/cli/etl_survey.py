@@ -39,8 +39,6 @@ def survey(name, files, descriptor_path, replace, list_):
         d = load_descriptor(name)
     else:
         raise XpmetError("give a survey NAME (see --list) or --descriptor my.toml, then the files")
-    if not files:
-        raise XpmetError("give at least one file to load")
     for r in load_survey(d, files, replace=replace):
         if r.skipped:
             click.echo(f"{r.path}: already loaded ({r.n_rows} rows), skipped; --replace reloads it")

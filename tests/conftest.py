@@ -59,7 +59,7 @@ def clean_db(engine):
     truncate_all(engine)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli(xpmet_home):
     """Invoke the real CLI in-process; returns click's Result."""
     from click.testing import CliRunner

@@ -23,23 +23,16 @@ def sky(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def loaded(sky, engine):
+def loaded(sky, engine, run_cli):
     """The simulated sky loaded and crossmatched (module-scoped: the tests below only read it)."""
-    from click.testing import CliRunner
     from conftest import truncate_all
-    from xpmet.cli import main
     truncate_all(engine)
     sim = sky / "sim"
-
-    def run(*args):
-        r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
-        return r
-    run("etl", "gaia-source", sim / "gaia_source")
-    run("etl", "xp", sim / "xp_continuous")
+    run_cli("etl", "gaia-source", sim / "gaia_source")
+    run_cli("etl", "xp", sim / "xp_continuous")
     for name, path in survey_files(sim).items():
-        run("etl", "survey", name, path)
-    run("xmatch")
+        run_cli("etl", "survey", name, path)
+    run_cli("xmatch")
     yield sky
     truncate_all(engine)
 

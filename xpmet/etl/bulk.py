@@ -191,15 +191,9 @@ def peak_rss_mb() -> float | None:
 
 def _tune_session(conn):
     """Per-transaction settings for bulk loading (see the module docstring)."""
-    has_lz4 = conn.execute("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
-                           ).fetchone()
-    if has_lz4 and has_lz4[0]:
-        try:
-            conn.execute("SAVEPOINT tune")
-            conn.execute("SET LOCAL default_toast_compression = 'lz4'")
-            conn.execute("RELEASE SAVEPOINT tune")
-        except psycopg.Error:  # server compiled without lz4
-            conn.execute("ROLLBACK TO SAVEPOINT tune")
+    # One round trip; a server compiled without lz4 does not list it and keeps its default.
+    conn.execute("SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings "
+                 "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)")
 
 
 def analyze(table: str, url: str | None = None):

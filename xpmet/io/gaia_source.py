@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xpmet.io.reader import Problem, TableSpec, read_table
+from xpmet.io.reader import Problem, TableSpec, read_table, source_id_problems
 
 _F8 = ("ref_epoch", "ra", "dec", "parallax", "pmra", "pmdec", "phot_g_mean_flux", "phot_bp_mean_flux",
        "phot_rp_mean_flux", "l", "b")
@@ -30,12 +30,7 @@ _TYPES = {c: "f8" for c in _F8} | {c: "f4" for c in _F4} | {"source_id": "i8", "
 
 def check_gaia(data: dict) -> list[Problem]:
     """Rows that cannot be Gaia sources: no source_id, no finite position, position out of range, inf values."""
-    problems = []
-    sid = data["source_id"]
-    if isinstance(sid, np.ma.MaskedArray) and sid.mask.any():
-        problems.append(Problem(np.flatnonzero(np.ma.getmaskarray(sid)), "source_id", "source_id is missing"))
-    if (np.ma.getdata(sid) <= 0).any():
-        problems.append(Problem(np.flatnonzero(np.ma.getdata(sid) <= 0), "source_id", "source_id must be positive"))
+    problems = source_id_problems(data["source_id"])
     ra, dec = data["ra"], data["dec"]
     bad = ~np.isfinite(ra) | (ra < 0) | (ra >= 360)
     if bad.any():

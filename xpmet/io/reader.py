@@ -48,6 +48,17 @@ class Problem:
     reason: str
 
 
+def source_id_problems(sid) -> list[Problem]:
+    """Rows without a positive source_id (the key of every table kind)."""
+    problems = []
+    if isinstance(sid, np.ma.MaskedArray) and sid.mask.any():
+        problems.append(Problem(np.flatnonzero(np.ma.getmaskarray(sid)), "source_id", "source_id is missing"))
+    bad = np.ma.getdata(sid) <= 0
+    if bad.any():
+        problems.append(Problem(np.flatnonzero(bad), "source_id", "source_id must be positive"))
+    return problems
+
+
 @dataclass
 class TableSpec:
     """What a table kind reads: scalar types, arrays (length, dtype), alternatives, checks."""

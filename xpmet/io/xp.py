@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xpmet.io.reader import Problem, TableSpec, read_table
+from xpmet.io.reader import Problem, TableSpec, read_table, source_id_problems
 from xpmet.xp import N_COEF, N_CORR
 
 BANDS = ("bp", "rp")
@@ -51,13 +51,7 @@ def _flattened():
 def check_xp(data: dict) -> list[Problem]:
     """Rows that cannot be XP spectra: no source_id, NaN/inf inside a present band, negative errors,
     correlations outside [-1, 1], errors without coefficients."""
-    problems = []
-    sid = data["source_id"]
-    if isinstance(sid, np.ma.MaskedArray) and sid.mask.any():
-        problems.append(Problem(np.flatnonzero(np.ma.getmaskarray(sid)), "source_id", "source_id is missing"))
-    sid = np.ma.getdata(sid)
-    if (sid <= 0).any():
-        problems.append(Problem(np.flatnonzero(sid <= 0), "source_id", "source_id must be positive"))
+    problems = source_id_problems(data["source_id"])
     for b in BANDS:
         coef = data.get(f"{b}_coefficients")
         present = None

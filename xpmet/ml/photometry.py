@@ -13,6 +13,8 @@ import io
 import numpy as np
 import pandas as pd
 
+from xpmet.xp import N_COEF, N_CORR
+
 #: our band name -> (GaiaXPy system name, GaiaXPy band suffix)
 BANDS = {
     "CaHK": ("Pristine", "Pristine_{}_CaHK"),
@@ -34,22 +36,25 @@ def synthetic_photometry(bp, bp_err, rp, rp_err, bp_corr=None, rp_corr=None, bp_
     """
     from gaiaxpy import PhotometricSystem, generate
     n = len(bp)
-    zeros = np.zeros((n, 1485))
-    ones = np.ones(n)
     bp, rp = np.asarray(bp, np.float64), np.asarray(rp, np.float64)
     ok = np.isfinite(bp).all(1) & np.isfinite(rp).all(1) & np.isfinite(bp_err).all(1) & np.isfinite(rp_err).all(1)
     out = {b: np.full(n, np.nan) for b in bands} | {b + "_err": np.full(n, np.nan) for b in bands}
     if not ok.any():
         return out
     idx = np.flatnonzero(ok)
-    pick = lambda a, default: list((default if a is None else np.asarray(a, np.float64))[idx])  # noqa: E731
+
+    def pick(a, fill, tail=()):
+        """Rows idx of a, or a constant (only as many rows as are sent to GaiaXPy) when a is None."""
+        return list(np.full((len(idx), *tail), fill) if a is None else np.asarray(a, np.float64)[idx])
+
     df = pd.DataFrame({
         "source_id": np.arange(len(idx), dtype=np.int64),
         "bp_coefficients": list(bp[idx]), "bp_coefficient_errors": list(np.asarray(bp_err, np.float64)[idx]),
         "rp_coefficients": list(rp[idx]), "rp_coefficient_errors": list(np.asarray(rp_err, np.float64)[idx]),
-        "bp_coefficient_correlations": pick(bp_corr, zeros), "rp_coefficient_correlations": pick(rp_corr, zeros),
-        "bp_n_parameters": 55, "rp_n_parameters": 55,
-        "bp_standard_deviation": pick(bp_sd, ones), "rp_standard_deviation": pick(rp_sd, ones),
+        "bp_coefficient_correlations": pick(bp_corr, 0.0, (N_CORR,)),
+        "rp_coefficient_correlations": pick(rp_corr, 0.0, (N_CORR,)),
+        "bp_n_parameters": N_COEF, "rp_n_parameters": N_COEF,
+        "bp_standard_deviation": pick(bp_sd, 1.0), "rp_standard_deviation": pick(rp_sd, 1.0),
     })
     systems = sorted({BANDS[b][0] for b in bands})
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -209,6 +209,10 @@ def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad) -> Iterator[C
     for c, cols in flat.items():
         types.update({f: pa.float64() for f in cols})
     include = list(types)
+
+    def locate(col, value):  # error path: the row holding a value Arrow could not convert
+        return _locate(path, fmt, n_comment, delim, col, value)
+
     stream = pa.input_stream(str(path), compression="gzip" if fmt.gzip else None)
     try:
         reader = pacsv.open_csv(
@@ -221,8 +225,7 @@ def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad) -> Iterator[C
                                                  true_values=["True", "true", "TRUE", "1", "T", "t"],
                                                  false_values=["False", "false", "FALSE", "0", "F", "f"]))
     except (pa.ArrowInvalid, OSError) as e:
-        raise _text_error(source, e, 1, names, scal, arrs,
-                          lambda col, value: _locate(path, fmt, n_comment, delim, col, value)) from None
+        raise _text_error(source, e, 1, names, locate) from None
     row = 1
     while True:
         try:
@@ -230,8 +233,7 @@ def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad) -> Iterator[C
         except StopIteration:
             break
         except (pa.ArrowInvalid, OSError, EOFError) as e:
-            raise _text_error(source, e, row, names, scal, arrs,
-                              lambda col, value: _locate(path, fmt, n_comment, delim, col, value)) from None
+            raise _text_error(source, e, row, names, locate) from None
         data, bad = {}, {}
         for c, f in scal.items():
             data[c] = _scalar(batch.column(f), spec.scalars[c], source, row, c)
@@ -250,7 +252,7 @@ def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad) -> Iterator[C
         row += n_rows
 
 
-def _text_error(path, e, row, names, scal, arrs, locate=None):
+def _text_error(path, e, row, names, locate=None):
     msg = str(e)
     if isinstance(e, (OSError, EOFError)) and ("compress" in msg.lower() or "gzip" in msg.lower()
                                                or "zlib" in msg.lower() or isinstance(e, EOFError)):

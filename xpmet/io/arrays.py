@@ -81,7 +81,7 @@ def parse_array_column(col: pa.Array, length: int, dtype=np.float64) -> np.ndarr
     if wrong.any():
         raise ArrayParseError(rows[wrong], f"array has {counts[wrong][0]} values, expected {length}")
     # invalid rows (NULL or "[]") may still hold bytes; parse only the valid rows' bytes
-    if rows.size == n and lo == offsets[0]:
+    if rows.size == n:
         text = seg.tobytes()
     else:
         text = b"".join(data[s:e].tobytes() for s, e in _runs(starts, ends))

@@ -1,0 +1,2 @@
+-- Placeholder: filled in by the reader-boundary work.
+SELECT 1;

@@ -42,7 +42,7 @@ install_python_env() {
     # No NVIDIA GPU: prefer the CPU build (a plain "torch" pulls a multi-GB CUDA build).
     .venv/bin/pip install -q "torch==2.13.0" || .venv/bin/pip install -q torch
   fi
-  .venv/bin/pip install -q -e ".[test,parquet]"
+  .venv/bin/pip install -q -e ".[test]"
   touch "$stamp"
 }
 

@@ -5,9 +5,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The repository root (migrations/, db/ and etl/ live beside the package).
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
 
 def default_home() -> Path:
     """Per-user data directory; root gets /var/lib/xpmet, which an unprivileged server user can reach."""

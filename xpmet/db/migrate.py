@@ -4,7 +4,7 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 
-from xpmet.config import PROJECT_ROOT
+from xpmet import resources
 
 SCHEMA = "xpmet"
 
@@ -19,8 +19,8 @@ def include_object(obj, name, type_, reflected, compare_to):
 
 
 def alembic_config(url: str | None = None) -> Config:
-    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    cfg = Config()  # no alembic.ini needed: everything Alembic reads ships in the package
+    cfg.set_main_option("script_location", str(resources.migrations_dir()))
     cfg.attributes["url"] = url
     return cfg
 
@@ -29,7 +29,7 @@ def run_sql_file(name: str) -> None:
     """Execute db/sql/<name> inside a migration (views and functions are written as plain SQL files)."""
     import sqlalchemy as sa
     from alembic import op
-    sql = (PROJECT_ROOT / "db" / "sql" / name).read_text()
+    sql = resources.sql_text(name)
     op.execute(sa.text(sql).execution_options(no_parameters=True))
 
 

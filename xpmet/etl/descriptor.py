@@ -15,10 +15,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xpmet.config import PROJECT_ROOT
+from xpmet import resources
 from xpmet.errors import XpmetError
-
-SURVEY_DIR = PROJECT_ROOT / "etl" / "surveys"
 
 LABELS = ("teff", "logg", "feh", "alpha_fe")
 #: Fields of survey_star a descriptor can fill from a column.
@@ -212,12 +210,17 @@ def load_descriptor(name_or_path) -> Descriptor:
     """A shipped descriptor by survey name (etl/surveys/<name>.toml) or any TOML file by path."""
     p = Path(name_or_path)
     if not p.suffix and not p.exists():
-        p = SURVEY_DIR / f"{name_or_path}.toml"
-        if not p.exists():
+        shipped_file = resources.survey_descriptor(str(name_or_path))
+        if not shipped_file.is_file():
             raise XpmetError(f"no descriptor for survey {name_or_path!r}; shipped: {', '.join(shipped())}. "
-                             "Write one (see etl/surveys/*.toml) and pass --descriptor my.toml")
+                             "Write one (copy a shipped one: `xpmet etl survey --show apogee > my.toml`) "
+                             "and pass --descriptor my.toml")
+        p = Path(str(shipped_file))
+        text = shipped_file.read_text()
+    else:
+        text = None
     try:
-        raw = tomllib.loads(p.read_text())
+        raw = tomllib.loads(text if text is not None else p.read_text())
     except FileNotFoundError:
         raise XpmetError(f"descriptor {p} does not exist") from None
     except tomllib.TOMLDecodeError as e:
@@ -226,4 +229,4 @@ def load_descriptor(name_or_path) -> Descriptor:
 
 
 def shipped() -> list[str]:
-    return sorted(p.stem for p in SURVEY_DIR.glob("*.toml"))
+    return resources.survey_descriptor_names()

@@ -85,8 +85,9 @@ def fit(shared: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str]) -> None:
-    from xpmet.config import PROJECT_ROOT
-    shared = Path(argv[0]) if argv else PROJECT_ROOT.parent / "shared" / "data" / "real"
+    if len(argv) != 1:
+        sys.exit("usage: python -m xpmet.simulate.noise_fit DIR  (DIR: the real XP samples, e.g. ../shared/data/real)")
+    shared = Path(argv[0])
     model = fit(shared)
     MODEL_PATH.parent.mkdir(exist_ok=True)
     np.savez_compressed(MODEL_PATH, **model)

@@ -1,0 +1,1 @@
+"""SQL files the migrations apply (views, functions, roles), shipped as xpmet.sql."""

@@ -1,0 +1,1 @@
+"""Survey descriptors (one TOML per catalogue), shipped as xpmet.survey_descriptors."""

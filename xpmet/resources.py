@@ -1,0 +1,42 @@
+"""Files shipped inside the package: the Alembic migrations, the SQL they apply, the survey descriptors.
+
+In the repository they live at the top (migrations/, db/sql/, etl/surveys/, as the design card
+lays out); pyproject.toml maps them into the package (xpmet.migrations, xpmet.sql,
+xpmet.survey_descriptors), so a wheel carries them and an editable install finds them in place.
+They are always found through the import system, never through the checkout's path.
+"""
+from __future__ import annotations
+
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+MIGRATIONS = "xpmet.migrations"
+SQL = "xpmet.sql"
+SURVEY_DESCRIPTORS = "xpmet.survey_descriptors"
+
+
+def _directory(package: str) -> Path:
+    """A shipped folder as a real path (Alembic reads its scripts from the file system)."""
+    root = files(package)
+    if not isinstance(root, Path):  # e.g. a zip import: nothing xpmet is installed as
+        raise RuntimeError(f"{package} must be installed as files, not inside {root}")
+    return root
+
+
+def migrations_dir() -> Path:
+    return _directory(MIGRATIONS)
+
+
+def sql_text(name: str) -> str:
+    """The text of db/sql/<name>."""
+    return files(SQL).joinpath(name).read_text()
+
+
+def survey_descriptor(name: str) -> Traversable:
+    """etl/surveys/<name>.toml (may not exist: check .is_file())."""
+    return files(SURVEY_DESCRIPTORS).joinpath(f"{name}.toml")
+
+
+def survey_descriptor_names() -> list[str]:
+    return sorted(p.name[:-5] for p in files(SURVEY_DESCRIPTORS).iterdir() if p.name.endswith(".toml"))

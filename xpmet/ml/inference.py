@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from xpmet.errors import XpmetError
+from xpmet.ml import checkpoint
 from xpmet.ml.dataset import XPArrays, from_batch
 from xpmet.ml.models import Emulator, Estimator, emulator_outputs, estimator_inputs, fit_emulator
 from xpmet.ml.normalise import LABELS, Normaliser, emulator_params
@@ -57,7 +58,7 @@ class Predictor:
         self.norm = Normaliser.load(d / "normalisation.json")
         self.device = torch.device(device)
         self.batch_size = batch_size
-        w = torch.load(d / "weights.pt", map_location=self.device, weights_only=True)
+        w = checkpoint.load(d / "weights.pt", self.device)
         cls = Estimator if self.kind == "estimator" else Emulator
         self.members = []
         for sd in w["members"]:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from xpmet import __version__
 from xpmet.errors import XpmetError
-from xpmet.ml import dataset as ds
+from xpmet.ml import checkpoint, dataset as ds
 from xpmet.ml.models import ESTIMATOR_INPUTS, N_X, Emulator, Estimator, emulator_nll, estimator_inputs, known_label_nll
 from xpmet.ml.plots import learning_curves
 from xpmet.ml.normalise import G_ZERO_POINT, Normaliser, emulator_params, fit_normaliser
@@ -235,7 +235,7 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
     amp = device.type == "cuda"
     state = {"member": 0, "members": [], "history": []}
     if resume:
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = checkpoint.load(ckpt_path, device)
         if state["config"] != asdict(config) | {"hidden": list(config.hidden)}:
             raise XpmetError(f"{out}: the checkpoint was written with other options; resume with the same ones.")
     t0 = time.time()

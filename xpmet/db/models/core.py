@@ -22,6 +22,7 @@ etl_load = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("seconds", DOUBLE_PRECISION),
     sa.Column("error", sa.Text),
+    sa.Column("descriptor", JSONB, comment="survey loads: the descriptor this load used"),
     sa.CheckConstraint("status IN ('running', 'done', 'failed', 'replaced')", name="etl_load_status_check"),
     sa.Index("ix_etl_load_done", "kind", "sha256", unique=True, postgresql_where=sa.text("status = 'done'")),
     comment="Provenance: one row per file load attempt",
@@ -159,6 +160,22 @@ predictions = sa.Table(
     _f4("fit_stat", comment="reduced chi-squared (emulator fit) or ensemble disagreement"),
     sa.Column("quality_flags", sa.Integer, nullable=False, server_default="0"),
     sa.Column("recommended", sa.Boolean, nullable=False),
+    sa.Column("load_id", sa.Integer,
+              comment="the xp_continuous load (etl_load) the prediction was computed from"),
     sa.Index("ix_predictions_source", "source_id"),
+    sa.Index("ix_predictions_load", "load_id", postgresql_using="brin"),
     comment="Per-star predictions, one row per (model, source)",
+)
+
+training_export = sa.Table(
+    "training_export", metadata,
+    sa.Column("export_id", sa.Integer, primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("xmatch_version", sa.Text, comment="crossmatch version(s) of the exported labels"),
+    sa.Column("reference", sa.Text),
+    sa.Column("n_rows", sa.BigInteger),
+    sa.Column("options", JSONB),
+    sa.Column("xpmet_version", sa.Text),
+    comment="One row per xpmet export: the file and the crossmatch version it was built from",
 )

@@ -4,7 +4,7 @@ The label views (survey_zero_point, labels, training_set, ...) are SQL in db/sql
 created by migration 0002; they read these tables.
 """
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, JSONB, REAL
+from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, JSONB, REAL
 
 from xpmet.db.models.base import metadata
 
@@ -21,6 +21,7 @@ xmatch_run = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("seconds", DOUBLE_PRECISION),
     sa.Column("xpmet_version", sa.Text),
+    sa.Column("loads", ARRAY(sa.Integer), comment="etl_load ids (gaia_source and survey loads) the run read"),
     sa.CheckConstraint("status IN ('running', 'done', 'failed')", name="xmatch_run_status_check"),
     sa.Index("ix_xmatch_run_current", "is_current", unique=True, postgresql_where=sa.text("is_current")),
     comment="One row per crossmatch run (xpmet xmatch); its rows are in xmatch",
@@ -70,6 +71,9 @@ label_setting = sa.Table(
     sa.Column("min_xp_snr", REAL, nullable=False, server_default="30",
               comment="training_set cut: sqrt(sum (coef/err)^2) over the 110 XP coefficients"),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("labels_xmatch_version", sa.Text,
+              comment="crossmatch version the label views were last built from"),
+    sa.Column("labels_refreshed_at", sa.DateTime(timezone=True)),
     sa.CheckConstraint("id = 1", name="label_setting_single_row"),
     comment="The one row of settings the label views read (xpmet labels --reference ...)",
 )

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from xpmet.ml.evaluate import compute_metrics
-from xpmet.ml.inference import QUALITY_BITS, load_predictor
+from xpmet.flags import PREDICTION_BITS as QUALITY_BITS
+from xpmet.ml.inference import load_predictor
 from xpmet.ml.train import TrainConfig, train
 
 import ml_semisynth as semi

@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from xm_helpers import APOGEE, GALAH, GBS, write_table
 from xpmet.errors import BadInput, XpmetError
 from xpmet.etl.descriptor import load_descriptor, parse_descriptor, shipped
-from xpmet.etl.survey import QUALITY_BITS, load_survey_file
+from xpmet.etl.survey import load_survey_file
+from xpmet.flags import SURVEY_QUALITY_BITS as QUALITY_BITS
 
 
 def q(engine, sql, **kw):

@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from xm_helpers import APOGEE, GALAH, GBS, gaia_from_real_samples, insert_gaia, read, write_table
-from xpmet.crossmatch import XMATCH_BITS, XmatchParams, run_xmatch
+from xpmet.crossmatch import XmatchParams, run_xmatch
+from xpmet.flags import XMATCH_BITS
 from xpmet.errors import XpmetError
 from xpmet.etl.survey import load_survey_file
 

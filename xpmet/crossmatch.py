@@ -33,18 +33,8 @@ from psycopg import sql as psql
 from xpmet import __version__
 from xpmet.db.engine import raw_connect
 from xpmet.errors import XpmetError
+from xpmet.flags import XMATCH_BITS
 
-#: Bits of xpmet.xmatch.flags.
-XMATCH_BITS = {
-    "ambiguous": 0,        # another Gaia source within the radius and no declared id to settle it
-    "duplicate_claim": 1,  # another row of the same survey matched the same Gaia source
-    "id_rejected": 2,      # the declared Gaia source is farther than id_radius: position used instead
-    "id_not_found": 3,     # the declared Gaia id is not in xpmet.gaia_source (not loaded, or a DR2 id)
-    "no_pm": 4,            # the match has no Gaia proper motion: compared at the Gaia epoch, wider radius
-    "dr2_id": 5,           # the row declares a DR2 id; it confirmed the positional match
-    "id_not_nearest": 6,   # matched by declared id although another source is nearer
-    "no_position": 7,      # the row has no position: the declared id could not be validated
-}
 EPOCH_MODES = ("propagate", "gaia")
 
 

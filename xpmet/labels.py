@@ -15,19 +15,8 @@ import sqlalchemy as sa
 
 from xpmet.db.engine import connect
 from xpmet.errors import XpmetError
+from xpmet.flags import LABEL_BITS  # noqa: F401  (re-exported: xpmet.labels.LABEL_BITS)
 
-#: Bits of xpmet.labels.label_flags.
-LABEL_BITS = {
-    "teff_discordant": 0,      # chi2/dof of the surveys' Teff above label_setting.max_chi2_dof
-    "logg_discordant": 1,
-    "feh_discordant": 2,
-    "alpha_fe_discordant": 3,
-    "rejected_measurement": 4,  # a survey's value was rejected (leave-one-out |z| > clip, 3+ surveys)
-    "uncalibrated_survey": 5,  # a contributing survey has no zero point (no overlap with the references)
-    "ambiguous_match": 6,      # a contributing crossmatch was ambiguous
-    "duplicate_claim": 7,      # two rows of one survey matched this source
-    "single_survey_feh": 8,    # [Fe/H] from one survey only: no consistency check possible
-}
 #: Documented cuts of xpmet.training_set (see db/sql/labels.sql).
 TRAINING_CUTS = ("feh IS NOT NULL AND feh_err <= label_setting.max_feh_err",
                  "label_flags has none of feh_discordant, ambiguous_match, duplicate_claim",

@@ -54,7 +54,7 @@ COLUMNS = [
     ("alpha_fe", "f4", None, "predicted [alpha/Fe] (dex)"),
     ("alpha_fe_err", "f4", None, "uncertainty of alpha_fe (dex)"),
     ("fit_stat", "f4", None, "fit quality statistic of the model"),
-    ("quality_flags", "i4", None, "quality bitmask (xpmet.ml.inference.QUALITY_BITS)"),
+    ("quality_flags", "i4", None, "quality bitmask (xpmet.flags.PREDICTION_BITS)"),
     ("recommended", "bool", None, "passes the model's documented quality cut"),
 ]
 

@@ -28,10 +28,10 @@ JOIN (SELECT survey_id, name, (descriptor -> 'error_floor' ->> 'teff')::float8 A
              (descriptor -> 'error_floor' ->> 'feh')::float8 AS floor_feh,
              (descriptor -> 'error_floor' ->> 'alpha_fe')::float8 AS floor_alpha_fe
       FROM xpmet.survey OFFSET 0) sv ON sv.survey_id = ss.survey_id
-CROSS JOIN LATERAL (VALUES ('teff', ss.teff, ss.teff_err, 8, coalesce(sv.floor_teff, 50.0::float8)),
-                           ('logg', ss.logg, ss.logg_err, 9, coalesce(sv.floor_logg, 0.1::float8)),
-                           ('feh', ss.feh, ss.feh_err, 10, coalesce(sv.floor_feh, 0.05::float8)),
-                           ('alpha_fe', ss.alpha_fe, ss.alpha_fe_err, 11, coalesce(sv.floor_alpha_fe, 0.05::float8)))
+CROSS JOIN LATERAL (VALUES ('teff', ss.teff, ss.teff_err, {{bit:survey_quality.teff_flagged}}, coalesce(sv.floor_teff, 50.0::float8)),
+                           ('logg', ss.logg, ss.logg_err, {{bit:survey_quality.logg_flagged}}, coalesce(sv.floor_logg, 0.1::float8)),
+                           ('feh', ss.feh, ss.feh_err, {{bit:survey_quality.feh_flagged}}, coalesce(sv.floor_feh, 0.05::float8)),
+                           ('alpha_fe', ss.alpha_fe, ss.alpha_fe_err, {{bit:survey_quality.alpha_fe_flagged}}, coalesce(sv.floor_alpha_fe, 0.05::float8)))
      AS m(label, value, err, flag_bit, error_floor)
 WHERE x.source_id IS NOT NULL AND ss.quality_ok AND m.value IS NOT NULL
   AND (ss.quality_flags >> m.flag_bit) & 1 = 0;
@@ -196,7 +196,7 @@ COMMENT ON VIEW xpmet.label_measurement IS
 -- One row per Gaia source: inverse-variance weighted mean of each label over the kept surveys,
 -- its error (inflated by sqrt(chi2/dof) when the surveys disagree more than their errors allow),
 -- chi2 and number of surveys per label, the contributing surveys and label_flags
--- (bits: see xpmet.labels.LABEL_BITS).
+-- (bits: xpmet.flags.LABEL_BITS, rendered into the placeholders below when applied).
 CREATE MATERIALIZED VIEW xpmet.labels AS
 WITH cfg AS (SELECT * FROM xpmet.label_setting WHERE id = 1),
 lm AS MATERIALIZED (SELECT * FROM xpmet.label_measurement),
@@ -232,15 +232,15 @@ star AS (
          max(err) FILTER (WHERE label = 'alpha_fe') AS alpha_fe_err,
          max(n) FILTER (WHERE label = 'alpha_fe') AS alpha_fe_n,
          max(chi2) FILTER (WHERE label = 'alpha_fe') AS alpha_fe_chi2,
-         (  CASE WHEN bool_or(discordant AND label = 'teff') THEN 1 ELSE 0 END
-          | CASE WHEN bool_or(discordant AND label = 'logg') THEN 2 ELSE 0 END
-          | CASE WHEN bool_or(discordant AND label = 'feh') THEN 4 ELSE 0 END
-          | CASE WHEN bool_or(discordant AND label = 'alpha_fe') THEN 8 ELSE 0 END
-          | CASE WHEN sum(n_rejected) > 0 THEN 16 ELSE 0 END
-          | CASE WHEN bool_or(uncalibrated) THEN 32 ELSE 0 END
-          | CASE WHEN bool_or(ambiguous) THEN 64 ELSE 0 END
-          | CASE WHEN bool_or(duplicate_claim) THEN 128 ELSE 0 END
-          | CASE WHEN max(n) FILTER (WHERE label = 'feh') = 1 THEN 256 ELSE 0 END)::int AS label_flags,
+         (  CASE WHEN bool_or(discordant AND label = 'teff') THEN {{mask:label.teff_discordant}} ELSE 0 END
+          | CASE WHEN bool_or(discordant AND label = 'logg') THEN {{mask:label.logg_discordant}} ELSE 0 END
+          | CASE WHEN bool_or(discordant AND label = 'feh') THEN {{mask:label.feh_discordant}} ELSE 0 END
+          | CASE WHEN bool_or(discordant AND label = 'alpha_fe') THEN {{mask:label.alpha_fe_discordant}} ELSE 0 END
+          | CASE WHEN sum(n_rejected) > 0 THEN {{mask:label.rejected_measurement}} ELSE 0 END
+          | CASE WHEN bool_or(uncalibrated) THEN {{mask:label.uncalibrated_survey}} ELSE 0 END
+          | CASE WHEN bool_or(ambiguous) THEN {{mask:label.ambiguous_match}} ELSE 0 END
+          | CASE WHEN bool_or(duplicate_claim) THEN {{mask:label.duplicate_claim}} ELSE 0 END
+          | CASE WHEN max(n) FILTER (WHERE label = 'feh') = 1 THEN {{mask:label.single_survey_feh}} ELSE 0 END)::int AS label_flags,
          sum(n_rejected)::int AS n_rejected
   FROM lab GROUP BY source_id
 ),
@@ -256,7 +256,7 @@ SELECT star.source_id,
 FROM star JOIN srv USING (source_id), cfg;
 CREATE UNIQUE INDEX ix_labels_source ON xpmet.labels (source_id);
 COMMENT ON MATERIALIZED VIEW xpmet.labels IS
-  'One row per Gaia source: homogenised labels on the reference scale (xpmet.labels.LABEL_BITS)';
+  'One row per Gaia source: homogenised labels on the reference scale (bits: xpmet.flags.LABEL_BITS)';
 
 -- What the training export reads: labels joined to Gaia photometry and XP coefficients, after the
 -- documented cuts (xpmet.labels.TRAINING_CUTS): [Fe/H] known with feh_err <= max_feh_err; no
@@ -279,7 +279,7 @@ CROSS JOIN LATERAL (
         SELECT * FROM unnest(x.rp_coefficients, x.rp_coefficient_errors)) u(c, e)
 ) q
 WHERE l.feh IS NOT NULL AND l.feh_err <= cfg.max_feh_err
-  AND l.label_flags & (4 | 64 | 128) = 0
+  AND l.label_flags & {{mask:label.feh_discordant|ambiguous_match|duplicate_claim}} = 0
   AND x.bp_coefficients IS NOT NULL AND x.rp_coefficients IS NOT NULL
   AND q.errors_ok AND q.xp_snr >= cfg.min_xp_snr
   AND g.phot_g_mean_mag IS NOT NULL;

@@ -151,7 +151,7 @@ def upgrade():
     sa.Column('alpha_fe_err', sa.REAL(), nullable=True),
     sa.Column('snr', sa.REAL(), nullable=True),
     sa.Column('survey_flags', sa.BigInteger(), nullable=True, comment="the survey's own flag bits, as shipped"),
-    sa.Column('quality_flags', sa.Integer(), server_default='0', nullable=False, comment='xpmet bits: see xpmet.etl.survey.QUALITY_BITS'),
+    sa.Column('quality_flags', sa.Integer(), server_default='0', nullable=False, comment='xpmet bits: see xpmet.flags.SURVEY_QUALITY_BITS'),
     sa.Column('quality_ok', sa.Boolean(), nullable=False),
     sa.Column('extra', postgresql.JSONB(astext_type=sa.Text()), nullable=True, comment='other columns the descriptor keeps'),
     sa.ForeignKeyConstraint(['load_id'], ['xpmet.etl_load.load_id'], ),

@@ -50,7 +50,7 @@ def upgrade():
     sa.Column('id_separation', sa.DOUBLE_PRECISION(), nullable=True, comment='arcsec between the row and its declared Gaia source (propagated)'),
     sa.Column('ambiguous', sa.Boolean(), server_default=sa.text('false'), nullable=False),
     sa.Column('duplicate_claim', sa.Boolean(), server_default=sa.text('false'), nullable=False, comment='another row of the same survey matched the same source'),
-    sa.Column('flags', sa.Integer(), server_default='0', nullable=False, comment='see xpmet.crossmatch.XMATCH_BITS'),
+    sa.Column('flags', sa.Integer(), server_default='0', nullable=False, comment='see xpmet.flags.XMATCH_BITS'),
     sa.CheckConstraint("method IN ('id', 'position', 'both', 'none')", name='xmatch_method_check'),
     sa.PrimaryKeyConstraint('run_id', 'star_id'),
     schema='xpmet',

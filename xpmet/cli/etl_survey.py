@@ -18,7 +18,7 @@ def survey(name, files, descriptor_path, replace, list_):
     """Load survey FILES (FITS, CSV, ECSV, VOTable) as survey NAME (etl/surveys/NAME.toml).
 
     Every row is kept; sentinels and flagged fits are marked in survey_star.quality_flags
-    (xpmet.etl.survey.QUALITY_BITS). Then run `xpmet xmatch` and `xpmet labels`.
+    (xpmet.flags.SURVEY_QUALITY_BITS). Then run `xpmet xmatch` and `xpmet labels`.
 
     \b
     xpmet etl survey apogee allStar-dr17-synspec_rev1.fits

@@ -36,7 +36,7 @@ def xmatch(radius, nopm_radius, id_radius, epoch, override, version, keep, no_la
 
     Declared Gaia ids first (validated by position), then positions with Gaia proper motions
     propagated to each row's epoch; one best neighbour per row with separation, candidate count,
-    second-best separation and flags (xpmet.crossmatch.XMATCH_BITS). Then refreshes the labels.
+    second-best separation and flags (xpmet.flags.XMATCH_BITS). Then refreshes the labels.
     """
     from xpmet.crossmatch import XmatchParams, run_xmatch
     p = XmatchParams(radius=radius, nopm_radius=nopm_radius, id_radius=id_radius, epoch=epoch,

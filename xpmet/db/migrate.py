@@ -29,7 +29,8 @@ def run_sql_file(name: str) -> None:
     """Execute db/sql/<name> inside a migration (views and functions are written as plain SQL files)."""
     import sqlalchemy as sa
     from alembic import op
-    sql = resources.sql_text(name)
+    from xpmet.flags import render_sql
+    sql = render_sql(resources.sql_text(name))
     op.execute(sa.text(sql).execution_options(no_parameters=True))
 
 

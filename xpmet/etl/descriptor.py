@@ -17,6 +17,7 @@ from pathlib import Path
 
 from xpmet import resources
 from xpmet.errors import XpmetError
+from xpmet.flags import SURVEY_QUALITY_BITS
 
 LABELS = ("teff", "logg", "feh", "alpha_fe")
 #: Fields of survey_star a descriptor can fill from a column.
@@ -112,11 +113,10 @@ def _check_keys(path, where, got: dict, allowed):
 
 
 def _rule(path, i, r: dict) -> FlagRule:
-    from xpmet.etl.survey import QUALITY_BITS
     where = f"[[flags]] #{i + 1}"
     _check_keys(path, where, r, {"column", "field", "sets", "optional", *RULE_CONDITIONS})
-    if r.get("sets") not in QUALITY_BITS:
-        raise _err(path, f"{where}: sets = {r.get('sets')!r} is not one of {sorted(QUALITY_BITS)}")
+    if r.get("sets") not in SURVEY_QUALITY_BITS:
+        raise _err(path, f"{where}: sets = {r.get('sets')!r} is not one of {sorted(SURVEY_QUALITY_BITS)}")
     if ("column" in r) == ("field" in r):
         raise _err(path, f"{where}: give exactly one of column = ... or field = ...")
     if "field" in r and r["field"] not in FIELDS:

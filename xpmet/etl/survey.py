@@ -3,7 +3,7 @@
 Every row is kept. Sentinels (-9999 ...), NaN and values outside the label's physical range
 become NULL and set an ``<label>_invalid`` bit, so no sentinel can reach a label; the survey's
 own flags become xpmet bits through the descriptor's rules; ``quality_ok`` is false when a
-whole-row bit (QUALITY_ROW_BITS) is set. Per-label bits (``feh_flagged``, ...) keep the other
+whole-row bit (xpmet.flags.SURVEY_ROW_BITS) is set. Per-label bits (``feh_flagged``, ...) keep the other
 labels of the row usable.
 
     from xpmet.etl.survey import load_survey_file
@@ -19,28 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from xpmet.errors import BadInput, XpmetError
+from xpmet.flags import SURVEY_QUALITY_BITS, SURVEY_ROW_BITS
 from xpmet.etl.descriptor import LABELS, Descriptor, load_descriptor
 from xpmet.etl.provenance import Skipped, file_load
 from xpmet.io.pgcopy import Col, copy_rows
 
-#: xpmet quality bits of survey_star.quality_flags (bit numbers).
-QUALITY_BITS = {
-    "star_bad": 0,          # the survey says the fit failed (e.g. APOGEE ASPCAPFLAG STAR_BAD)
-    "duplicate": 1,         # a repeat observation, not the survey's primary row
-    "low_snr": 2,
-    "no_position": 3,       # ra/dec missing: the row can only match by its declared Gaia id
-    "teff_invalid": 4,      # sentinel, NaN or outside the physical range: stored as NULL
-    "logg_invalid": 5,
-    "feh_invalid": 6,
-    "alpha_fe_invalid": 7,
-    "teff_flagged": 8,      # the survey flags this label (the row's other labels stay usable)
-    "logg_flagged": 9,
-    "feh_flagged": 10,
-    "alpha_fe_flagged": 11,
-    "error_invalid": 12,    # an uncertainty was a sentinel, NaN or <= 0: stored as NULL (floor used)
-}
-#: Bits that make the whole row unusable for labels (quality_ok = false).
-QUALITY_ROW_BITS = ("star_bad", "duplicate", "low_snr")
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".csv": "ascii.csv", ".ecsv": "ascii.ecsv",
            ".vot": "votable", ".xml": "votable", ".txt": "ascii"}
@@ -205,7 +188,7 @@ def normalise(path: Path, table, d: Descriptor) -> tuple[dict, list]:
 
     def setbit(name, mask):
         nonlocal flags
-        flags |= np.where(mask, np.int32(1 << QUALITY_BITS[name]), np.int32(0))
+        flags |= np.where(mask, np.int32(1 << SURVEY_QUALITY_BITS[name]), np.int32(0))
 
     for key, alts in (("ra", d.ra), ("dec", d.dec)):
         c = cols.find(alts)
@@ -306,7 +289,7 @@ def normalise(path: Path, table, d: Descriptor) -> tuple[dict, list]:
             values = _numeric(path, table, c)
         setbit(rule.sets, _rule_mask(path, rule, values))
     out["quality_flags"] = flags
-    row_mask = np.int32(sum(1 << QUALITY_BITS[b] for b in QUALITY_ROW_BITS))
+    row_mask = np.int32(sum(1 << SURVEY_QUALITY_BITS[b] for b in SURVEY_ROW_BITS))
     out["quality_ok"] = (flags & row_mask) == 0
     if d.keep:
         kept = {}
@@ -368,7 +351,7 @@ def load_survey_file(descriptor, path, replace: bool = False, url: str | None = 
                 copy_rows(cur, "xpmet.survey_star", cols + text, data)
         ld.n_rows = res.n_rows = n
     res.n_ok = int(data["quality_ok"].sum())
-    res.bit_counts = {b: int(((data["quality_flags"] >> i) & 1).sum()) for b, i in QUALITY_BITS.items()}
+    res.bit_counts = {b: int(((data["quality_flags"] >> i) & 1).sum()) for b, i in SURVEY_QUALITY_BITS.items()}
     return res
 
 

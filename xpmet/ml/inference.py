@@ -18,22 +18,16 @@ import torch
 
 from xpmet.errors import XpmetError
 from xpmet.ml import checkpoint
+from xpmet.flags import PREDICTION_BITS
 from xpmet.ml.dataset import XPArrays, from_batch
 from xpmet.ml.models import Emulator, Estimator, emulator_outputs, estimator_inputs, fit_emulator
 from xpmet.ml.normalise import LABELS, Normaliser, emulator_params
 
-#: quality_flags bits (value = 1 << bit)
-QUALITY_BITS = {
-    "out_of_training_range": 0,  # a predicted label outside the training labels' 0.5-99.5 % range
-    "low_snr": 1,                # the spectrum's signal-to-noise below LOW_SNR (see spectrum_snr)
-    "missing_band": 2,           # BP or RP coefficients missing
-    "poor_fit": 3,               # emulator: reduced chi2 > POOR_FIT_CHI2; ensemble: disagreement > POOR_FIT_SPREAD
-}
 LOW_SNR = 30.0
 POOR_FIT_CHI2 = 3.0
 POOR_FIT_SPREAD = 2.0
 #: the quality cut ``recommended`` applies: no bit set
-RECOMMENDED_MASK = sum(1 << b for b in QUALITY_BITS.values())
+RECOMMENDED_MASK = sum(1 << b for b in PREDICTION_BITS.values())
 
 BASE_NEEDS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "rp_coefficients",
               "rp_coefficient_errors", "phot_g_mean_mag", "phot_g_mean_flux", "bp_rp", "parallax"]
@@ -111,10 +105,10 @@ class Predictor:
         mean, err, fit_stat, poor = (self._estimate if self.kind == "estimator" else self._fit)(arr)
         flags = np.zeros(len(arr), np.int32)
         out_of_range = ((mean[:, :3] < self.norm.label_lo[:3]) | (mean[:, :3] > self.norm.label_hi[:3])).any(1)
-        flags |= out_of_range.astype(np.int32) << QUALITY_BITS["out_of_training_range"]
-        flags |= (spectrum_snr(arr.x, arr.e) < LOW_SNR).astype(np.int32) << QUALITY_BITS["low_snr"]
-        flags |= arr.missing.any(1).astype(np.int32) << QUALITY_BITS["missing_band"]
-        flags |= poor.astype(np.int32) << QUALITY_BITS["poor_fit"]
+        flags |= out_of_range.astype(np.int32) << PREDICTION_BITS["out_of_training_range"]
+        flags |= (spectrum_snr(arr.x, arr.e) < LOW_SNR).astype(np.int32) << PREDICTION_BITS["low_snr"]
+        flags |= arr.missing.any(1).astype(np.int32) << PREDICTION_BITS["missing_band"]
+        flags |= poor.astype(np.int32) << PREDICTION_BITS["poor_fit"]
         nothing = arr.missing.all(1)  # no spectrum at all: no prediction
         mean[nothing], err[nothing] = np.nan, np.nan
         out = {}

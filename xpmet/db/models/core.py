@@ -127,7 +127,7 @@ survey_star = sa.Table(
     _f4("snr"),
     sa.Column("survey_flags", sa.BigInteger, comment="the survey's own flag bits, as shipped"),
     sa.Column("quality_flags", sa.Integer, nullable=False, server_default="0",
-              comment="xpmet bits: see xpmet.etl.survey.QUALITY_BITS"),
+              comment="xpmet bits: see xpmet.flags.SURVEY_QUALITY_BITS"),
     sa.Column("quality_ok", sa.Boolean, nullable=False),
     sa.Column("extra", JSONB, comment="other columns the descriptor keeps"),
     sa.UniqueConstraint("load_id", "file_row", name="survey_star_load_row_key"),

@@ -47,7 +47,7 @@ xmatch = sa.Table(
     sa.Column("duplicate_claim", sa.Boolean, nullable=False, server_default=sa.false(),
               comment="another row of the same survey matched the same source"),
     sa.Column("flags", sa.Integer, nullable=False, server_default="0",
-              comment="see xpmet.crossmatch.XMATCH_BITS"),
+              comment="see xpmet.flags.XMATCH_BITS"),
     sa.CheckConstraint("method IN ('id', 'position', 'both', 'none')", name="xmatch_method_check"),
     sa.Index("ix_xmatch_source", "source_id"),
     comment="Best Gaia neighbour of every survey row, per crossmatch run",

@@ -1,0 +1,95 @@
+"""Every bitmask xpmet stores, in one place: bit numbers, what each means, and the SQL they render into.
+
+Four families, one per column:
+
+- ``SURVEY_QUALITY_BITS``: ``survey_star.quality_flags`` (set by the survey loader);
+- ``XMATCH_BITS``: ``xmatch.flags`` (set by the crossmatch);
+- ``LABEL_BITS``: ``labels.label_flags`` (set by the label views);
+- ``PREDICTION_BITS``: ``predictions.quality_flags`` (set by inference; ``recommended`` = none set).
+
+The SQL files under db/sql/ never spell a bit number: they write ``{{bit:label.feh_discordant}}``
+(the bit number) or ``{{mask:label.feh_discordant|ambiguous_match}}`` (the OR of the values), and
+:func:`render_sql` fills them in when a migration applies the file.
+"""
+from __future__ import annotations
+
+import re
+
+SURVEY_QUALITY_BITS = {
+    "star_bad": 0,          # the survey says the fit failed (e.g. APOGEE ASPCAPFLAG STAR_BAD)
+    "duplicate": 1,         # a repeat observation, not the survey's primary row
+    "low_snr": 2,
+    "no_position": 3,       # ra/dec missing: the row can only match by its declared Gaia id
+    "teff_invalid": 4,      # sentinel, NaN or outside the physical range: stored as NULL
+    "logg_invalid": 5,
+    "feh_invalid": 6,
+    "alpha_fe_invalid": 7,
+    "teff_flagged": 8,      # the survey flags this label (the row's other labels stay usable)
+    "logg_flagged": 9,
+    "feh_flagged": 10,
+    "alpha_fe_flagged": 11,
+    "error_invalid": 12,    # an uncertainty was a sentinel, NaN or <= 0: stored as NULL (floor used)
+}
+#: Survey-quality bits that make the whole row unusable for labels (quality_ok = false).
+SURVEY_ROW_BITS = ("star_bad", "duplicate", "low_snr")
+
+XMATCH_BITS = {
+    "ambiguous": 0,        # another Gaia source within the radius and no declared id to settle it
+    "duplicate_claim": 1,  # another row of the same survey matched the same Gaia source
+    "id_rejected": 2,      # the declared Gaia source is farther than id_radius: position used instead
+    "id_not_found": 3,     # the declared Gaia id is not in xpmet.gaia_source (not loaded, or a DR2 id)
+    "no_pm": 4,            # the match has no Gaia proper motion: compared at the Gaia epoch, wider radius
+    "dr2_id": 5,           # the row declares a DR2 id; it confirmed the positional match
+    "id_not_nearest": 6,   # matched by declared id although another source is nearer
+    "no_position": 7,      # the row has no position: the declared id could not be validated
+}
+
+LABEL_BITS = {
+    "teff_discordant": 0,      # chi2/dof of the surveys' Teff above label_setting.max_chi2_dof
+    "logg_discordant": 1,
+    "feh_discordant": 2,
+    "alpha_fe_discordant": 3,
+    "rejected_measurement": 4,  # a survey's value was rejected (leave-one-out |z| > clip, 3+ surveys)
+    "uncalibrated_survey": 5,  # a contributing survey has no zero point (no overlap with the references)
+    "ambiguous_match": 6,      # a contributing crossmatch was ambiguous
+    "duplicate_claim": 7,      # two rows of one survey matched this source
+    "single_survey_feh": 8,    # [Fe/H] from one survey only: no consistency check possible
+}
+
+PREDICTION_BITS = {
+    "out_of_training_range": 0,  # a predicted label outside the training labels' 0.5-99.5 % range
+    "low_snr": 1,                # the spectrum's signal-to-noise below inference.LOW_SNR
+    "missing_band": 2,           # BP or RP coefficients missing
+    "poor_fit": 3,               # emulator: reduced chi2 > POOR_FIT_CHI2; ensemble: disagreement > POOR_FIT_SPREAD
+}
+
+FAMILIES = {"survey_quality": SURVEY_QUALITY_BITS, "xmatch": XMATCH_BITS, "label": LABEL_BITS,
+            "prediction": PREDICTION_BITS}
+
+
+def mask(bits: dict[str, int], *names: str) -> int:
+    """The OR of the values of the named bits (KeyError for a name the family lacks)."""
+    return sum(1 << bits[n] for n in set(names))
+
+
+def decode(bits: dict[str, int], value: int) -> list[str]:
+    """The names of the bits set in ``value``."""
+    return [n for n, b in sorted(bits.items(), key=lambda kv: kv[1]) if value >> b & 1]
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(bit|mask):(\w+)\.([\w|]+)\s*\}\}")
+
+
+def render_sql(text: str) -> str:
+    """Replace ``{{bit:family.name}}`` and ``{{mask:family.a|b}}`` with numbers; unknown names raise."""
+    def sub(m: re.Match) -> str:
+        kind, family, names = m.group(1), FAMILIES[m.group(2)], m.group(3).split("|")
+        if kind == "bit":
+            if len(names) != 1:
+                raise ValueError(f"{m.group(0)}: bit takes one name")
+            return str(family[names[0]])
+        return str(mask(family, *names))
+    out = _PLACEHOLDER.sub(sub, text)
+    if "{{" in out:
+        raise ValueError(f"unrendered placeholder near {out[out.index('{{'):][:60]!r}")
+    return out

@@ -63,19 +63,24 @@ def export_cmd(out, g_max, g_min, max_coef_error, min_surveys, require, split_, 
 @click.option("--name", help="Name in the models table [the directory name].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/checkpoint.pt.")
 @click.option("--no-register", is_flag=True, help="Do not insert the model into xpmet.models.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (torch.distributed DDP: one GPU each with nccl, "
+                   "else CPU with gloo); --batch-size is their total. Under torchrun leave it at 1.")
+@click.option("--dist-timeout", type=float, default=1800, show_default=True,
+              help="Seconds a process waits for the others (start-up, each collective) before failing.")
 def train_cmd(data, out_dir, kind, hidden, epochs, batch_size, lr, patience, ensemble, augment, correlations, seed,
-              device, threads, name, resume, no_register):
+              device, threads, name, resume, no_register, nproc, dist_timeout):
     """Train a model on DATA (an `xpmet export` file) into --out.
 
     \b
     estimator: XP -> Teff, logg, [Fe/H], [alpha/Fe] with per-star uncertainties
     emulator:  labels + A_G -> XP coefficients; inference fits the labels per star
     xpmet train train.h5 --out models/est --kind estimator --ensemble 3
+    xpmet train train.h5 --out models/est --nproc 4        # 4 processes (DDP)
+    torchrun --nproc_per_node 4 -m xpmet.ml.train train.h5 --out models/est   # same, any launcher
     """
+    import os
     from xpmet.ml.train import TrainConfig, train
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
     if hidden is None:
         hidden = "256,256" if kind == "estimator" else "128,128,128"
     try:
@@ -85,7 +90,10 @@ def train_cmd(data, out_dir, kind, hidden, epochs, batch_size, lr, patience, ens
     cfg = TrainConfig(kind=kind, hidden=widths, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                       seed=seed, device=device, ensemble=ensemble, augment=augment, correlations=correlations,
                       name=name)
-    out = train(data, out_dir, cfg, resume=resume, register=not no_register)
+    out = train(data, out_dir, cfg, resume=resume, register=not no_register, nproc=nproc,
+                dist_timeout=dist_timeout, threads=threads)
+    if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 reports
+        return
     m = json.loads((out / "metrics.json").read_text())["valid"]["overall"]
     click.echo(f"model in {out}; validation [Fe/H] scatter {m['feh']['scatter']:.3f} dex, "
                f"bias {m['feh']['bias']:+.3f}, calibration {m['feh']['calibration']:.2f}")

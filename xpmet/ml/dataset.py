@@ -77,8 +77,13 @@ def from_batch(batch: dict) -> XPArrays:
                     get("bp_rp"), get("ag_gspphot"), labels, errs, corr, sd)
 
 
-def read(path, split: str | None = None, correlations: bool = False, limit: int | None = None) -> XPArrays:
-    """Read one split ('train', 'valid', 'test') or all rows of a training file."""
+def read(path, split: str | None = None, correlations: bool = False, limit: int | None = None,
+         rows: np.ndarray | None = None) -> XPArrays:
+    """Read one split ('train', 'valid', 'test') or all rows of a training file.
+
+    ``rows``: sorted file row numbers to read instead of a split (one rank's shard); blocks
+    without any of them are not read.
+    """
     path = Path(path)
     if not path.exists():
         raise XpmetError(f"{path}: no such file; create it with `xpmet export {path}`.")
@@ -96,7 +101,13 @@ def read(path, split: str | None = None, correlations: bool = False, limit: int 
         for start in range(0, n, BLOCK):
             sl = slice(start, min(n, start + BLOCK))
             keep = np.ones(sl.stop - start, bool)
-            if split is not None:
+            if rows is not None:
+                lo, hi = np.searchsorted(rows, [start, sl.stop])
+                if lo == hi:
+                    continue
+                keep[:] = False
+                keep[rows[lo:hi] - start] = True
+            elif split is not None:
                 keep = f["split"][sl] == SPLITS[split]
             if not keep.any():
                 continue
@@ -121,6 +132,12 @@ def read(path, split: str | None = None, correlations: bool = False, limit: int 
         raise XpmetError(f"{path}: the {split or 'any'} split is empty; export more stars or change --split.")
     out = _concat(parts)
     return out.subset(slice(0, limit)) if limit else out
+
+
+def split_rows(path, split: str) -> np.ndarray:
+    """File row numbers of one split, in file order (the order :func:`read` returns them)."""
+    with h5py.File(path, "r") as f:
+        return np.flatnonzero(f["split"][:] == SPLITS[split])
 
 
 def attributes(path) -> dict:

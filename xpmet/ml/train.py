@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from xpmet import __version__
+from xpmet.progress import progress_bar
 from xpmet.errors import XpmetError
 from xpmet.ml import checkpoint, dataset as ds
+from xpmet.ml import distributed as dist
 from xpmet.ml.models import ESTIMATOR_INPUTS, N_X, Emulator, Estimator, emulator_nll, estimator_inputs, known_label_nll
 from xpmet.ml.plots import learning_curves
 from xpmet.ml.normalise import G_ZERO_POINT, Normaliser, emulator_params, fit_normaliser
@@ -181,14 +182,18 @@ def _usable(arr: ds.XPArrays, kind: str) -> np.ndarray:
     return np.isfinite(arr.labels[:, :3]).all(1) & ~arr.missing.all(1)
 
 
-def load_splits(data_path, config: TrainConfig, label_override=None):
-    """Train and validation arrays (rows the kind can use) + the normaliser fitted on train."""
+def load_splits(data_path, config: TrainConfig, label_override=None, with_rows: bool = False):
+    """Train and validation arrays (rows the kind can use) + the normaliser fitted on train.
+
+    ``with_rows``: also return the file row numbers of both (what the ranks of a distributed
+    run read their shards from).
+    """
     train = ds.read(data_path, "train", correlations=config.correlations)
     valid = ds.read(data_path, "valid", correlations=config.correlations)
     if label_override is not None:  # benchmark: swap in other labels (e.g. the simulator's truth)
         train, valid = label_override(train), label_override(valid)
-    train = train.subset(_usable(train, config.kind))
-    valid = valid.subset(_usable(valid, config.kind))
+    keep_t, keep_v = _usable(train, config.kind), _usable(valid, config.kind)
+    train, valid = train.subset(keep_t), valid.subset(keep_v)
     if config.max_train:
         train = train.subset(slice(0, config.max_train))
     if len(train) < 10 or len(valid) < 2:
@@ -200,21 +205,14 @@ def load_splits(data_path, config: TrainConfig, label_override=None):
     else:
         raw_err, flux, tg = noise
     norm = fit_normaliser(train.x, train.labels, train.ag, train.g_mag, raw_err, flux, tg)
-    return train, valid, norm
+    if not with_rows:
+        return train, valid, norm
+    rows = (ds.split_rows(data_path, "train")[keep_t][:len(train)], ds.split_rows(data_path, "valid")[keep_v])
+    return train, valid, norm, rows
 
 
-def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = False, register: bool = True,
-          label_override=None, progress: bool = True, on_epoch=None) -> Path:
-    """Train a model on DATA.h5 into OUT_DIR; returns the model directory.
-
-    ``on_epoch(member, epoch, train_loss, valid_loss)`` is called after each epoch's checkpoint
-    (for logging; an exception there stops training, and ``resume=True`` continues it).
-
-    >>> from xpmet.ml.train import train, TrainConfig
-    >>> train("data.h5", "models/est", TrainConfig(kind="estimator", epochs=50))
-    """
-    config = config or TrainConfig()
-    out = Path(out_dir)
+def _prepare(data_path, out: Path, config: TrainConfig, resume: bool, label_override, world: int):
+    """Rank 0 (or the only process): directory checks, splits, normaliser, the checkpoint to resume."""
     ckpt_path = out / "checkpoint.pt"
     if out.exists() and (out / "weights.pt").exists() and not resume:
         raise XpmetError(f"{out} already holds a trained model; choose another --out or delete it.")
@@ -223,76 +221,168 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
                          "or delete the directory to start again.")
     if resume and not ckpt_path.exists():
         raise XpmetError(f"{out}: no checkpoint.pt to resume from; train without --resume.")
+    if config.batch_size % world:
+        raise XpmetError(f"--batch-size {config.batch_size} is the total over {world} processes: "
+                         f"make it a multiple of {world}.")
     out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
-    device = pick_device(config.device)
-    seed_everything(config.seed)
-    train_arr, valid_arr, norm = load_splits(data_path, config, label_override)
+    train_arr, valid_arr, norm, rows = load_splits(data_path, config, label_override, with_rows=True)
+    if world > len(valid_arr):
+        raise XpmetError(f"{len(valid_arr)} validation stars cannot be shared by {world} processes.")
     norm.save(out / "normalisation.json")
-    t_train = Tensors(train_arr, norm, config.kind, device, config.correlations)
-    t_valid = Tensors(valid_arr, norm, config.kind, device, config.correlations)
-    trainer = Trainer(config, norm, device)
-    amp = device.type == "cuda"
     state = {"member": 0, "members": [], "history": []}
     if resume:
-        state = checkpoint.load(ckpt_path, device)
+        state = checkpoint.load(ckpt_path, "cpu")  # broadcast to the other ranks from here
         if state["config"] != asdict(config) | {"hidden": list(config.hidden)}:
             raise XpmetError(f"{out}: the checkpoint was written with other options; resume with the same ones.")
+        if state.get("world_size", 1) != world:
+            raise XpmetError(f"{out}: the checkpoint was written by {state.get('world_size', 1)} process(es); "
+                             f"resume with the same --nproc (not {world}).")
+    return train_arr, valid_arr, norm, rows, state
+
+
+def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = False, register: bool = True,
+          label_override=None, progress: bool = True, on_epoch=None, nproc: int = 1,
+          dist_timeout: float = dist.DEFAULT_TIMEOUT, threads: int = 0) -> Path:
+    """Train a model on DATA.h5 into OUT_DIR; returns the model directory.
+
+    ``on_epoch(member, epoch, train_loss, valid_loss)`` is called after each epoch's checkpoint,
+    on every rank (for logging; an exception there stops training, and ``resume=True`` continues it).
+
+    Data parallel: ``nproc > 1`` starts that many local processes; a process started by torchrun
+    (WORLD_SIZE etc. in the environment) joins its job. Every rank trains the same model (DDP) on
+    its own shard of the training rows with ``batch_size / world`` rows per step; only rank 0
+    writes OUT_DIR and registers the model. ``threads``: torch CPU threads per process (0: leave).
+
+    >>> from xpmet.ml.train import train, TrainConfig
+    >>> train("data.h5", "models/est", TrainConfig(kind="estimator", epochs=50))
+    """
+    config = config or TrainConfig()
+    out = Path(out_dir)
+    if nproc > 1:
+        if not threads and not (config.device.startswith("cuda") or
+                                (config.device == "auto" and torch.cuda.is_available())):
+            threads = max(1, (os.cpu_count() or 1) // nproc)  # N processes x all cores thrash
+        dist.launch(_train_worker, (data_path, out, config, resume, register, label_override, progress,
+                                    on_epoch, dist_timeout, threads), nproc)
+        return out
+    if threads:
+        torch.set_num_threads(threads)
+    ctx = dist.setup(config.device, pick_device, dist_timeout)
+    try:
+        return _train(ctx, data_path, out, config, resume, register, label_override, progress, on_epoch)
+    finally:
+        dist.cleanup(ctx)
+
+
+def _train_worker(data_path, out, config, resume, register, label_override, progress, on_epoch, timeout, threads):
+    train(data_path, out, config, resume, register, label_override, progress, on_epoch, 1, timeout, threads)
+
+
+def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume, register, label_override,
+           progress, on_epoch) -> Path:
+    ckpt_path = out / "checkpoint.pt"
+    device = ctx.device
+    seed_everything(config.seed)
+    held = {}
+
+    def prepare():  # rank 0: the full splits stay here, the others get what they need to read theirs
+        tr, va, nm, (rt, rv), st = _prepare(data_path, out, config, resume, label_override, ctx.world)
+        held.update(train=tr, valid=va)
+        return nm, rt, rv, st
+
+    norm, rows_t, rows_v, state = dist.on_main(ctx, prepare)
+    valid_arr = held.get("valid")  # rank 0: the metrics of the final model use the whole split
+    if not ctx.active:
+        my_train, my_valid = held.pop("train"), valid_arr
+    else:
+        pos_t = dist.shard(len(rows_t), ctx.rank, ctx.world)
+        pos_v = np.arange(ctx.rank * len(rows_v) // ctx.world, (ctx.rank + 1) * len(rows_v) // ctx.world)
+        if ctx.main:
+            my_train, my_valid = held.pop("train").subset(pos_t), valid_arr.subset(pos_v)
+        else:
+            my_train = _read_rows(data_path, rows_t, pos_t, config, label_override)
+            my_valid = _read_rows(data_path, rows_v, pos_v, config, label_override)
+    n_train = len(rows_t)
+    batch = config.batch_size // ctx.world
+    t_train = Tensors(my_train, norm, config.kind, device, config.correlations)
+    t_valid = Tensors(my_valid, norm, config.kind, device, config.correlations)
+    del my_train, my_valid
+    trainer = Trainer(config, norm, device)
+    amp = device.type == "cuda"
+    main = ctx.main
     t0 = time.time()
+    samples = 0
     while state["member"] < config.ensemble:
         m = state["member"]
         torch.manual_seed(config.seed + 1000 * m)
-        model = build_model(config).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        net = build_model(config).to(device)
+        # DDP averages the gradients over ranks in backward (and starts from rank 0's weights)
+        model = _ddp(net, ctx) if ctx.active else net
+        opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, config.patience // 3))
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        gen = torch.Generator(device=device).manual_seed(config.seed + 1000 * m)
+        # rank 0 keeps the single-process stream; other ranks draw their own shuffles and noise
+        gen = torch.Generator(device=device).manual_seed(config.seed + 1000 * m + 1_000_003 * ctx.rank)
         cur = {"epoch": 0, "best": math.inf, "bad": 0, "best_state": None, "train": [], "valid": []}
         if state.get("current") is not None:
             cur = state["current"]
-            model.load_state_dict(cur["model"])
+            net.load_state_dict(cur["model"])
             opt.load_state_dict(cur["opt"])
             sched.load_state_dict(cur["sched"])
-            gen.set_state(cur["gen"].cpu() if hasattr(cur["gen"], "cpu") else cur["gen"])
-        bar = tqdm(range(cur["epoch"], config.epochs), desc=f"{config.kind} #{m}", disable=not progress,
+            g = cur["gens"][ctx.rank] if "gens" in cur else cur["gen"]
+            gen.set_state(g.cpu() if hasattr(g, "cpu") else g)
+        bar = progress_bar(iterable=range(cur["epoch"], config.epochs), desc=f"{config.kind} #{m}", enabled=progress and main,
                    initial=cur["epoch"], total=config.epochs, leave=False)
         for epoch in bar:
-            mean_loss = train_epoch(model, opt, scaler, trainer, t_train, config.batch_size, gen, amp,
-                                    config.clip)
-            vloss = validation_loss(model, trainer, t_valid, config.batch_size * 8)
+            mean_loss = train_epoch(model, opt, scaler, trainer, t_train, batch, gen, amp, config.clip)
+            vsum, vn = validation_sums(model, trainer, t_valid, batch * 8)
+            # identical numbers on every rank: same LR schedule and the same stopping epoch
+            tl, vsum, vn = dist.sum_across(ctx, [mean_loss, vsum, vn])
+            mean_loss, vloss = tl / ctx.world, vsum / max(vn, 1)
+            samples += t_train.n * ctx.world
             sched.step(vloss)
             cur["train"].append(mean_loss)
             cur["valid"].append(vloss)
             if vloss < cur["best"] - 1e-4:
                 cur["best"], cur["bad"] = vloss, 0
-                cur["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                cur["best_state"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
             else:
                 cur["bad"] += 1
             cur["epoch"] = epoch + 1
             bar.set_postfix(loss=f"{cur['train'][-1]:.4f}", valid=f"{vloss:.4f}", best=f"{cur['best']:.4f}")
-            cur.update(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), gen=gen.get_state())
+            cur.update(model=net.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), gen=gen.get_state())
+            if ctx.active:  # every rank's stream, so --resume continues each exactly
+                cur["gens"] = dist.gather_objects(ctx, gen.get_state())
             state["current"] = cur
             state["config"] = asdict(config) | {"hidden": list(config.hidden)}
-            _atomic_save(state, ckpt_path)
+            state["world_size"] = ctx.world
+            if main:
+                _atomic_save(state, ckpt_path)
             if on_epoch is not None:
                 on_epoch(m, epoch, cur["train"][-1], vloss)
             if cur["bad"] >= config.patience:
                 break
         bar.close()
-        state["members"].append(cur["best_state"] or model.state_dict())
+        state["members"].append(cur["best_state"] or net.state_dict())
         state["history"].append({"train": cur["train"], "valid": cur["valid"], "best": cur["best"],
                                  "epochs": cur["epoch"]})
         state["member"] = m + 1
         state["current"] = None
-        _atomic_save(state, ckpt_path)
+        if main:
+            _atomic_save(state, ckpt_path)
     seconds = time.time() - t0
+    if not main:
+        return out
     torch.save({"members": state["members"], "kind": config.kind, "hidden": list(config.hidden)}, out / "weights.pt")
     (out / "history.json").write_text(json.dumps(state["history"]))
     learning_curves(state["history"], out / "plots" / "learning_curve.png")
     attrs = ds.attributes(data_path)
     cfg = asdict(config) | {"hidden": list(config.hidden), "data": str(Path(data_path).resolve()),
-                            "data_attributes": attrs, "n_train": len(train_arr), "n_valid": len(valid_arr),
-                            "device": str(device), "train_seconds": seconds, "xpmet_version": __version__}
+                            "data_attributes": attrs, "n_train": n_train, "n_valid": len(valid_arr),
+                            "device": str(device), "train_seconds": seconds, "xpmet_version": __version__,
+                            "world_size": ctx.world, "backend": ctx.backend, "batch_per_rank": batch,
+                            "samples_per_second": samples / seconds if seconds > 0 else None}
     (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
     fp = ds.fingerprint(data_path)
     (out / "fingerprint.txt").write_text(fp + "\n")
@@ -307,6 +397,20 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
         (out / "model.json").write_text(json.dumps({"model_id": model_id}))
     ckpt_path.unlink(missing_ok=True)
     return out
+
+
+def _ddp(net, ctx: dist.Context):
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def _read_rows(data_path, rows, pos, config: TrainConfig, label_override):
+    """This rank's shard: only its rows are read (pos may repeat rows to pad the shard)."""
+    u, inv = np.unique(pos, return_inverse=True)
+    arr = ds.read(data_path, correlations=config.correlations, rows=rows[u])
+    if label_override is not None:
+        arr = label_override(arr)
+    return arr.subset(inv)
 
 
 def _json_float(v):
@@ -360,15 +464,21 @@ def train_epoch(model, opt, scaler, trainer: Trainer, t: Tensors, batch_size: in
     return float(tot) / max(nb, 1)
 
 
-@torch.no_grad()
 def validation_loss(model, trainer: Trainer, t: Tensors, batch: int) -> float:
+    tot, n = validation_sums(model, trainer, t, batch)
+    return tot / max(n, 1)
+
+
+@torch.no_grad()
+def validation_sums(model, trainer: Trainer, t: Tensors, batch: int) -> tuple[float, int]:
+    """(sum of batch losses x batch sizes, rows): summable over the ranks' shards."""
     model.eval()
     tot, n = 0.0, 0
     for i in range(0, t.n, batch):
         idx = torch.arange(i, min(t.n, i + batch), device=trainer.device)
         tot += float(trainer.loss(model, t, idx)) * len(idx)
         n += len(idx)
-    return tot / max(n, 1)
+    return tot, n
 
 
 def register_model(out: Path, cfg: dict, metrics: dict, fingerprint: str) -> int:
@@ -382,3 +492,9 @@ def register_model(out: Path, cfg: dict, metrics: dict, fingerprint: str) -> int
             config=_finite(json.loads(json.dumps(cfg, default=str))),
             metrics=_finite(json.loads(json.dumps(metrics, default=_json_float))),
             data_fingerprint=fingerprint, xpmet_version=__version__).returning(models.c.model_id)).scalar_one()
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m xpmet.ml.train DATA --out DIR [xpmet train options]
+    import sys
+    from xpmet.cli import main as cli
+    cli(["train", *sys.argv[1:]], prog_name="xpmet")  # the CLI's one-line errors

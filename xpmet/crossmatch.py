@@ -286,11 +286,11 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
     ``keep``: delete all but the newest ``keep`` runs afterwards (None keeps every run).
     ``workers``: 2 searches candidates on two connections at once (same rows as 1, faster on 2+ cores).
     """
-    from tqdm import tqdm
+    from xpmet.progress import progress_bar
     p = params or XmatchParams()
     p.validate()
     t0 = time.perf_counter()
-    bar = tqdm(total=3, desc="crossmatch", unit="step", disable=not progress)
+    bar = progress_bar(total=3, desc="crossmatch", unit="step", enabled=progress)
     stages, last = {}, [t0]
 
     def lap(name):

@@ -26,6 +26,7 @@ import numpy as np
 import psycopg
 
 from xpmet.errors import XpmetError
+from xpmet.progress import progress_bar
 from xpmet.io.copyout import RowReader
 from xpmet.io.pgcopy import TRAILER, Col, copy_sql, encode
 from xpmet.xp import N_COEF, N_CORR
@@ -348,7 +349,6 @@ def predict(model, *, where: str | None = None, batch: int = 4096, workers: int 
     batch: stars per predict() call; workers: processes (each with its own model copy and two
     connections); chunk_rows: stars per committed chunk.
     """
-    from tqdm import tqdm
 
     from xpmet.db.engine import libpq_url, raw_connect
     if batch < 1 or workers < 1 or chunk_rows < 1:
@@ -366,9 +366,8 @@ def predict(model, *, where: str | None = None, batch: int = 4096, workers: int 
         total = _count(ctl, "SELECT count(*) FROM xpmet.xp_continuous")
         already = _count(ctl, "SELECT count(*) FROM xpmet.predictions WHERE model_id = %s", (model_id,))
         result = PredictResult(model_id=model_id, already=already)
-        bar = tqdm(total=total, initial=min(already, total), unit="star", disable=not progress,
-                   desc=f"predict model {model_id}" + (" (--where: total is an upper bound)" if where else ""),
-                   dynamic_ncols=True, file=None)
+        bar = progress_bar(total=total, initial=min(already, total), unit="star", enabled=progress,
+                   desc=f"predict model {model_id}" + (" (--where: total is an upper bound)" if where else ""))
         try:
             chunks = chunk_ranges(ctl, chunk_rows)
             if workers == 1:

@@ -1,8 +1,16 @@
 """``xpmet etl``: the group; its commands live in etl_gaia.py (gaia-source, xp) and etl_survey.py (survey)."""
 import click
 
+from xpmet.cli import LazyGroup
 
-@click.group()
+COMMANDS = {
+    "gaia-source": ("xpmet.cli.etl_gaia:gaia_source", "Gaia DR3 gaia_source files (bulk CSV.gz, archive CSV/FITS/VOTable)."),
+    "survey": ("xpmet.cli.etl_survey:survey", "Survey catalogues (FITS, CSV, ECSV, VOTable) through a descriptor."),
+    "xp": ("xpmet.cli.etl_gaia:xp", "Gaia DR3 XP continuous spectra (bulk ECSV.gz, archive, DataLink)."),
+}
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS)
 def etl():
     """Load files into the database: Gaia sources, XP spectra, survey catalogues.
 

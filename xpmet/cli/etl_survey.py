@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import click
 
-from xpmet.cli.etl import etl
 from xpmet.errors import XpmetError
 
 
-@etl.command("survey")
+@click.command("survey")
 @click.argument("name", required=False)
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--descriptor", "descriptor_path", type=click.Path(exists=True, dir_okay=False),

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
+from xpmet.progress import note, progress_bar
 
 from xpmet.errors import XpmetError
 from xpmet.io.formats import DATA_SUFFIXES
@@ -174,8 +174,8 @@ def run(kind: str, paths, load_one: Callable, options: dict, workers: int = 1, p
     """Load every file of ``paths`` with ``load_one``; returns the summary (never raises for a bad file)."""
     files = discover(paths)
     summary = LoadSummary(kind, workers=max(1, workers))
-    bar = tqdm(total=len(files), unit="file", desc=f"etl {kind}", disable=not progress, dynamic_ncols=True,
-               bar_format="{desc}: {n_fmt}/{total_fmt} files |{bar}| {elapsed}<{remaining} {postfix}")
+    bar = progress_bar(total=len(files), unit="file", desc=f"etl {kind}", enabled=progress,
+                       bar_format="{desc}: {n_fmt}/{total_fmt} files |{bar}| {elapsed}<{remaining} {postfix}")
     rows = [0]
     t0 = time.perf_counter()
 
@@ -189,7 +189,7 @@ def run(kind: str, paths, load_one: Callable, options: dict, workers: int = 1, p
         summary.files.append(res)
         bar.update(1)
         if res.status == "failed":
-            tqdm.write(f"failed: {res.error}")
+            note(f"failed: {res.error}")
 
     try:
         if workers <= 1 or len(files) == 1:

@@ -357,9 +357,9 @@ def load_survey_file(descriptor, path, replace: bool = False, url: str | None = 
 
 def load_survey(descriptor, paths, replace: bool = False, progress: bool = True) -> list[SurveyLoad]:
     """Load several files of one survey, each in its own transaction."""
-    from tqdm import tqdm
+    from xpmet.progress import progress_bar
     d = descriptor if isinstance(descriptor, Descriptor) else load_descriptor(descriptor)
     if not paths:
         raise XpmetError("give at least one file to load")
     return [load_survey_file(d, p, replace=replace)
-            for p in tqdm(list(paths), desc=f"survey {d.name}", unit="file", disable=not progress)]
+            for p in progress_bar(iterable=list(paths), desc=f"survey {d.name}", unit="file", enabled=progress)]

@@ -43,9 +43,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
 from xpmet import __version__
+from xpmet.progress import progress_bar
 from xpmet.errors import XpmetError
 from xpmet.ml.dataset import LAYOUT_VERSION, SPLITS, _rows_to_batch
 from xpmet.ml.normalise import LABELS, g_flux
@@ -216,7 +216,7 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
             total = conn.execute(f"SELECT count(*) FROM ({sql}) q", params).fetchone()[0]
             w = Writer(f, opt.correlations)
             text_cols = {k: names.index(k) for k in ("surveys", "xmatch_version", "reference")}
-            bar = tqdm(total=total, desc="export", unit="star", disable=not progress)
+            bar = progress_bar(total=total, desc="export", unit="star", enabled=progress)
             # correlations are 27x the coefficients: smaller blocks keep memory flat (~100 MB)
             fetch = FETCH // 10 if opt.correlations else FETCH
             with conn.cursor(name="xpmet_export") as cur:

@@ -40,7 +40,7 @@ def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS
     without XP come on top. Deterministic for (seed, all arguments). See the module docstrings of
     galaxy, sed, xp_model, xp_noise, gaia_source and surveys for every modelling choice.
     """
-    from tqdm import tqdm
+    from xpmet.progress import progress_bar
 
     from xpmet.simulate import gaia_source, galaxy, sky, surveys as sv, xp_file, xp_noise
     from xpmet.simulate.writers import GzipEcsvWriter
@@ -76,7 +76,7 @@ def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS
     file_seeds = s_files.spawn(len(ranges))
     (outdir / "gaia_source").mkdir(parents=True)
     (outdir / "xp_continuous").mkdir(parents=True)
-    bar = tqdm(total=n, unit="src", desc="simulate", disable=not progress)
+    bar = progress_bar(total=n, unit="src", desc="simulate", enabled=progress)
     for (a, b), fseed in zip(ranges, file_seeds):
         in_file = np.flatnonzero((level8 >= a) & (level8 <= b))
         if in_file.size == 0:

@@ -58,3 +58,156 @@ def test_resume_and_predictor_refuse_a_checkpoint_with_code(tmp_path):
     with pytest.raises(XpmetError, match="weights.pt was not loaded"):
         load_predictor(out)
     assert not marker.exists()
+
+
+# -- the read-only role ---------------------------------------------------------------------------
+#: What the reader must be able to SELECT (tables and views users query).
+PUBLISHED = ["gaia_source", "xp_continuous", "survey", "survey_star", "xmatch_run", "xmatch", "label_setting",
+             "predictions", "xmatch_current", "survey_measurement", "survey_source_label", "survey_zero_point",
+             "calibrated_measurement", "label_measurement", "labels", "training_set", "metallicity_all",
+             "metallicity"]
+
+
+@pytest.fixture(scope="module")
+def reader_url(run_cli, engine):
+    from xpmet.db.engine import raw_connect
+    with raw_connect(autocommit=True) as c:  # a row to aim UPDATE/DELETE at
+        load = c.execute("INSERT INTO xpmet.etl_load (kind, path, size_bytes, sha256, status) "
+                         "VALUES ('test:gaia_source', '/secret/path', 0, 'x', 'done') RETURNING load_id").fetchone()[0]
+        c.execute("INSERT INTO xpmet.gaia_source (source_id, ra, dec, load_id) VALUES (4295806720, 1, 2, %s)",
+                  (load,))
+    url = run_cli("db", "url", "--read-only").output.strip()
+    assert "xpmet_reader@" in url
+    yield url
+    with raw_connect(autocommit=True) as c:
+        c.execute("DELETE FROM xpmet.gaia_source WHERE source_id = 4295806720")
+        c.execute("DELETE FROM xpmet.etl_load WHERE load_id = %s", (load,))
+
+
+def _attempts(tmp):
+    return {
+        "temp table": "CREATE TEMP TABLE evil (a int)",
+        "temp function": "CREATE FUNCTION pg_temp.evil() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "lo_create": "SELECT lo_create(0)",
+        "lo_creat": "SELECT lo_creat(-1)",
+        "lo_from_bytea": "SELECT lo_from_bytea(0, 'evil')",
+        "lo_import": "SELECT lo_import('/etc/hostname')",
+        "table in xpmet": "CREATE TABLE xpmet.evil (a int)",
+        "table in public": "CREATE TABLE public.evil (a int)",
+        "function in public": "CREATE FUNCTION public.evil() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "schema": "CREATE SCHEMA evil",
+        "insert": "INSERT INTO xpmet.survey (survey_id, name) VALUES (999, 'evil')",
+        "update": "UPDATE xpmet.gaia_source SET ra = 0",
+        "delete": "DELETE FROM xpmet.gaia_source",
+        "truncate": "TRUNCATE xpmet.predictions",
+        "advisory lock": "SELECT pg_advisory_lock(1)",
+        "advisory lock shared": "SELECT pg_advisory_lock_shared(1, 2)",
+        "try advisory xact lock": "SELECT pg_try_advisory_xact_lock(1)",
+        "pg_read_file": "SELECT pg_read_file('/etc/passwd')",
+        "pg_read_binary_file": "SELECT pg_read_binary_file('PG_VERSION')",
+        "pg_ls_dir": "SELECT pg_ls_dir('.')",
+        "pg_stat_file": "SELECT pg_stat_file('PG_VERSION')",
+        "etl_load": "SELECT count(*) FROM xpmet.etl_load",
+        "model paths": "SELECT path FROM xpmet.models",
+        "alembic_version": "SELECT * FROM xpmet.alembic_version",
+        "refresh": "REFRESH MATERIALIZED VIEW xpmet.labels",
+        "refresh_labels()": "SELECT xpmet.refresh_labels()",
+        "copy to file": f"COPY (SELECT 1) TO '{tmp / 'evil.txt'}'",
+        "copy to program": f"COPY (SELECT 1) TO PROGRAM 'touch {tmp / 'evil2.txt'}'",
+        "wal message": "SELECT pg_logical_emit_message(false, 'evil', 'x')",
+        "terminate": "SELECT pg_terminate_backend(0)",
+        "cancel": "SELECT pg_cancel_backend(0)",
+        "exclusive lock": "LOCK TABLE xpmet.labels IN ACCESS EXCLUSIVE MODE",
+        "for update": "SELECT * FROM xpmet.gaia_source FOR UPDATE",
+        "sequence": "SELECT nextval(pg_get_serial_sequence('xpmet.etl_load', 'load_id'))",
+        "role": "SET ROLE xpmet",
+        "set temp_file_limit": "SET temp_file_limit = -1",
+    }
+
+
+def test_reader_can_change_nothing_even_with_read_only_off(reader_url, tmp_path):
+    import psycopg
+    from xpmet.db.engine import raw_connect
+    tmp_path.chmod(0o777)  # so that only privileges, not the directory, stop a server-side write
+    attempts = _attempts(tmp_path)
+    got_through = []
+    with psycopg.connect(reader_url) as c:
+        for name, sql in attempts.items():
+            c.execute("SET default_transaction_read_only = off")
+            c.commit()
+            try:
+                c.execute(sql)
+                got_through.append(name)
+            except psycopg.Error as e:
+                # refused for want of privileges, not because the transaction was read-only
+                assert "read-only transaction" not in str(e), (name, str(e))
+            c.rollback()
+    assert got_through == []
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "evil2.txt").exists()
+    with raw_connect(autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0] == 0
+        assert c.execute("SELECT to_regclass('xpmet.evil'), to_regclass('public.evil'), "
+                         "to_regnamespace('evil')").fetchone() == (None, None, None)
+        assert c.execute("SELECT ra FROM xpmet.gaia_source WHERE source_id = 4295806720").fetchone()[0] == 1
+
+
+def test_reader_reads_the_published_objects(reader_url):
+    import psycopg
+    with psycopg.connect(reader_url, autocommit=True) as c:
+        c.execute("SET default_transaction_read_only = off")  # reading does not depend on it
+        for name in PUBLISHED:
+            c.execute(f"SELECT * FROM xpmet.{name} LIMIT 1").fetchall()
+        assert c.execute("SELECT count(*) FROM xpmet.gaia_source WHERE "
+                         "q3c_radial_query(ra, dec, 1, 2, 0.1)").fetchone()[0] == 1
+        c.execute("SELECT model_id, name, kind, created_at, metrics FROM xpmet.models").fetchall()
+        c.execute("SELECT count(*), avg(feh) FROM xpmet.metallicity").fetchone()
+
+
+def test_reader_sees_only_chosen_tables(engine):
+    """Nothing in schema xpmet is readable unless listed: new tables stay private until granted."""
+    from xpmet.db.engine import raw_connect
+    with raw_connect(autocommit=True) as c:
+        readable = {r[0] for r in c.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'xpmet'::regnamespace "
+            "AND c.relkind IN ('r', 'v', 'm', 'p', 'f', 'S') "
+            "AND has_table_privilege('xpmet_reader', c.oid, 'SELECT')")}
+        assert set(PUBLISHED) <= readable
+        assert not readable & {"etl_load", "alembic_version", "models"}
+        # columns of models: everything but the file paths and the training configuration
+        cols = {r[0] for r in c.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'xpmet.models'::regclass AND attnum > 0 "
+            "AND NOT attisdropped AND has_column_privilege('xpmet_reader', attrelid, attnum, 'SELECT')")}
+        assert "model_id" in cols and "path" not in cols and "config" not in cols
+        # a table created from now on is private
+        c.execute("CREATE TABLE xpmet.test_private (a int)")
+        try:
+            assert not c.execute("SELECT has_table_privilege('xpmet_reader', 'xpmet.test_private', "
+                                 "'SELECT')").fetchone()[0]
+        finally:
+            c.execute("DROP TABLE xpmet.test_private")
+
+
+def test_reader_role_limits(reader_url):
+    import psycopg
+    from xpmet.db.engine import raw_connect
+    with psycopg.connect(reader_url, autocommit=True) as c:
+        assert c.execute("SHOW statement_timeout").fetchone()[0] == "10min"
+        assert c.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0] == "5min"
+        assert c.execute("SHOW temp_file_limit").fetchone()[0] == "10GB"
+        assert c.execute("SHOW default_transaction_read_only").fetchone()[0] == "on"
+    with raw_connect(autocommit=True) as c:
+        row = c.execute("SELECT rolconnlimit, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolbypassrls "
+                        "FROM pg_roles WHERE rolname = 'xpmet_reader'").fetchone()
+        assert row == (40, False, False, False, False, False)
+        assert c.execute("SELECT count(*) FROM pg_auth_members WHERE member = 'xpmet_reader'::regrole"
+                         ).fetchone()[0] == 0
+
+
+def test_writers_keep_advisory_locks_and_temp_tables(engine):
+    """What PUBLIC lost, the server's owner still uses (migrations, predict, loaders, crossmatch)."""
+    from xpmet.db.engine import raw_connect
+    with raw_connect() as c:
+        assert c.execute("SELECT pg_try_advisory_lock(7, 7)").fetchone()[0]
+        c.execute("SELECT pg_advisory_unlock(7, 7)")
+        c.execute("CREATE TEMP TABLE t_ok ON COMMIT DROP AS SELECT 1 AS a")
+        c.rollback()

@@ -7,13 +7,20 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'xpmet_reader') THEN
         IF NOT (SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user) THEN
             RAISE NOTICE USING MESSAGE = 'xpmet_reader not created: ' || current_user
-                || ' may not create roles (ask an administrator to run db/sql/readonly_role.sql)';
+                || ' may not create roles (ask an administrator to run db/sql/readonly_role.sql, then'
+                || ' db/sql/reader_boundary.sql)';
             RETURN;
         END IF;
         CREATE ROLE xpmet_reader LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
     END IF;
-    -- Privileges are the guarantee; read-only transactions by default are a second fence.
-    ALTER ROLE xpmet_reader SET default_transaction_read_only = on;
+    -- Privileges are the guarantee (db/sql/reader_boundary.sql, migration 0004); read-only
+    -- transactions by default are a second fence. The role may be another database's, made by
+    -- someone else: then only its grants here are ours to set.
+    BEGIN
+        ALTER ROLE xpmet_reader SET default_transaction_read_only = on;
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE NOTICE USING MESSAGE = 'xpmet_reader kept its settings: ' || current_user || ' may not alter roles';
+    END;
     EXECUTE 'GRANT CONNECT ON DATABASE ' || quote_ident(current_database()) || ' TO xpmet_reader';
     GRANT USAGE ON SCHEMA xpmet TO xpmet_reader;
     GRANT SELECT ON ALL TABLES IN SCHEMA xpmet TO xpmet_reader;

@@ -33,6 +33,7 @@ from psycopg import sql as psql
 from xpmet import __version__
 from xpmet.db.engine import raw_connect
 from xpmet.errors import XpmetError
+from xpmet.faults import fault
 from xpmet.flags import XMATCH_BITS
 
 EPOCH_MODES = ("propagate", "gaia")
@@ -72,6 +73,26 @@ class XmatchRun:
     by_method: dict
     parameters: dict
     stages: dict = field(default_factory=dict)   # seconds per step (statistics, candidates, pairs, best)
+    loads: list = field(default_factory=list)    # etl_load ids (gaia_source and surveys) the run read
+    labels: dict | None = None                   # label refresh committed with the run (labels=True)
+    notes: list = field(default_factory=list)    # e.g. runs --keep kept because an export or model cites them
+
+
+#: Advisory lock (two int4 keys) held by a crossmatch run and by a label refresh: one at a time.
+LOCK_KEY = (0x78706D78, 1)  # "xpmx"
+
+
+def take_lock(conn) -> None:
+    """Take the crossmatch lock for this session (autocommit connection) or refuse in one line."""
+    if conn.execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEY).fetchone()[0]:
+        return
+    who = conn.execute(
+        "SELECT a.pid, to_char(a.xact_start, 'YYYY-MM-DD HH24:MI:SS') FROM pg_locks l "
+        "JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND l.granted "
+        "AND l.classid = %s AND l.objid = %s AND l.objsubid = 2", LOCK_KEY).fetchone()
+    since = f" (server pid {who[0]}, since {who[1]})" if who else ""
+    raise XpmetError(f"another `xpmet xmatch` or label refresh is running{since}; "
+                     "run this again when it has finished")
 
 
 def survey_parameters(conn, p: XmatchParams) -> list[tuple]:
@@ -280,11 +301,19 @@ class _WorkerPairs(threading.Thread):
 
 
 def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_current: bool = True,
-               keep: int | None = None, progress: bool = False, workers: int = 2) -> XmatchRun:
+               keep: int | None = None, progress: bool = False, workers: int = 2,
+               labels: bool = False) -> XmatchRun:
     """Match every survey_star row to Gaia in one transaction; the new run becomes the current one.
 
-    ``keep``: delete all but the newest ``keep`` runs afterwards (None keeps every run).
+    ``keep``: delete all but the newest ``keep`` runs afterwards (None keeps every run); a run an
+    export or a model cites is kept, and ``notes`` says so.
     ``workers``: 2 searches candidates on two connections at once (same rows as 1, faster on 2+ cores).
+    ``labels``: refresh the label views in the same transaction (they commit together).
+
+    The whole run reads one snapshot (REPEATABLE READ, exported to the worker connection): loads
+    committed meanwhile are not read, and ``xmatch_run.loads`` records the loads that were, so
+    xmatch_run_status shows the run stale once a newer or replacing load exists. A second run (or
+    a label refresh) at the same time is refused with a one-line error.
     """
     from xpmet.progress import progress_bar
     p = params or XmatchParams()
@@ -297,17 +326,22 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         now = time.perf_counter()
         stages[name] = now - last[0]
         last[0] = now
-    with raw_connect(url) as conn, bar:
-        conn.execute("SET LOCAL work_mem = '256MB'")
+    with raw_connect(url, autocommit=True) as conn, bar:
+        take_lock(conn)  # session lock, taken before the snapshot; released when the connection closes
+        conn.autocommit = False
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.execute("SET LOCAL work_mem = '256MB'")  # the snapshot starts at the next query
+        loads = [r[0] for r in conn.execute("SELECT load_id FROM xpmet.etl_load WHERE status = 'done' "
+                                            "AND xpmet.feeds_xmatch(kind) ORDER BY load_id")]
         per_survey = survey_parameters(conn, p)
         if not per_survey:
             raise XpmetError("no survey is loaded: run xpmet etl survey NAME FILE first")
         params_json = {**asdict(p), "surveys": {n: {"radius": r, "nopm_radius": nr, "id_radius": ir}
                                                 for _, n, r, nr, ir in per_survey}}
         run_id = conn.execute(
-            "INSERT INTO xpmet.xmatch_run (version, parameters, status, xpmet_version) "
-            "VALUES ('pending-' || txid_current(), %s, 'running', %s) RETURNING run_id",
-            (json.dumps(params_json), __version__)).fetchone()[0]
+            "INSERT INTO xpmet.xmatch_run (version, parameters, status, xpmet_version, loads) "
+            "VALUES ('pending-' || txid_current(), %s, 'running', %s, %s) RETURNING run_id",
+            (json.dumps(params_json), __version__, loads)).fetchone()[0]
         version = p.version or f"xm-{run_id}"
         if conn.execute("SELECT 1 FROM xpmet.xmatch_run WHERE version = %s", (version,)).fetchone():
             raise XpmetError(f"crossmatch version {version!r} exists already; choose another --version")
@@ -368,17 +402,41 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         conn.execute("UPDATE xpmet.xmatch_run SET status = 'done', is_current = %s, n_rows = %s, n_matched = %s, "
                      "seconds = %s WHERE run_id = %s", (make_current, n_rows, n_matched, secs, run_id))
         conn.execute("ANALYZE xpmet.xmatch")
-        if keep is not None:
-            old = [r[0] for r in conn.execute(
-                "SELECT run_id FROM xpmet.xmatch_run WHERE run_id NOT IN "
-                "(SELECT run_id FROM xpmet.xmatch_run ORDER BY run_id DESC LIMIT %s) AND NOT is_current",
-                (max(keep, 1),))]
-            conn.execute("DELETE FROM xpmet.xmatch WHERE run_id = ANY(%s)", (old,))
-            conn.execute("DELETE FROM xpmet.xmatch_run WHERE run_id = ANY(%s)", (old,))
+        notes = _prune(conn, keep) if keep is not None else []
+        label_summary = None
+        if labels and make_current:
+            from xpmet.labels import refresh_on
+            label_summary = refresh_on(conn)
+            lap("labels")
+        fault("xmatch_before_commit")
         conn.commit()
         lap("finish_and_commit")
     secs = time.perf_counter() - t0
-    return XmatchRun(run_id, version, n_rows, n_matched, secs, counts, params_json, stages)
+    return XmatchRun(run_id, version, n_rows, n_matched, secs, counts, params_json, stages, loads,
+                     label_summary, notes)
+
+
+def _prune(conn, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` runs (never the current one, nor one that an export or a
+    model cites); returns a note per cited run kept."""
+    old = [r[0] for r in conn.execute(
+        "SELECT run_id FROM xpmet.xmatch_run WHERE run_id NOT IN "
+        "(SELECT run_id FROM xpmet.xmatch_run ORDER BY run_id DESC LIMIT %s) AND NOT is_current",
+        (max(keep, 1),))]
+    cited = conn.execute(
+        "SELECT r.run_id, r.version, string_agg(c.what, ', ' ORDER BY c.what) FROM xpmet.xmatch_run r "
+        "JOIN (SELECT 'export ' || path AS what, v FROM xpmet.training_export, "
+        "             unnest(string_to_array(xmatch_version, ',')) v "
+        "      UNION ALL "
+        "      SELECT 'model ' || model_id, v FROM xpmet.models, "
+        "             unnest(string_to_array(config -> 'data_attributes' ->> 'xmatch_version', ',')) v) c "
+        "  ON c.v = r.version WHERE r.run_id = ANY(%s) GROUP BY r.run_id, r.version ORDER BY r.run_id",
+        (old,)).fetchall()
+    keep_ids = {r[0] for r in cited}
+    gone = [r for r in old if r not in keep_ids]
+    conn.execute("DELETE FROM xpmet.xmatch WHERE run_id = ANY(%s)", (gone,))
+    conn.execute("DELETE FROM xpmet.xmatch_run WHERE run_id = ANY(%s)", (gone,))
+    return [f"kept crossmatch {v} beyond --keep: cited by {what}" for _, v, what in cited]
 
 
 def current_version(url: str | None = None) -> str | None:

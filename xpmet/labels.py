@@ -47,7 +47,10 @@ def refresh(reference: str | None = None, engine=None, **options) -> dict:
     changes = {k: v for k, v in {"reference": reference, **options}.items() if v is not None}
     if changes.get("fallback") == "":
         changes["fallback"] = None
+    from xpmet.crossmatch import LOCK_KEY
     with engine.begin() as c:
+        # after a running `xpmet xmatch` (it refreshes the labels itself before it commits)
+        c.execute(sa.text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": LOCK_KEY[0], "b": LOCK_KEY[1]})
         c.execute(sa.text("SET LOCAL jit = off"))
         # the settings row may have been truncated away: recreate it with its defaults
         c.execute(sa.text("INSERT INTO xpmet.label_setting (id) VALUES (1) ON CONFLICT DO NOTHING"))
@@ -66,6 +69,26 @@ def refresh(reference: str | None = None, engine=None, **options) -> dict:
     if ref not in names:
         status["warning"] = f"reference {ref!r} is not loaded: every survey is uncalibrated"
     return {"reference": ref, "n_labels": n_labels, "zero_points": status}
+
+
+def refresh_on(conn) -> dict:
+    """Refresh the label views inside the caller's open psycopg transaction (run_xmatch: the labels
+    then commit together with the crossmatch they are built from); returns refresh()'s summary."""
+    conn.execute("INSERT INTO xpmet.label_setting (id) VALUES (1) ON CONFLICT DO NOTHING")
+    conn.execute("SELECT xpmet.refresh_labels()")
+    ref = conn.execute("SELECT reference FROM xpmet.label_setting WHERE id = 1").fetchone()[0]
+    n_labels = conn.execute("SELECT count(*) FROM xpmet.labels").fetchone()[0]
+    status = dict(conn.execute("SELECT status, count(*) FROM xpmet.survey_zero_point GROUP BY status").fetchall())
+    if not conn.execute("SELECT 1 FROM xpmet.survey WHERE name = %s", (ref,)).fetchone():
+        status["warning"] = f"reference {ref!r} is not loaded: every survey is uncalibrated"
+    return {"reference": ref, "n_labels": n_labels, "zero_points": status}
+
+
+def status(engine=None) -> dict:
+    """xpmet.label_status: the crossmatch version the labels were built from, whether a newer run
+    exists (newer_xmatch) or that run is stale (xmatch_stale, xmatch_stale_reason)."""
+    with (engine or connect()).connect() as c:
+        return dict(c.execute(sa.text("SELECT * FROM xpmet.label_status")).mappings().one())
 
 
 def zero_points(engine=None) -> list[dict]:

@@ -26,6 +26,7 @@ import numpy as np
 import psycopg
 
 from xpmet.errors import XpmetError
+from xpmet.faults import fault
 from xpmet.progress import progress_bar
 from xpmet.io.copyout import RowReader
 from xpmet.io.pgcopy import TRAILER, Col, copy_sql, encode
@@ -50,8 +51,8 @@ _XP_ARRAYS = {
 OUTPUTS = [Col("model_id", "i4"), Col("source_id", "i8"),
            Col("teff", "f4"), Col("teff_err", "f4"), Col("logg", "f4"), Col("logg_err", "f4"),
            Col("feh", "f4"), Col("feh_err", "f4"), Col("alpha_fe", "f4"), Col("alpha_fe_err", "f4"),
-           Col("fit_stat", "f4"), Col("quality_flags", "i4"), Col("recommended", "bool")]
-PREDICTED = [c.name for c in OUTPUTS[2:]]
+           Col("fit_stat", "f4"), Col("quality_flags", "i4"), Col("recommended", "bool"), Col("load_id", "i4")]
+PREDICTED = [c.name for c in OUTPUTS[2:-1]]
 
 
 @dataclass
@@ -74,11 +75,13 @@ class PredictResult:
 def input_columns(needs) -> list[tuple[str, Col]]:
     """(SQL expression, Col) per input column; NULLs become NaN so that every row has one width."""
     from xpmet.db.models import gaia_source, xp_continuous
-    names = ["source_id"] + [n for n in (needs or DEFAULT_NEEDS) if n != "source_id"]
+    names = ["source_id", "load_id"] + [n for n in (needs or DEFAULT_NEEDS) if n not in ("source_id", "load_id")]
     out = []
     for name in dict.fromkeys(names):
         if name == "source_id":
             out.append(("x.source_id", Col("source_id", "i8")))
+        elif name == "load_id":  # the XP load predicted from: written with the prediction
+            out.append(("x.load_id", Col("load_id", "i4")))
         elif name in _XP_ARRAYS:
             typ, n, sqltype = _XP_ARRAYS[name]
             out.append((f"coalesce(x.{name}, array_fill('NaN'::{sqltype}, ARRAY[{n}]))", Col(name, typ, n)))
@@ -105,7 +108,18 @@ def _select(inputs, model_id: int, lo: int, hi: int, where: str | None) -> str:
     return (f"SELECT {', '.join(e for e, _ in inputs)} FROM xpmet.xp_continuous x "
             f"LEFT JOIN xpmet.gaia_source g ON g.source_id = x.source_id "
             f"WHERE {cond} AND NOT EXISTS (SELECT 1 FROM xpmet.predictions p "
-            f"WHERE p.model_id = {int(model_id)} AND p.source_id = x.source_id) ORDER BY x.source_id")
+            f"WHERE p.model_id = {int(model_id)} AND p.source_id = x.source_id AND p.load_id = x.load_id) "
+            f"ORDER BY x.source_id")
+
+
+def _drop_stale(conn, model_id: int, lo: int, hi: int) -> int:
+    """Delete the model's predictions in [lo, hi) whose XP row was replaced (another load) or is gone,
+    in the chunk's write transaction: the chunk then predicts those stars again (the reader's
+    anti-join matches on load_id too)."""
+    return conn.execute(
+        "DELETE FROM xpmet.predictions p WHERE p.model_id = %s AND p.source_id >= %s AND p.source_id < %s "
+        "AND NOT EXISTS (SELECT 1 FROM xpmet.xp_continuous x WHERE x.source_id = p.source_id "
+        "AND x.load_id = p.load_id)", (model_id, lo, hi)).rowcount
 
 
 def check_where(conn, where: str | None) -> None:
@@ -181,13 +195,13 @@ def register_model(conn, predictor, model) -> int:
             (Path(path).name, getattr(predictor, "kind", None) or "estimator", path)).fetchone()[0]
 
 
-def _outputs(pred: dict, n: int, model_id: int, source_id) -> dict:
+def _outputs(pred: dict, n: int, model_id: int, source_id, load_id) -> dict:
     """Check the predictor's answer and shape it into the predictions columns."""
     missing = [k for k in PREDICTED if k not in pred]
     if missing:
         raise XpmetError(f"the model's predict() returned no {', '.join(missing)}")
-    out = {"model_id": np.full(n, model_id, dtype=np.int32), "source_id": source_id}
-    for c in OUTPUTS[2:]:
+    out = {"model_id": np.full(n, model_id, dtype=np.int32), "source_id": source_id, "load_id": load_id}
+    for c in OUTPUTS[2:-1]:
         v = np.asarray(pred[c.name])
         if v.shape != (n,):
             raise XpmetError(f"the model's predict() returned {c.name} of shape {v.shape}, expected ({n},)")
@@ -228,6 +242,7 @@ class Worker:
     def _chunk(self, lo, hi):
         # Three stages overlap: a reader thread streams and decodes the chunk (the server spends
         # its time in array output), this thread predicts, a writer thread encodes and COPYs.
+        _drop_stale(self.writer, self.model_id, lo, hi)  # before the reader's snapshot: see _drop_stale
         batches: queue.Queue = queue.Queue(maxsize=3)
         results: queue.Queue = queue.Queue(maxsize=3)
         stop = threading.Event()
@@ -244,13 +259,15 @@ class Worker:
                 if isinstance(item, BaseException):
                     raise item
                 n = len(item["source_id"])
-                results.put(_outputs(self.predictor.predict(item), n, self.model_id, item["source_id"]))
+                load_id = item.pop("load_id")
+                results.put(_outputs(self.predictor.predict(item), n, self.model_id, item["source_id"], load_id))
                 read += n
             results.put(None)
             threads[1].join()
             if self._write_error is not None:
                 raise self._write_error
             self.writer.commit()  # the chunk becomes visible (and final) all at once
+            fault("predict_after_chunk")
         except BaseException:
             stop.set()
             while any(t.is_alive() for t in threads):  # unblock stages waiting on their queues

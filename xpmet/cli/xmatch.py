@@ -29,8 +29,9 @@ def _overrides(values) -> dict:
 @click.option("--override", multiple=True, metavar="SURVEY:PARAM=VALUE",
               help="Per-survey parameter, e.g. lamost:radius=3 (repeatable).")
 @click.option("--version", "version", help="Name of this crossmatch version [xm-<run id>].")
-@click.option("--keep", type=int, help="Keep only the newest KEEP runs.")
-@click.option("--no-labels", is_flag=True, help="Do not refresh the label views afterwards.")
+@click.option("--keep", type=int, help="Keep only the newest KEEP runs (and any run an export or model cites).")
+@click.option("--no-labels", is_flag=True, help="Do not refresh the label views (by default they are refreshed "
+                                             "in the crossmatch's transaction).")
 def xmatch(radius, nopm_radius, id_radius, epoch, override, version, keep, no_labels):
     """Crossmatch every survey row to Gaia DR3 (a new, current crossmatch version).
 
@@ -41,13 +42,16 @@ def xmatch(radius, nopm_radius, id_radius, epoch, override, version, keep, no_la
     from xpmet.crossmatch import XmatchParams, run_xmatch
     p = XmatchParams(radius=radius, nopm_radius=nopm_radius, id_radius=id_radius, epoch=epoch,
                      overrides=_overrides(override), version=version)
-    r = run_xmatch(p, keep=keep, progress=True)
+    r = run_xmatch(p, keep=keep, progress=True, labels=not no_labels)
     click.echo(f"crossmatch {r.version}: {r.n_rows} survey rows, {r.n_matched} matched "
                f"({', '.join(f'{k} {v}' for k, v in sorted(r.by_method.items()))}) in {r.seconds:.1f} s")
-    if not no_labels:
-        from xpmet.labels import refresh
-        s = refresh()
-        click.echo(f"labels: {s['n_labels']} sources on the {s['reference']} scale")
+    for note in r.notes:
+        click.echo(note)
+    if r.labels is not None:  # refreshed in the crossmatch's transaction: they committed together
+        click.echo(f"labels: {r.labels['n_labels']} sources on the {r.labels['reference']} scale")
+    else:
+        click.echo("labels not refreshed: they are still built from the previous crossmatch "
+                   "(xpmet.label_status); run `xpmet labels` to rebuild them")
 
 
 @click.command("labels")

@@ -5,6 +5,11 @@ A load inserts its ``etl_load`` row and its data rows in one transaction and mar
 the file again. A file whose checksum was already loaded (same kind) is skipped, or with
 ``replace=True`` its earlier rows are deleted and the earlier load marked 'replaced'.
 Failures are recorded as 'failed' rows on a separate connection, after the rollback.
+
+Each load holds a transaction-level advisory lock on (kind, sha256): a second process given the
+same file waits for the first, then skips the file (``Skipped.note`` says so) or, when the first
+failed, loads it. Derived rows record the loads they were built from (xmatch_run.loads,
+predictions.load_id), so a replacement shows as stale there instead of leaving them dangling.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import psycopg
 
 from xpmet import __version__
 from xpmet.db.engine import raw_connect
+from xpmet.faults import fault
 
 
 def sha256_of(path: Path, bufsize: int = 1 << 20) -> str:
@@ -38,6 +44,8 @@ class Load:
     conn: psycopg.Connection
     n_rows: int = 0
     replaced: list = field(default_factory=list)  # load_ids this load superseded
+    after_commit: list = field(default_factory=list)  # callables run once the load has committed
+    descriptor: dict | None = None  # stored in etl_load.descriptor (survey loads)
 
 
 @dataclass
@@ -45,11 +53,16 @@ class Skipped:
     path: Path
     load_id: int
     n_rows: int
+    note: str | None = None  # set when another process loaded the file while this one waited
 
 
 def already_loaded(conn, kind: str, sha: str):
     return conn.execute("SELECT load_id, n_rows FROM xpmet.etl_load WHERE kind = %s AND sha256 = %s "
                         "AND status = 'done'", (kind, sha)).fetchone()
+
+
+def _lock_key(kind: str, sha: str) -> str:
+    return f"xpmet-load:{kind}:{sha}"
 
 
 @contextmanager
@@ -65,11 +78,23 @@ def file_load(path, kind: str, tables: tuple[str, ...], options: dict | None = N
     sha = sha256_of(path)
     t0 = time.perf_counter()
     conn = raw_connect(url)
+    load = None
     try:
+        waited, before = 0.0, None
+        if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
+                            (_lock_key(kind, sha),)).fetchone()[0]:
+            before = already_loaded(conn, kind, sha)  # another process is loading this very file: wait
+            w0 = time.perf_counter()
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_lock_key(kind, sha),))
+            waited = time.perf_counter() - w0
+        # READ COMMITTED: this statement sees what the process we waited for committed
         prior = already_loaded(conn, kind, sha)
-        if prior and not replace:
+        # skip a file another process loaded while we waited, even with replace: it is as new as ours
+        if prior and (not replace or (waited and prior != before)):
             conn.rollback()
-            yield Skipped(path, prior[0], prior[1])
+            note = (f"{path}: loaded by another process while this one waited ({waited:.1f} s); skipped"
+                    if waited and prior != before else None)
+            yield Skipped(path, prior[0], prior[1], note)
             return
         load_id = conn.execute(
             "INSERT INTO xpmet.etl_load (kind, path, size_bytes, sha256, status, options, xpmet_version) "
@@ -83,7 +108,10 @@ def file_load(path, kind: str, tables: tuple[str, ...], options: dict | None = N
             load.replaced.append(prior[0])
         yield load
         conn.execute("UPDATE xpmet.etl_load SET status = 'done', n_rows = %s, finished_at = now(), "
-                     "seconds = %s WHERE load_id = %s", (load.n_rows, time.perf_counter() - t0, load_id))
+                     "seconds = %s, descriptor = %s WHERE load_id = %s",
+                     (load.n_rows, time.perf_counter() - t0,
+                      None if load.descriptor is None else json.dumps(load.descriptor, default=str), load_id))
+        fault("before_commit")
         conn.commit()
     except BaseException as e:
         conn.rollback()
@@ -91,6 +119,9 @@ def file_load(path, kind: str, tables: tuple[str, ...], options: dict | None = N
         raise
     finally:
         conn.close()
+    fault("after_commit")
+    for hook in load.after_commit:
+        hook()
 
 
 def _record_failure(url, kind, path, size, sha, options, exc, seconds):

@@ -316,14 +316,23 @@ _NUM_COLS = [Col("survey_id", "i2"), Col("load_id", "i4"), Col("file_row", "i4")
 
 
 def register_survey(conn, d: Descriptor) -> int:
-    """Insert or update the xpmet.survey row of a descriptor; returns its survey_id."""
+    """Insert or update the xpmet.survey row of a descriptor; returns its survey_id.
+
+    New ids come from the column's sequence (two first loads at once get different ids); an
+    existing survey is updated without drawing one. survey.descriptor is the latest load's; each
+    load keeps its own in etl_load.descriptor.
+    """
+    values = (d.title, d.release, d.reference, d.citation, json.dumps(d.as_json(), default=str), d.name)
+    row = conn.execute("UPDATE xpmet.survey SET title = %s, release = %s, is_reference = %s, citation = %s, "
+                       "descriptor = %s WHERE name = %s RETURNING survey_id", values).fetchone()
+    if row:
+        return row[0]
     return conn.execute(
-        "INSERT INTO xpmet.survey (survey_id, name, title, release, is_reference, citation, descriptor) "
-        "VALUES ((SELECT coalesce(max(survey_id), 0) + 1 FROM xpmet.survey), %s, %s, %s, %s, %s, %s) "
+        "INSERT INTO xpmet.survey (title, release, is_reference, citation, descriptor, name) "
+        "VALUES (%s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (name) DO UPDATE SET title = excluded.title, release = excluded.release, "
         "is_reference = excluded.is_reference, citation = excluded.citation, descriptor = excluded.descriptor "
-        "RETURNING survey_id",
-        (d.name, d.title, d.release, d.reference, d.citation, json.dumps(d.as_json(), default=str))).fetchone()[0]
+        "RETURNING survey_id", values).fetchone()[0]
 
 
 def load_survey_file(descriptor, path, replace: bool = False, url: str | None = None) -> SurveyLoad:
@@ -363,3 +372,4 @@ def load_survey(descriptor, paths, replace: bool = False, progress: bool = True)
         raise XpmetError("give at least one file to load")
     return [load_survey_file(d, p, replace=replace)
             for p in progress_bar(iterable=list(paths), desc=f"survey {d.name}", unit="file", enabled=progress)]
+        ld.descriptor = d.as_json()

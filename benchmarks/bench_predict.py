@@ -288,8 +288,8 @@ def main(argv=None):
            "note": "synthetic rows inserted with xpmet.io.pgcopy; shared 2-core machine: numbers are noisy"}
     try:
         cluster.start()
-        migrate.upgrade("head")
         url = libpq_url()
+        migrate.upgrade(url, "head")
         with raw_connect(url) as conn:
             xp_sid = insert_sources(conn, args.xp_stars, rng, with_xp=True, desc="insert XP stars")
             conn.execute("ANALYZE xpmet.gaia_source")

@@ -64,6 +64,7 @@ def pipeline(a, work: Path):
     from click.testing import CliRunner
     from xpmet.cli import main
     from xpmet.db import migrate
+    from xpmet.db.engine import libpq_url
     from xpmet.db.cluster import Cluster
     from xpmet.simulate import simulate, survey_files
 
@@ -76,7 +77,7 @@ def pipeline(a, work: Path):
     step(f"simulate {a.n_stars} stars")
     simulate(sim, n_stars=a.n_stars, seed=a.seed, progress=False)
     Cluster(Path(os.environ["XPMET_HOME"])).start()
-    migrate.upgrade("head")
+    migrate.upgrade(libpq_url(), "head")
     step("etl + xmatch")
     run("etl", "gaia-source", sim / "gaia_source")
     run("etl", "xp", sim / "xp_continuous")

@@ -168,14 +168,14 @@ def main():
     from xpmet.crossmatch import XmatchParams, run_xmatch
     from xpmet.db import migrate
     from xpmet.db.cluster import Cluster
-    from xpmet.db.engine import raw_connect
+    from xpmet.db.engine import libpq_url, raw_connect
     from xpmet.etl.survey import load_survey_file
     from xpmet import labels as xlabels
 
     cluster = Cluster(args.home)
     cluster.start()
     try:
-        migrate.upgrade("head")
+        migrate.upgrade(libpq_url(), "head")
         with raw_connect() as c:
             c.execute("TRUNCATE xpmet.xmatch, xpmet.xmatch_run, xpmet.survey_star, xpmet.survey, "
                       "xpmet.gaia_source, xpmet.etl_load CASCADE")

@@ -2,7 +2,7 @@
 from alembic import context
 from sqlalchemy import text
 
-from xpmet.db import engine as xdb
+from xpmet.db.connection import engine_for
 from xpmet.db.migrate import include_object
 from xpmet.db.models import SCHEMA, metadata
 
@@ -10,7 +10,10 @@ from xpmet.db.models import SCHEMA, metadata
 def run_migrations_online():
     connectable = context.config.attributes.get("connection")
     if connectable is None:
-        connectable = xdb.connect(context.config.attributes.get("url"))
+        url = context.config.attributes.get("url")
+        if not url:
+            raise RuntimeError("run migrations through xpmet.db.migrate.upgrade(url) or `xpmet db migrate`")
+        connectable = engine_for(url)
         with connectable.connect() as conn:
             _run(conn)
     else:

@@ -23,10 +23,11 @@ def xpmet_home(tmp_path_factory):
     from xpmet.db import migrate
     cluster = Cluster(home)
     cluster.start()
-    migrate.upgrade("head")
+    from xpmet.db.engine import libpq_url
+    migrate.upgrade(libpq_url(), "head")
     yield home
-    from xpmet.db.engine import _engine
-    _engine.cache_clear()  # engines die with the cluster
+    from xpmet.db.connection import engine_for
+    engine_for.cache_clear()  # engines die with the cluster
     cluster.destroy()
     for k, v in old.items():
         if v is None:

@@ -27,13 +27,15 @@ def test_connect_reaches_q3c(engine):
 
 
 def test_migration_round_trip_and_models_match(engine):
-    migrate.downgrade("base")
+    from xpmet.db.engine import libpq_url
+    url = libpq_url()
+    migrate.downgrade(url, "base")
     with engine.connect() as c:
         left = c.execute(sa.text("SELECT count(*) FROM pg_tables WHERE schemaname='xpmet' "
                                  "AND tablename <> 'alembic_version'")).scalar()
     assert left == 0
-    migrate.upgrade("head")
-    migrate.upgrade("head")  # idempotent
+    migrate.upgrade(url, "head")
+    migrate.upgrade(url, "head")  # idempotent
     with engine.connect() as c:
         from xpmet.db.models import metadata
         from xpmet.db.migrate import include_object

@@ -112,10 +112,8 @@ class Demo:
         self.report.files["simulated sky"] = str(self.sky)
 
     def database(self):
-        from xpmet.db import migrate
-        from xpmet.db.engine import cluster
-        cluster().start()
-        migrate.upgrade("head")
+        from xpmet.db.engine import libpq_url
+        libpq_url()  # starts the demo's embedded cluster, which migrates itself to head
         self.report.files["database (XPMET_HOME)"] = str(self.home)
 
     def load_gaia(self):

@@ -33,7 +33,7 @@ def start():
     t0 = time.perf_counter()
     c = cluster()
     launched = c.start()
-    ensure_schema()
+    ensure_schema(c.url())
     what = f"started in {time.perf_counter() - t0:.1f} s" if launched else "already running"
     click.echo(f"embedded PostgreSQL {what} (data: {c.data}, socket: {c.run})")
     click.echo(c.url())
@@ -61,7 +61,7 @@ def status():
     else:
         click.echo(f"url          {describe(libpq_url())}")
     from xpmet.db import migrate
-    click.echo(f"revision     {migrate.current() or 'none (run: xpmet db migrate)'}")
+    click.echo(f"revision     {migrate.current(libpq_url()) or 'none (run: xpmet db migrate)'}")
 
 
 @db.command()
@@ -84,5 +84,7 @@ def url(sqlalchemy, read_only):
 def migrate(revision):
     """Upgrade the schema with Alembic (idempotent)."""
     from xpmet.db import migrate as m
-    m.upgrade(revision)
-    click.echo(f"schema at revision {m.current()}")
+    from xpmet.db.engine import libpq_url
+    url = libpq_url()  # the embedded cluster migrates itself to head when it starts
+    m.upgrade(url, revision)
+    click.echo(f"schema at revision {m.current(url)}")

@@ -5,6 +5,7 @@ from alembic import command
 from alembic.config import Config
 
 from xpmet import resources
+from xpmet.db.connection import engine_for
 
 SCHEMA = "xpmet"
 
@@ -19,6 +20,7 @@ def include_object(obj, name, type_, reflected, compare_to):
 
 
 def alembic_config(url: str | None = None) -> Config:
+    """Alembic's configuration; ``url`` is required to run migrations (not to read the scripts)."""
     cfg = Config()  # no alembic.ini needed: everything Alembic reads ships in the package
     cfg.set_main_option("script_location", str(resources.migrations_dir()))
     cfg.attributes["url"] = url
@@ -34,11 +36,12 @@ def run_sql_file(name: str) -> None:
     op.execute(sa.text(sql).execution_options(no_parameters=True))
 
 
-def upgrade(revision: str = "head", url: str | None = None) -> None:
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` (a libpq URL: ``xpmet.db.engine.libpq_url()`` for the configured one)."""
     command.upgrade(alembic_config(url), revision)
 
 
-def downgrade(revision: str = "base", url: str | None = None) -> None:
+def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
 
 
@@ -47,8 +50,7 @@ def head() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def current(url: str | None = None) -> str | None:
+def current(url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
-    from xpmet.db.engine import connect
-    with connect(url).connect() as conn:
+    with engine_for(url).connect() as conn:
         return MigrationContext.configure(conn, opts={"version_table_schema": "xpmet"}).get_current_revision()

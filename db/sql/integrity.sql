@@ -50,6 +50,16 @@ WHERE ls.id = 1;
 COMMENT ON VIEW xpmet.label_status IS
   'The crossmatch version the labels were built from; stale when a newer run exists or that run is stale';
 
+-- Per model: predictions whose XP spectrum changed since (another load, by --replace of the file or
+-- by another file) or is gone; xpmet predict re-predicts exactly those. A full pass over the table.
+CREATE VIEW xpmet.prediction_status AS
+SELECT p.model_id, count(*) AS n_predictions,
+       count(*) FILTER (WHERE x.load_id IS DISTINCT FROM p.load_id) AS n_stale
+FROM xpmet.predictions p LEFT JOIN xpmet.xp_continuous x ON x.source_id = p.source_id
+GROUP BY p.model_id;
+COMMENT ON VIEW xpmet.prediction_status IS
+  'Per model: predictions, and those made from an XP spectrum that was replaced or removed since (n_stale)';
+
 -- Recompute the materialized label views, and remember which crossmatch they were built from.
 CREATE OR REPLACE FUNCTION xpmet.refresh_labels() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN

@@ -1,5 +1,6 @@
 -- Undoes integrity.sql (migration 0005 downgrade): 0002's survey_measurement and refresh_labels again.
 -- (No percent signs in this file: SQLAlchemy's text() would double them.)
+DROP VIEW IF EXISTS xpmet.prediction_status;
 DROP VIEW IF EXISTS xpmet.label_status;
 DROP VIEW IF EXISTS xpmet.xmatch_run_status;
 DROP FUNCTION IF EXISTS xpmet.xmatch_stale_reason(integer[]);

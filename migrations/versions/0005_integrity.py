@@ -5,7 +5,7 @@
 - label_setting.labels_xmatch_version / labels_refreshed_at: the run the label views were built
   from (view label_status says when a newer run exists or the run is stale).
 - predictions.load_id: the xp_continuous load a prediction was computed from; xpmet predict
-  re-predicts stars whose XP load changed.
+  re-predicts stars whose XP load changed (view prediction_status counts them per model).
 - etl_load.descriptor: the survey descriptor of that load (survey.descriptor is only the latest).
 - survey ids from a sequence (two first loads at once must not collide).
 - training_export: one row per `xpmet export`, with the crossmatch version it read.
@@ -38,9 +38,6 @@ def upgrade():
     op.add_column('predictions', sa.Column('load_id', sa.Integer(), nullable=True,
                                            comment='the xp_continuous load (etl_load) the prediction was computed from'),
                   schema='xpmet')
-    # BRIN: predictions go in in source_id order, file by file, so load_id follows the table's
-    # physical order; enough for "does any prediction still cite load N" at almost no write cost.
-    op.create_index('ix_predictions_load', 'predictions', ['load_id'], schema='xpmet', postgresql_using='brin')
     op.add_column('etl_load', sa.Column('descriptor', postgresql.JSONB(astext_type=sa.Text()), nullable=True,
                                         comment='survey loads: the descriptor this load used'),
                   schema='xpmet')
@@ -64,7 +61,6 @@ def downgrade():
     run_sql_file("integrity_drop.sql")
     op.drop_table('training_export', schema='xpmet')
     op.drop_column('etl_load', 'descriptor', schema='xpmet')
-    op.drop_index('ix_predictions_load', table_name='predictions', schema='xpmet')
     op.drop_column('predictions', 'load_id', schema='xpmet')
     op.drop_column('label_setting', 'labels_refreshed_at', schema='xpmet')
     op.drop_column('label_setting', 'labels_xmatch_version', schema='xpmet')

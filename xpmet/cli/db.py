@@ -61,7 +61,12 @@ def status():
     else:
         click.echo(f"url          {describe(libpq_url())}")
     from xpmet.db import migrate
-    click.echo(f"revision     {migrate.current(libpq_url()) or 'none (run: xpmet db migrate)'}")
+    rev = migrate.current(libpq_url())
+    click.echo(f"revision     {rev or 'none (run: xpmet db migrate)'}")
+    if rev and rev >= "0005":  # what derived rows were built from (migration 0005)
+        from xpmet.etl.provenance import derived_status
+        for what, state in derived_status():
+            click.echo(f"{what:12s} {state}")
 
 
 @db.command()

@@ -136,3 +136,38 @@ def _record_failure(url, kind, path, size, sha, options, exc, seconds):
                        seconds, str(exc)[:4000]))
     except Exception:  # the database itself may be the failure; the original error is what matters
         pass
+
+
+def derived_status(url: str | None = None) -> list[tuple[str, str]]:
+    """(what, state) lines for `xpmet db status`: is the current crossmatch stale, which crossmatch
+    the labels were built from, and which models have predictions from XP files replaced since."""
+    out = []
+    with raw_connect(url) as c:
+        run = c.execute("SELECT version, stale_reason FROM xpmet.xmatch_run_status WHERE is_current").fetchone()
+        if run is None:
+            out.append(("crossmatch", "none (run: xpmet xmatch)"))
+        else:
+            out.append(("crossmatch", f"{run[0]}, STALE: {run[1]}" if run[1] else f"{run[0]}, up to date"))
+        ls = c.execute("SELECT labels_xmatch_version, current_xmatch_version, newer_xmatch, xmatch_stale "
+                       "FROM xpmet.label_status").fetchone()
+        if ls and ls[0] is None:
+            out.append(("labels", "not built (run: xpmet labels)"))
+        elif ls and ls[2]:
+            out.append(("labels", f"built from crossmatch {ls[0]}, STALE: crossmatch {ls[1]} is newer "
+                                  "(run: xpmet labels)"))
+        elif ls:
+            out.append(("labels", f"built from crossmatch {ls[0]}" + (", STALE with it" if ls[3] else "")))
+        c.commit()
+        try:  # a full pass over predictions: bounded, so that status stays quick on a huge table
+            c.execute("SET LOCAL statement_timeout = '20s'")
+            stale = c.execute("SELECT model_id, n_stale FROM xpmet.prediction_status WHERE n_stale > 0 "
+                              "ORDER BY model_id").fetchall()
+        except psycopg.errors.QueryCanceled:
+            c.rollback()
+            out.append(("predictions", "not checked within 20 s: SELECT * FROM xpmet.prediction_status"))
+            return out
+        if stale:
+            out.append(("predictions", "STALE: " + ", ".join(f"model {m}: {n} from replaced XP spectra"
+                                                             for m, n in stale)
+                        + " (run: xpmet predict --model ...)"))
+    return out

@@ -253,7 +253,19 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    _register(out, ",".join(sorted(meta_seen["xmatch_version"])), ",".join(sorted(meta_seen["reference"])),
+              sum(w.counts.values()), opt)
     return {"path": str(out), "n_by_split": w.counts, "rows_cut_by_coef_error": n_cut}
+
+
+def _register(out: Path, xmatch_version: str, reference: str, n_rows: int, opt: ExportOptions):
+    """One xpmet.training_export row: `xpmet xmatch --keep` keeps the crossmatch runs exports cite."""
+    from xpmet.db.engine import raw_connect
+    with raw_connect() as conn:
+        conn.execute("INSERT INTO xpmet.training_export (path, xmatch_version, reference, n_rows, options, "
+                     "xpmet_version) VALUES (%s, %s, %s, %s, %s, %s)",
+                     (str(out.resolve()), xmatch_version or None, reference or None, n_rows,
+                      json.dumps(asdict(opt), default=str), __version__))
 
 
 def _write_noise_sample(conn, f: h5py.File, opt: ExportOptions):

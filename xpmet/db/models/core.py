@@ -163,7 +163,6 @@ predictions = sa.Table(
     sa.Column("load_id", sa.Integer,
               comment="the xp_continuous load (etl_load) the prediction was computed from"),
     sa.Index("ix_predictions_source", "source_id"),
-    sa.Index("ix_predictions_load", "load_id", postgresql_using="brin"),
     comment="Per-star predictions, one row per (model, source)",
 )
 

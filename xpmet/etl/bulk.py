@@ -12,7 +12,7 @@ or with ``replace`` the earlier rows of those source_ids are deleted and the chu
 """
 from __future__ import annotations
 
-import os
+import fcntl
 import queue
 import re
 import time
@@ -30,24 +30,31 @@ from xpmet.io.pgcopy import HEADER, TRAILER, Col, copy_rows, copy_sql, encode
 
 
 class Quarantine:
-    """Appends bad rows (file, row, column, reason) to a tab-separated file; safe across worker processes."""
+    """Bad rows (file, row, column, reason) of one file load, appended to a tab-separated file by
+    ``flush`` once the load has committed: a failed or killed load writes none, and a re-run or a
+    concurrent worker never writes a line (or the header) twice (appends under an exclusive flock)."""
 
     HEADER = "file\trow\tcolumn\treason\n"
 
     def __init__(self, path):
         self.path = str(path)
         self.count = 0
+        self.lines: list[str] = []
 
     def __call__(self, source, rows, column, reason):
-        text = "".join(f"{source}\t{r}\t{column}\t{reason}\n" for r in np.asarray(rows).tolist())
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if os.fstat(fd).st_size == 0:
-                text = self.HEADER + text
-            os.write(fd, text.encode())  # one O_APPEND write: lines of concurrent workers do not interleave
-        finally:
-            os.close(fd)
+        self.lines += [f"{source}\t{r}\t{column}\t{reason}\n" for r in np.asarray(rows).tolist()]
         self.count += len(rows)
+
+    def flush(self):
+        if not self.lines:
+            return
+        with open(self.path, "a+", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+            f.seek(0)
+            present = set(f.read().splitlines(keepends=True))
+            new = [ln for ln in dict.fromkeys(self.lines) if ln not in present]
+            f.write(("" if present else self.HEADER) + "".join(new))
+        self.lines = []
 
 
 def _sorted_chunk(data: dict, source: str, first_row: int) -> dict:
@@ -158,7 +165,9 @@ def load_file(path, report, *, kind: str, table: str, cols: list[Col], reader, r
         with file_load(path, kind, (table,), options=options, replace=replace, url=url) as load:
             if isinstance(load, Skipped):
                 return FileResult(str(path), "skipped", load.n_rows, size, time.perf_counter() - t0,
-                                  load_id=load.load_id)
+                                  load_id=load.load_id, note=load.note)
+            if quarantine:
+                load.after_commit.append(quarantine.flush)
             conn = load.conn
             _tune_session(conn)
             chunks = _prepared(reader(path, on_bad=quarantine), cols, load.load_id, report)

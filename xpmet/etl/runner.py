@@ -21,6 +21,7 @@ from typing import Callable
 from xpmet.progress import note, progress_bar
 
 from xpmet.errors import XpmetError
+from xpmet.faults import fault
 from xpmet.io.formats import DATA_SUFFIXES
 
 
@@ -35,6 +36,7 @@ class FileResult:
     quarantined: int = 0
     load_id: int | None = None
     peak_rss_mb: float | None = None   # peak memory of the process that loaded the file
+    note: str | None = None            # e.g. skipped because another process loaded it meanwhile
 
 
 @dataclass
@@ -96,6 +98,9 @@ class LoadSummary:
                  f"({self.rows_per_s:,.0f} rows/s, {self.mb_per_s:.1f} MB/s of input, {self.workers} worker(s))"]
         if self.quarantined:
             lines.append(f"  {self.quarantined} bad row(s) quarantined")
+        for f in self.files:
+            if f.note:
+                lines.append(f"  note: {f.note}")
         for f in self.failed:
             lines.append(f"  FAILED {f.error}")
         return "\n".join(lines)
@@ -190,6 +195,7 @@ def run(kind: str, paths, load_one: Callable, options: dict, workers: int = 1, p
         bar.update(1)
         if res.status == "failed":
             note(f"failed: {res.error}")
+        fault("after_file")
 
     try:
         if workers <= 1 or len(files) == 1:

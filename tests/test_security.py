@@ -211,3 +211,85 @@ def test_writers_keep_advisory_locks_and_temp_tables(engine):
         c.execute("SELECT pg_advisory_unlock(7, 7)")
         c.execute("CREATE TEMP TABLE t_ok ON COMMIT DROP AS SELECT 1 AS a")
         c.rollback()
+
+
+# -- predict --where ------------------------------------------------------------------------------
+@pytest.fixture
+def where_sky(clean_db):
+    from predict_helpers import insert_sky
+    return insert_sky(400, seed=11)
+
+
+def _no_large_objects():
+    from xpmet.db.engine import raw_connect
+    with raw_connect(autocommit=True) as c:
+        return c.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("where, message", [
+    ("pg_read_file('/etc/passwd') <> ''", "refused"),
+    ("length(pg_read_binary_file('PG_VERSION')) > 0", "refused"),
+    ("lo_create(0) > 0", "refused"),
+    ("lo_from_bytea(0, 'x') > 0", "refused"),
+    ("pg_advisory_lock(1) IS NOT NULL", "refused"),
+    ("nextval('xpmet.etl_load_load_id_seq') > 0", "refused"),
+    ("(SELECT count(*) FROM xpmet.etl_load) >= 0", "refused"),
+    # SET ROLE back to the owner, then dynamic SQL planned as the owner: a login cannot switch
+    ("set_config('role', 'xpmet', true) <> '' AND "
+     "length(query_to_xml('SELECT pg_read_file(''/etc/passwd'')', true, false, '')::text) > 0", "refused"),
+    ("pg_sleep(100) IS NOT NULL", "took longer than 5 s"),
+])
+def test_where_cannot_read_files_sleep_or_write(where_sky, where, message):
+    import time
+    from predict_helpers import ColourPredictor
+    from xpmet.predict import predict
+    t0 = time.monotonic()
+    with pytest.raises(XpmetError, match=message) as e:
+        predict(ColourPredictor(), where=where, progress=False)
+    assert "\n" not in str(e.value)
+    assert time.monotonic() - t0 < 60
+    assert _no_large_objects()
+
+
+def test_where_still_filters_as_the_reader(where_sky):
+    from predict_helpers import ColourPredictor
+    from xpmet.db.engine import raw_connect
+    from xpmet.predict import predict
+    r = predict(ColourPredictor(), where="current_user = 'xpmet_reader' AND g.phot_g_mean_mag < 14",
+                chunk_rows=100, progress=False)
+    want = int((where_sky["g"] < 14).sum())
+    assert 0 < want < 400 and r.written == want
+    with raw_connect(autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM xpmet.predictions").fetchone()[0] == want
+
+
+def test_where_that_sleeps_later_is_stopped_per_chunk(where_sky, monkeypatch):
+    """A condition harmless on the sampled stars and slow on the rest meets the per-chunk timeout."""
+    import xpmet.predict as p
+    from predict_helpers import ColourPredictor
+    monkeypatch.setattr(p, "WHERE_CHUNK_TIMEOUT_MS", 1500)
+    later = int(where_sky["source_id"][p.WHERE_CHECK_SAMPLE + 50])
+    with pytest.raises(XpmetError, match=r"took longer than 1.5 s on source_ids \[") as e:
+        p.predict(ColourPredictor(), where=f"x.source_id < {later} OR pg_sleep(100) IS NOT NULL",
+                  chunk_rows=100, progress=False)
+    assert "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, torch_one_thread):
+    import ml_semisynth as semi
+    from xpmet.ml.train import TrainConfig, train
+    d = tmp_path_factory.mktemp("tiny-model")
+    semi.write_file(d / "data.h5", n=300, n_faint=10)
+    return train(d / "data.h5", d / "est", TrainConfig(hidden=(8,), epochs=1), register=False, progress=False)
+
+
+def test_cli_where_refusals_are_one_line(where_sky, tiny_model, run_cli):
+    for where in ("pg_read_file('/etc/passwd') <> ''", "pg_sleep(100) IS NOT NULL"):
+        r = run_cli("predict", "--model", tiny_model, "--where", where, ok=False)
+        assert r.exit_code == 1
+        assert "Traceback" not in r.output
+        lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and "--where" in lines[0], r.output
+    r = run_cli("predict", "--model", tiny_model, "--where", "g.phot_g_mean_mag < 14")
+    assert f"wrote {int((where_sky['g'] < 14).sum())} predictions" in r.output

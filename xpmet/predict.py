@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
+from xpmet.db.readonly import reader_connect
 from xpmet.errors import XpmetError
 from xpmet.faults import fault
 from xpmet.progress import progress_bar
@@ -36,6 +37,11 @@ from xpmet.xp import N_COEF, N_CORR
 LEVEL12_SHIFT = 35
 #: Key of the advisory lock that allows one predict run per model at a time.
 LOCK_CLASS = 0x78706D70  # "xpmp"
+#: --where runs as xpmet_reader under these statement timeouts: the check on a sample of stars,
+#: and each chunk's read.
+WHERE_CHECK_TIMEOUT_MS = 5_000
+WHERE_CHECK_SAMPLE = 100
+WHERE_CHUNK_TIMEOUT_MS = 300_000
 
 #: Batch keys of the inference contract (used when a predictor does not declare ``needs``).
 DEFAULT_NEEDS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "rp_coefficients",
@@ -101,7 +107,7 @@ def input_columns(needs) -> list[tuple[str, Col]]:
 
 def _select(inputs, model_id: int, lo: int, hi: int, where: str | None) -> str:
     # COPY takes no bind parameters: the only values pasted here are integers we made ourselves
-    # and the user's own --where expression (checked by check_where in a read-only transaction).
+    # and the user's own --where expression (checked by check_where; both run as xpmet_reader).
     cond = f"x.source_id >= {int(lo)} AND x.source_id < {int(hi)}"
     if where:
         cond += f" AND ({where})"
@@ -123,18 +129,37 @@ def _drop_stale(conn, model_id: int, lo: int, hi: int) -> int:
 
 
 def check_where(conn, where: str | None) -> None:
-    """Fail early, with the server's message, when --where is not a valid condition on x and g."""
+    """Fail early, with the server's message, when --where is not a valid condition on x and g.
+
+    ``conn`` logs in as xpmet_reader (xpmet.db.readonly.reader_connect): the condition is evaluated
+    on the first stars under a short statement timeout, so a function the reader may not call, an
+    error at run time or a condition that sleeps fails here, before any work; the transaction is
+    rolled back, so nothing it did (set_config, pg_notify) survives.
+    """
     if not where:
         return
     if ";" in where:
         raise XpmetError("--where must be one SQL condition (no ';')")
     try:
-        with conn.transaction():
-            conn.execute(f"EXPLAIN SELECT 1 FROM xpmet.xp_continuous x LEFT JOIN xpmet.gaia_source g "
-                         f"ON g.source_id = x.source_id WHERE ({where})")
+        with conn.transaction(force_rollback=True):
+            conn.execute(f"SET LOCAL statement_timeout = {int(WHERE_CHECK_TIMEOUT_MS)}")
+            conn.execute(f"SELECT ({where})::boolean FROM (SELECT * FROM xpmet.xp_continuous "
+                         f"ORDER BY source_id LIMIT {int(WHERE_CHECK_SAMPLE)}) x "
+                         f"LEFT JOIN xpmet.gaia_source g ON g.source_id = x.source_id").fetchall()
     except psycopg.Error as e:
-        raise XpmetError(f"--where {where!r} is not a valid condition on x (xp_continuous) and "
-                         f"g (gaia_source): {e.diag.message_primary}") from None
+        raise where_error(where, e, WHERE_CHECK_TIMEOUT_MS, f"on {WHERE_CHECK_SAMPLE} stars") from None
+
+
+def where_error(where: str, e: psycopg.Error, timeout_ms: int, what: str) -> XpmetError:
+    """The one-line refusal of a --where the server would not run."""
+    msg = (e.diag.message_primary or str(e)).strip().splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, psycopg.errors.QueryCanceled):
+        return XpmetError(f"--where {where!r} took longer than {timeout_ms / 1000:g} s {what} and was stopped")
+    if isinstance(e, psycopg.errors.InsufficientPrivilege):
+        return XpmetError(f"--where {where!r} was refused: it runs as the read-only role, which may read the "
+                          f"published tables and call side-effect-free functions only ({msg})")
+    return XpmetError(f"--where {where!r} is not a valid condition on x (xp_continuous) and "
+                      f"g (gaia_source): {msg}")
 
 
 def chunk_ranges(conn, rows_per_chunk: int):
@@ -217,7 +242,8 @@ class Worker:
         from xpmet.db.engine import raw_connect
         self.predictor, self.model_id, self.where, self.batch = predictor, model_id, where, batch
         self.inputs = input_columns(getattr(predictor, "needs", None))
-        self.reader = raw_connect(url)
+        # The user's --where runs in this connection's COPY: log in as the read-only role for it.
+        self.reader = reader_connect(url) if where else raw_connect(url)
         self.reader.read_only = True  # the --where expression can read, never write
         self.writer = raw_connect(url)
 
@@ -315,6 +341,8 @@ class Worker:
         sql = _select(self.inputs, self.model_id, lo, hi, self.where)
         decoder = RowReader([c for _, c in self.inputs], max_rows=self.batch)
         try:
+            if self.where:  # a SET LOCAL per chunk: the condition cannot lift it for the next one
+                self.reader.execute(f"SET LOCAL statement_timeout = {int(WHERE_CHUNK_TIMEOUT_MS)}")
             with self.reader.cursor() as rcur, rcur.copy(f"COPY ({sql}) TO STDOUT (FORMAT binary)") as src:
                 for block in src:
                     for rows in decoder.feed(block):
@@ -326,6 +354,9 @@ class Worker:
                 batches.put(rows)
             batches.put(None)
         except BaseException as e:  # handed to the main thread, which raises it
+            if self.where and isinstance(e, (psycopg.errors.QueryCanceled, psycopg.errors.InsufficientPrivilege,
+                                             psycopg.errors.DataError)) and not stop.is_set():
+                e = where_error(self.where, e, WHERE_CHUNK_TIMEOUT_MS, f"on source_ids [{lo}, {hi})")
             batches.put(e)
         finally:
             try:
@@ -378,7 +409,9 @@ def predict(model, *, where: str | None = None, batch: int = 4096, workers: int 
         if not _count(ctl, "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, model_id)):
             raise XpmetError(f"another `xpmet predict` is running for model {model_id}; wait for it to finish "
                              "(or stop it: a stopped run resumes where it stopped)")
-        check_where(ctl, where)
+        if where:
+            with reader_connect(url) as wc:
+                check_where(wc, where)
         input_columns(getattr(predictor, "needs", None))  # fail on unknown columns before any work
         total = _count(ctl, "SELECT count(*) FROM xpmet.xp_continuous")
         already = _count(ctl, "SELECT count(*) FROM xpmet.predictions WHERE model_id = %s", (model_id,))

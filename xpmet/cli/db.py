@@ -6,6 +6,7 @@ import time
 import click
 
 from xpmet.config import settings
+from xpmet.errors import XpmetError
 
 
 @click.group()
@@ -23,20 +24,32 @@ def _external_note():
 
 
 @db.command()
-def start():
+@click.option("--listen", metavar="HOST:PORT", default=None,
+              help="Also listen on TCP (e.g. 0.0.0.0:5433) for remote workers, with SCRAM passwords kept in "
+                   "XPMET_HOME/db-passwords.json (0600); `xpmet db url --tcp` prints the URL. Default: Unix socket only.")
+def start(listen):
     """Start the embedded cluster (initdb, CREATE EXTENSION q3c and migrations on first use). Idempotent."""
-    from xpmet.db.engine import check_server, cluster, ensure_schema, libpq_url
+    from xpmet.db.cluster import parse_listen
+    from xpmet.db.engine import check_server, cluster, describe, ensure_schema, libpq_url
     if _external_note():
+        if listen:
+            raise XpmetError("--listen is for the embedded cluster; XPMET_DATABASE_URL names a server of your own.")
         check_server(libpq_url())
         click.echo("server reachable, q3c present")
         return
+    where = parse_listen(listen) if listen else None
     t0 = time.perf_counter()
     c = cluster()
-    launched = c.start()
+    launched = c.start(listen=where)
     ensure_schema(c.url())
+    if where:
+        c.set_passwords()  # again after the migrations, which create xpmet_reader
     what = f"started in {time.perf_counter() - t0:.1f} s" if launched else "already running"
     click.echo(f"embedded PostgreSQL {what} (data: {c.data}, socket: {c.run})")
     click.echo(c.url())
+    if c.listening():
+        click.echo(f"TCP: {describe(c.tcp_url())} (password in {c.home / 'db-passwords.json'}; "
+                   "`xpmet db url --tcp` prints the full URL)")
 
 
 @db.command()
@@ -72,12 +85,19 @@ def status():
 @db.command()
 @click.option("--sqlalchemy", is_flag=True, help="Print the postgresql+psycopg:// form for SQLAlchemy.")
 @click.option("--read-only", "read_only", is_flag=True,
-              help="URL of the role xpmet_reader, which can SELECT but not modify anything.")
-def url(sqlalchemy, read_only):
+              help="URL of the role xpmet_reader, which can SELECT the published tables and views and modify nothing.")
+@click.option("--tcp", is_flag=True,
+              help="The TCP URL, with its password, that remote workers use (after `xpmet db start --listen`).")
+def url(sqlalchemy, read_only, tcp):
     """Print the connection URL, e.g.  psql "$(xpmet db url)"  (starts the embedded cluster)."""
-    from xpmet.db.engine import libpq_url, to_sqlalchemy
-    if read_only:
-        from xpmet.db.readonly import readonly_url
+    from xpmet.db.engine import cluster, libpq_url, to_sqlalchemy
+    from xpmet.db.readonly import READER, readonly_url
+    if tcp:
+        if not settings().embedded:
+            raise XpmetError("--tcp is for the embedded cluster; XPMET_DATABASE_URL already names your server.")
+        libpq_url()  # starts the cluster (Unix socket only) when it is not running
+        u = cluster().tcp_url(READER if read_only else "xpmet")
+    elif read_only:
         u = readonly_url()
     else:
         u = libpq_url()

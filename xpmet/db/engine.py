@@ -5,7 +5,7 @@ import psycopg
 import sqlalchemy as sa
 
 from xpmet.config import settings
-from xpmet.db.cluster import PORT, Cluster
+from xpmet.db.cluster import Cluster
 from xpmet.db.connection import (  # noqa: F401  (re-exported: the names callers know)
     SESSION_OPTIONS, check_server, describe, engine_for, psycopg_connect, to_libpq, to_sqlalchemy)
 
@@ -22,7 +22,7 @@ def libpq_url(start: bool = True) -> str:
         return to_libpq(s.database_url)
     c = cluster()
     # Fast path: a running server with its socket in place needs no start-up checks (~45 ms).
-    if start and not (c.running() and (c.run / f".s.PGSQL.{PORT}").exists()):
+    if start and not (c.running() and (c.run / f".s.PGSQL.{c.port()}").exists()):
         c.start()
         ensure_schema(c.url())
     return c.url()

@@ -319,15 +319,20 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
     p = params or XmatchParams()
     p.validate()
     t0 = time.perf_counter()
-    bar = progress_bar(total=3, desc="crossmatch", unit="step", enabled=progress)
     stages, last = {}, [t0]
 
     def lap(name):
         now = time.perf_counter()
         stages[name] = now - last[0]
         last[0] = now
-    with raw_connect(url, autocommit=True) as conn, bar:
+    conn = raw_connect(url, autocommit=True)
+    try:
         take_lock(conn)  # session lock, taken before the snapshot; released when the connection closes
+    except BaseException:
+        conn.close()
+        raise
+    bar = progress_bar(total=3, desc="crossmatch", unit="step", enabled=progress)
+    with conn, bar:
         conn.autocommit = False
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.execute("SET LOCAL work_mem = '256MB'")  # the snapshot starts at the next query

@@ -203,3 +203,22 @@ def test_two_connections_give_the_same_rows_as_one(clean_db, tmp_path):
             for r in (one, two))
     assert len(a) == n_s and [dict(r) for r in a] == [dict(r) for r in b]
     assert len(one.by_method) >= 3 and sum(r["ambiguous"] for r in a) and sum(r["duplicate_claim"] for r in a)
+
+
+def test_explicit_radius_beats_the_descriptor_even_at_the_default_value(clean_db):
+    """--radius 1.0 is an explicit choice: it must win over lamost's descriptor radius (2.0)."""
+    import json
+    from xpmet.crossmatch import DEFAULT_RADII, survey_parameters
+    from xpmet.db.engine import raw_connect
+    from xpmet.etl.descriptor import load_descriptor
+    lamost_xm = load_descriptor("lamost").raw["xmatch"]
+    assert lamost_xm["radius"] != DEFAULT_RADII["radius"]
+    with raw_connect() as c:
+        c.execute("INSERT INTO xpmet.survey (name, descriptor) VALUES ('lamost', %s), ('apogee', '{}')",
+                  (json.dumps({"xmatch": lamost_xm}),))
+        by = lambda p: {r[1]: r[2:] for r in survey_parameters(c, p)}  # noqa: E731
+        assert by(XmatchParams())["lamost"][0] == lamost_xm["radius"]          # not given: the descriptor's
+        assert by(XmatchParams())["apogee"] == (1.0, 2.0, 3.0)                 # nor there: the defaults
+        assert by(XmatchParams(radius=1.0))["lamost"][:2] == (1.0, 2.0)        # given: wins, nopm follows
+        assert by(XmatchParams(radius=1.0, overrides={"lamost": {"radius": 3.0}}))["lamost"][0] == 3.0
+        c.rollback()

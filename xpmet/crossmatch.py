@@ -37,14 +37,20 @@ from xpmet.faults import fault
 from xpmet.flags import XMATCH_BITS
 
 EPOCH_MODES = ("propagate", "gaia")
+#: Radii (arcsec) when neither the command nor the survey's descriptor gives one; nopm_radius None = 2 x radius.
+DEFAULT_RADII = {"radius": 1.0, "nopm_radius": None, "id_radius": 3.0}
 
 
 @dataclass
 class XmatchParams:
-    """Crossmatch parameters (arcsec, mas/yr). Per-survey values: descriptor [xmatch], then ``overrides``."""
-    radius: float = 1.0
+    """Crossmatch parameters (arcsec, mas/yr).
+
+    Per survey, the first that is set wins: ``overrides[survey]``, then the value given here, then the
+    descriptor's [xmatch] table, then ``DEFAULT_RADII``. None means "not given".
+    """
+    radius: float | None = None          # DEFAULT_RADII["radius"]
     nopm_radius: float | None = None     # default 2 x radius
-    id_radius: float = 3.0
+    id_radius: float | None = None       # DEFAULT_RADII["id_radius"]
     epoch: str = "propagate"             # or "gaia": compare at Gaia positions (no propagation)
     pm_cap: float = 50.0                 # faster Gaia sources are searched from the Gaia side
     overrides: dict = field(default_factory=dict)   # survey name -> {radius, nopm_radius, id_radius}
@@ -53,8 +59,8 @@ class XmatchParams:
     def validate(self):
         if self.epoch not in EPOCH_MODES:
             raise XpmetError(f"epoch handling must be one of {EPOCH_MODES}, not {self.epoch!r}")
-        for k in ("radius", "id_radius", "pm_cap"):
-            if not getattr(self, k) > 0:
+        for k in ("radius", "nopm_radius", "id_radius", "pm_cap"):
+            if getattr(self, k) is not None and not getattr(self, k) > 0:
                 raise XpmetError(f"{k} must be positive, not {getattr(self, k)}")
         for name, o in self.overrides.items():
             bad = set(o) - {"radius", "nopm_radius", "id_radius"}
@@ -104,12 +110,11 @@ def survey_parameters(conn, p: XmatchParams) -> list[tuple]:
         raise XpmetError(f"overrides for surveys that are not loaded: {sorted(unknown)}; loaded: {sorted(names)}")
     out = []
     for sid, name, xm in rows:
-        xm = {k: v for k, v in (xm or {}).items() if k in ("radius", "nopm_radius", "id_radius")}
-        # an explicit radius on the command line beats the descriptor's default
-        if p.radius != XmatchParams.radius:
-            xm.pop("radius", None)
-        v = {"radius": p.radius, "id_radius": p.id_radius, **xm, **p.overrides.get(name, {})}
-        v.setdefault("nopm_radius", p.nopm_radius if p.nopm_radius else 2 * v["radius"])
+        given = {k: getattr(p, k) for k in DEFAULT_RADII if getattr(p, k) is not None}
+        described = {k: v for k, v in (xm or {}).items() if k in DEFAULT_RADII}
+        v = {**DEFAULT_RADII, **described, **given, **p.overrides.get(name, {})}
+        if v["nopm_radius"] is None:
+            v["nopm_radius"] = 2 * v["radius"]
         out.append((sid, name, float(v["radius"]), float(v["nopm_radius"]), float(v["id_radius"])))
     return out
 

@@ -19,11 +19,12 @@ def _overrides(values) -> dict:
 
 
 @click.command("xmatch")
-@click.option("--radius", type=float, default=1.0, show_default=True,
-              help="Matching radius (arcsec) at the survey epoch; descriptors may set their own.")
+@click.option("--radius", type=float,
+              help="Matching radius (arcsec) at the survey epoch, for every survey (beats the descriptors' "
+                   "own radius) [descriptor, else 1.0].")
 @click.option("--nopm-radius", type=float, help="Radius for Gaia sources without proper motion [2 x radius].")
-@click.option("--id-radius", type=float, default=3.0, show_default=True,
-              help="Largest separation (arcsec) at which a declared Gaia id is accepted.")
+@click.option("--id-radius", type=float,
+              help="Largest separation (arcsec) at which a declared Gaia id is accepted [descriptor, else 3.0].")
 @click.option("--epoch", type=click.Choice(["propagate", "gaia"]), default="propagate", show_default=True,
               help="propagate: move Gaia positions to each row's epoch; gaia: compare at Gaia positions.")
 @click.option("--override", multiple=True, metavar="SURVEY:PARAM=VALUE",

@@ -312,11 +312,11 @@ class Worker:
         finally:
             for t in threads:
                 t.join()
-        return read, read
+        return read, self._written
 
     def _write(self, results, stop):
         """Writer thread: one binary COPY FROM for the whole chunk, opened at the first batch."""
-        self._write_error = None
+        self._write_error, self._written = None, 0
         try:
             with contextlib.ExitStack() as stack:
                 sink = None
@@ -329,6 +329,7 @@ class Worker:
                         cur = stack.enter_context(self.writer.cursor())
                         sink = stack.enter_context(cur.copy(copy_sql("xpmet.predictions", OUTPUTS)))
                     sink.write(encode(OUTPUTS, data, header=first, trailer=False))
+                    self._written += len(data["source_id"])  # one COPY: all of them commit, or none
                 if sink is not None:
                     if stop.is_set():
                         raise XpmetError("chunk abandoned")  # makes psycopg abort the COPY

@@ -16,6 +16,7 @@ every chown/chmod/open that root does there refuses to follow one.
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import glob
 import hashlib
@@ -184,7 +185,8 @@ def _open_private(path: Path, flags: int, mode: int = 0o600) -> int:
     try:
         return os.open(path, flags | os.O_NOFOLLOW, mode)
     except OSError as e:
-        if e.errno == 40:  # ELOOP: it is a symbolic link
+        # ELOOP, or ENOTDIR with O_DIRECTORY: the last component is a symbolic link
+        if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
             raise XpmetError(f"{path} is a symbolic link; xpmet does not follow links in its cluster "
                              "directories. Remove it.") from None
         raise
@@ -397,7 +399,7 @@ class Cluster:
         """initdb into a scratch directory and rename it: a killed initdb leaves no half cluster."""
         scratch = self.root / "data.initdb"
         shutil.rmtree(scratch, ignore_errors=True)
-        self._as_service([bin_dir / "initdb", "-D", scratch, "-U", SUPERUSER, "-E", "UTF8",
+        self._as_service([bin_dir / "initdb", "-D", scratch.name, "-U", SUPERUSER, "-E", "UTF8",
                           "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256",
                           "--no-instructions"])
         fd = _open_private(scratch / "postgresql.conf", os.O_WRONLY | os.O_APPEND)
@@ -443,6 +445,11 @@ class Cluster:
         """
         bin_dir = find_bin_dir()
         check_q3c(bin_dir)
+        if "," in str(self.run):  # libpq reads a comma in host= as a list of hosts, and has no escape for it
+            raise XpmetError(f"The cluster directory {self.root} has a comma in its path, which PostgreSQL "
+                             "clients cannot take as a socket directory; choose an XPMET_HOME without one.")
+        if listen is not None:
+            read_passwords(self.home)  # a file others can read is refused before the port opens
         with self._lock():
             self._prepare_root()
             if not self.initialised():
@@ -466,7 +473,9 @@ class Cluster:
                 if listen is not None:
                     # pg_ctl hands -o to a shell: parse_listen allowed no quotes or spaces in host.
                     opts = ["-o", f"-c listen_addresses='{listen[0]}' -c port={int(listen[1])}"]
-                r = self._as_service([bin_dir / "pg_ctl", "start", "-D", self.data, "-l", self.log,
+                # Paths relative to the cluster root (the cwd): pg_ctl pastes them into a shell
+                # command line, where a quote in XPMET_HOME would break it.
+                r = self._as_service([bin_dir / "pg_ctl", "start", "-D", self.data.name, "-l", self.log.name,
                                       "-w", "-t", "60", *opts], check=False)
                 if r.returncode != 0:
                     raise XpmetError(f"The embedded PostgreSQL server did not start: {r.stderr.strip()}\n"
@@ -518,7 +527,7 @@ class Cluster:
         with self._lock():
             if not self.initialised() or not self.running():
                 return False
-            self._as_service([find_bin_dir() / "pg_ctl", "stop", "-D", self.data, "-m", "fast", "-w", "-t", "60"])
+            self._as_service([find_bin_dir() / "pg_ctl", "stop", "-D", self.data.name, "-m", "fast", "-w", "-t", "60"])
             return True
 
     def status(self) -> dict:

@@ -293,3 +293,92 @@ def test_cli_where_refusals_are_one_line(where_sky, tiny_model, run_cli):
         assert len(lines) == 1 and "--where" in lines[0], r.output
     r = run_cli("predict", "--model", tiny_model, "--where", "g.phot_g_mean_mag < 14")
     assert f"wrote {int((where_sky['g'] < 14).sum())} predictions" in r.output
+
+
+# -- a server where the database owner is not a superuser -----------------------------------------
+OWNER = "xpmet_t_owner"
+
+
+def _url(base: str, db: str, user: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+    p = urlsplit(base)
+    return urlunsplit((p.scheme, f"{user}@{p.netloc.rsplit('@', 1)[-1]}", f"/{db}", p.query, ""))
+
+
+@pytest.fixture(scope="module")
+def owned_dbs(engine):
+    """Two databases owned by a role that is neither superuser nor CREATEROLE, q3c installed by the
+    superuser: 'by_su' is migrated by the superuser, 'by_owner' by the owner itself."""
+    from xpmet.db import migrate
+    from xpmet.db.engine import libpq_url, raw_connect
+    base = libpq_url()
+    dbs = {"by_su": "xpmet_t_by_su", "by_owner": "xpmet_t_by_owner"}
+    with raw_connect(base, autocommit=True) as c:
+        c.execute(f"CREATE ROLE {OWNER} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB")
+        for db in dbs.values():
+            c.execute(f"CREATE DATABASE {db} OWNER {OWNER}")
+    try:
+        for key, db in dbs.items():
+            with raw_connect(_url(base, db, "xpmet"), autocommit=True) as c:
+                c.execute("CREATE EXTENSION q3c")
+            migrate.upgrade(_url(base, db, "xpmet" if key == "by_su" else OWNER), "0004")
+        yield {k: (lambda user, db=db: _url(base, db, user)) for k, db in dbs.items()}
+    finally:
+        with raw_connect(base, autocommit=True) as c:
+            for db in dbs.values():
+                c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            c.execute(f"DROP OWNED BY {OWNER}")
+            c.execute(f"DROP ROLE {OWNER}")
+
+
+def _reader_can(url: str, sql: str) -> bool:
+    import psycopg
+    with psycopg.connect(url) as c:
+        c.execute("SET default_transaction_read_only = off")
+        try:
+            c.execute(sql)
+            return True
+        except psycopg.Error:
+            return False
+        finally:
+            c.rollback()
+
+
+def test_writers_that_are_not_superusers_keep_what_public_lost(owned_dbs):
+    """Superuser migrates, a non-superuser owns the database and writes: it keeps advisory locks and
+    temporary tables, and may run --where as the reader."""
+    import psycopg
+    url = owned_dbs["by_su"]
+    with psycopg.connect(url(OWNER)) as c:
+        assert not c.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+        assert c.execute("SELECT pg_try_advisory_lock(1, 2)").fetchone()[0]
+        c.execute("SELECT pg_advisory_xact_lock(3)")
+        c.execute("CREATE TEMP TABLE t_ok (a int)")
+        c.execute("SET LOCAL ROLE xpmet_reader")
+        assert c.execute("SELECT current_user").fetchone()[0] == "xpmet_reader"
+        c.rollback()
+    for sql in ("SELECT pg_advisory_lock(1)", "CREATE TEMP TABLE evil (a int)", "SELECT lo_create(0)",
+                "CREATE TABLE public.evil (a int)", "SELECT count(*) FROM xpmet.etl_load"):
+        assert not _reader_can(url("xpmet_reader"), sql), sql
+    assert _reader_can(url("xpmet_reader"), "SELECT count(*) FROM xpmet.metallicity")
+
+
+def test_a_non_superuser_migration_fences_what_it_can_and_says_what_it_could_not(owned_dbs):
+    import psycopg
+    from xpmet import resources
+    url = owned_dbs["by_owner"]
+    # what the owner controls is fenced ...
+    for sql in ("CREATE TEMP TABLE evil (a int)", "CREATE TABLE public.evil (a int)",
+                "CREATE TABLE xpmet.evil (a int)", "SELECT count(*) FROM xpmet.etl_load"):
+        assert not _reader_can(url("xpmet_reader"), sql), sql
+    assert _reader_can(url("xpmet_reader"), "SELECT count(*) FROM xpmet.labels")
+    # ... what needs a superuser is not, and the file says so when run again (it is idempotent)
+    assert _reader_can(url("xpmet_reader"), "SELECT pg_try_advisory_xact_lock(1)")
+    notices = []
+    with psycopg.connect(url(OWNER), autocommit=True) as c:
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        c.execute(resources.sql_text("reader_boundary.sql"))
+    text = " ".join(notices)
+    assert "not fully fenced" in text and "lo_create(oid)" in text and "pg_advisory_lock(bigint)" in text
+    assert "temp_file_limit" in text and "superuser" in text
+    assert "TEMPORARY on database" not in text and "CREATE on schema" not in text

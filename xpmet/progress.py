@@ -27,10 +27,26 @@ class _Lines:
 class LogLines(tqdm):
     """tqdm that writes whole lines (no carriage returns), at most one every ``mininterval`` seconds."""
 
+    _last_line = float("-inf")
+    _closing = False
+    _done_shown = False
+
     def display(self, msg=None, pos=None):
+        # set_postfix() and refresh() redraw at once on a terminal; in a log they wait their turn
+        now = self._time()
+        done = self.total is not None and self.n >= self.total
+        if not (self._closing or done) and now - self._last_line < self.mininterval:
+            return True
+        if self._closing and self._done_shown:
+            return True  # the 100 % line is already there
+        self._last_line, self._done_shown = now, done
         self.fp.write((self.__str__() if msg is None else msg) + "\n")
         self.fp.flush()
         return True
+
+    def close(self):
+        self._closing = True
+        super().close()
 
 
 def progress_bar(*, enabled: bool = True, file=None, **kwargs) -> tqdm:

@@ -132,8 +132,11 @@ class Demo:
         from xpmet.simulate import survey_files
         for name, path in survey_files(self.sky).items():
             for r in load(name, [path], progress=False):
-                self.say(f"    {name}: {r.n_rows} rows, {r.n_ok} pass the survey's quality flags")
-                self.report.counts[f"{name} rows (quality ok)"] = f"{r.n_rows:,} ({r.n_ok:,})"
+                # from the table, not the load result: a file skipped as already loaded reports no rows
+                n, ok = self._survey_rows(name)
+                state = "already loaded, skipped" if r.skipped else "loaded"
+                self.say(f"    {name}: {n} rows ({state}), {ok} pass the survey's quality flags")
+                self.report.counts[f"{name} rows (quality ok)"] = f"{n:,} ({ok:,})"
 
     def crossmatch(self):
         from xpmet.crossmatch import XmatchParams, run_xmatch
@@ -183,7 +186,8 @@ class Demo:
         r = predict(self.model, progress=self.progress)
         self.say(f"    model {r.model_id}: {r.written:,} predictions ({r.rows_per_second:,.0f} stars/s)")
         self.report.counts["predictions written"] = r.written
-        self.report.counts["predictions recommended"] = self._count("xpmet.predictions", "recommended")
+        self.report.counts["predictions recommended"] = self._count(
+            "xpmet.predictions", f"recommended AND model_id = {int(r.model_id)}")  # this model's, not every model's
         self._truth_check()
         self._sky_map()
 
@@ -201,6 +205,13 @@ class Demo:
         self.cone_args = (ra, dec)
 
     # -- helpers -----------------------------------------------------------------------------
+    def _survey_rows(self, name) -> tuple[int, int]:
+        from xpmet.db.engine import raw_connect
+        with raw_connect() as c:
+            n, ok = c.execute("SELECT count(*), count(*) FILTER (WHERE ss.quality_ok) FROM xpmet.survey_star ss "
+                              "JOIN xpmet.survey s USING (survey_id) WHERE s.name = %s", (name,)).fetchone()
+        return int(n), int(ok)
+
     def _count(self, table, where="true"):
         from xpmet.db.engine import raw_connect
         with raw_connect() as c:

@@ -251,12 +251,13 @@ def test_where_cannot_read_files_sleep_or_write(where_sky, where, message):
     assert _no_large_objects()
 
 
-def test_where_still_filters_as_the_reader(where_sky):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_where_still_filters_as_the_reader(where_sky, workers):
     from predict_helpers import ColourPredictor
     from xpmet.db.engine import raw_connect
     from xpmet.predict import predict
     r = predict(ColourPredictor(), where="current_user = 'xpmet_reader' AND g.phot_g_mean_mag < 14",
-                chunk_rows=100, progress=False)
+                chunk_rows=100, workers=workers, progress=False)
     want = int((where_sky["g"] < 14).sum())
     assert 0 < want < 400 and r.written == want
     with raw_connect(autocommit=True) as c:

@@ -113,7 +113,7 @@ def test_an_error_on_one_rank_stops_every_rank_with_one_line(data):
     assert str(e.value) == "training process 1 failed: RuntimeError: rank 1 broke"
     assert time.time() - t0 < 120 and multiprocessing.active_children() == []
     assert not (data / "broken" / "weights.pt").exists()
-    # rank 0's own checks end every rank with its message
+    # rank 0's checks end every rank with its message (the batch check also runs before any start)
     small = TrainConfig(**{**FULL.__dict__, "max_train": 5})
     with pytest.raises(XpmetError, match=r"only 5 training and \d+ validation stars usable"):
         train(data / "data.h5", data / "small", small, register=False, progress=False, nproc=2, threads=1)

@@ -13,6 +13,7 @@ instead of waiting for a collective that never comes.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -159,12 +160,17 @@ def launch(fn, args: tuple, nproc: int):
     from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException, start_processes
     if env_world_size() > 1:
         raise XpmetError("--nproc inside a torchrun job: let torchrun start the processes (drop --nproc).")
+    log = logging.getLogger("torch.multiprocessing.spawn")  # "terminating process ..." per survivor
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         start_processes(_worker, args=(nproc, free_port(), fn, args), nprocs=nproc, start_method="spawn")
     except ProcessRaisedException as e:
         raise XpmetError(f"training process {e.error_index} failed: {_last_line(str(e))}") from None
     except ProcessExitedException as e:
         raise XpmetError(f"training process {e.error_index} died ({e}); the others were stopped.") from None
+    finally:
+        log.setLevel(level)
 
 
 def _last_line(text: str) -> str:

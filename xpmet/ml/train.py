@@ -260,6 +260,9 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
     config = config or TrainConfig()
     out = Path(out_dir)
     if nproc > 1:
+        if config.batch_size % nproc:  # also checked by rank 0 (torchrun), but no need to start processes
+            raise XpmetError(f"--batch-size {config.batch_size} is the total over {nproc} processes: "
+                             f"make it a multiple of {nproc}.")
         if not threads and not (config.device.startswith("cuda") or
                                 (config.device == "auto" and torch.cuda.is_available())):
             threads = max(1, (os.cpu_count() or 1) // nproc)  # N processes x all cores thrash

@@ -351,6 +351,7 @@ def load_survey_file(descriptor, path, replace: bool = False, url: str | None = 
             res.skipped, res.n_rows = True, ld.n_rows or 0
             return res
         sid = register_survey(ld.conn, d)
+        ld.descriptor = d.as_json()
         data.update(survey_id=np.full(n, sid, np.int16), load_id=np.full(n, ld.load_id, np.int32),
                     file_row=np.arange(n, dtype=np.int32))
         cols = [c for c in _NUM_COLS if c.name in data]
@@ -372,4 +373,3 @@ def load_survey(descriptor, paths, replace: bool = False, progress: bool = True)
         raise XpmetError("give at least one file to load")
     return [load_survey_file(d, p, replace=replace)
             for p in progress_bar(iterable=list(paths), desc=f"survey {d.name}", unit="file", enabled=progress)]
-        ld.descriptor = d.as_json()

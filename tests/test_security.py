@@ -336,10 +336,12 @@ def _reader_can(url: str, sql: str) -> bool:
     import psycopg
     with psycopg.connect(url) as c:
         c.execute("SET default_transaction_read_only = off")
+        c.commit()  # the next transaction is read-write: only privileges can refuse
         try:
             c.execute(sql)
             return True
-        except psycopg.Error:
+        except psycopg.Error as e:
+            assert "read-only transaction" not in str(e), str(e)
             return False
         finally:
             c.rollback()
@@ -383,3 +385,17 @@ def test_a_non_superuser_migration_fences_what_it_can_and_says_what_it_could_not
     assert "not fully fenced" in text and "lo_create(oid)" in text and "pg_advisory_lock(bigint)" in text
     assert "temp_file_limit" in text and "superuser" in text
     assert "TEMPORARY on database" not in text and "CREATE on schema" not in text
+
+
+def test_downgrade_restores_0003_and_upgrade_fences_again(owned_dbs):
+    from xpmet.db import migrate
+    url = owned_dbs["by_su"]
+    reader = url("xpmet_reader")
+    probes = ["SELECT count(*) FROM xpmet.etl_load", "SELECT lo_create(0)", "CREATE TEMP TABLE t (a int)",
+              "SELECT pg_advisory_xact_lock(1)"]
+    try:
+        migrate.downgrade(url("xpmet"), "0003")
+        assert all(_reader_can(reader, sql) for sql in probes)
+    finally:
+        migrate.upgrade(url("xpmet"), "0004")
+    assert not any(_reader_can(reader, sql) for sql in probes)

@@ -14,10 +14,11 @@ have_postgres() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
 have_q3c() { ls /usr/share/postgresql/*/extension/q3c.control >/dev/null 2>&1; }
 
 install_system_packages() {
-  if have_postgres && have_q3c && command -v stilts >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  if have_postgres && have_q3c && command -v stilts >/dev/null && command -v fitsverify >/dev/null \
+     && python3 -c 'import venv, ensurepip' 2>/dev/null; then
     return
   fi
-  echo "==> installing PostgreSQL server, q3c and STILTS (apt-get)"
+  echo "==> installing PostgreSQL server, q3c, STILTS and fitsverify (apt-get)"
   # xpmet runs its own cluster: do not let the Debian package create and start a system one.
   $SUDO mkdir -p /etc/postgresql-common
   echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
@@ -30,6 +31,8 @@ install_system_packages() {
   $SUDO apt-get install -y -qq "postgresql-$ver" "postgresql-$ver-q3c" >/dev/null
   # STILTS: the reference crossmatch the tests and benchmarks compare against.
   $SUDO apt-get install -y -qq --no-install-recommends stilts >/dev/null || echo "warning: stilts not installed"
+  # fitsverify (HEASARC): checks FITS outputs the way archives do.
+  $SUDO apt-get install -y -qq --no-install-recommends fitsverify >/dev/null || echo "warning: fitsverify not installed"
 }
 
 install_python_env() {

@@ -26,6 +26,8 @@ import numpy as np
 import psycopg
 
 from xpmet.db.readonly import reader_connect
+from xpmet.db.models.columns import copy_columns, type_code
+from xpmet.db.models.core import predictions as predictions_table, xp_continuous
 from xpmet.errors import XpmetError
 from xpmet.faults import fault
 from xpmet.progress import progress_bar
@@ -48,17 +50,16 @@ DEFAULT_NEEDS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "rp_co
                  "rp_coefficient_errors", "phot_g_mean_mag", "phot_g_mean_flux", "bp_rp", "parallax"]
 
 # Where each input column comes from and how it travels: (table alias, Col, SQL type for NaN fill).
-_XP_ARRAYS = {
-    "bp_coefficients": ("f8[]", N_COEF, "float8"), "rp_coefficients": ("f8[]", N_COEF, "float8"),
-    "bp_coefficient_errors": ("f4[]", N_COEF, "real"), "rp_coefficient_errors": ("f4[]", N_COEF, "real"),
-    "bp_coefficient_correlations": ("f4[]", N_CORR, "real"), "rp_coefficient_correlations": ("f4[]", N_CORR, "real"),
-}
+_SQL_TYPE = {"f8[]": "float8", "f4[]": "real"}
+_XP_ARRAYS = {f"{b}_{what}": (type_code(xp_continuous.c[f"{b}_{what}"]), n,
+                              _SQL_TYPE[type_code(xp_continuous.c[f"{b}_{what}"])])
+              for b in ("bp", "rp") for what, n in (("coefficients", N_COEF), ("coefficient_errors", N_COEF),
+                                                    ("coefficient_correlations", N_CORR))}
 
-OUTPUTS = [Col("model_id", "i4"), Col("source_id", "i8"),
-           Col("teff", "f4"), Col("teff_err", "f4"), Col("logg", "f4"), Col("logg_err", "f4"),
-           Col("feh", "f4"), Col("feh_err", "f4"), Col("alpha_fe", "f4"), Col("alpha_fe_err", "f4"),
-           Col("fit_stat", "f4"), Col("quality_flags", "i4"), Col("recommended", "bool"), Col("load_id", "i4")]
-PREDICTED = [c.name for c in OUTPUTS[2:-1]]
+#: the predictions table's columns as the COPY writes them (from the table model)
+OUTPUTS = copy_columns(predictions_table)
+#: what a predictor returns; the rest (model, source, XP load) the pipeline fills in
+PREDICTED = [c.name for c in OUTPUTS if c.name not in ("model_id", "source_id", "load_id")]
 
 
 @dataclass
@@ -226,7 +227,9 @@ def _outputs(pred: dict, n: int, model_id: int, source_id, load_id) -> dict:
     if missing:
         raise XpmetError(f"the model's predict() returned no {', '.join(missing)}")
     out = {"model_id": np.full(n, model_id, dtype=np.int32), "source_id": source_id, "load_id": load_id}
-    for c in OUTPUTS[2:-1]:
+    for c in OUTPUTS:
+        if c.name not in PREDICTED:
+            continue
         v = np.asarray(pred[c.name])
         if v.shape != (n,):
             raise XpmetError(f"the model's predict() returned {c.name} of shape {v.shape}, expected ({n},)")

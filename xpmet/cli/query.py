@@ -28,7 +28,7 @@ def _common(f):
 
 
 def _emit(table, output, fmt, overwrite):
-    from xpmet.query import write_table
+    from xpmet.table_files import write_table
     meta = table.meta
     summary = f"{len(table)} stars; model {meta.get('model_id')}; {meta.get('query')}"
     if meta.get("note"):

@@ -12,7 +12,9 @@ from functools import partial
 
 from xpmet.etl import bulk
 from xpmet.etl.runner import LoadSummary, run
-from xpmet.io.gaia_source import GAIA_COLUMNS, GAIA_SPEC, read_gaia_source
+from xpmet.db.models.columns import copy_columns as model_copy_columns
+from xpmet.db.models.core import gaia_source
+from xpmet.io.gaia_source import read_gaia_source
 from xpmet.io.pgcopy import Col
 
 TABLE = "xpmet.gaia_source"
@@ -20,7 +22,7 @@ KIND = "gaia_source"
 
 
 def copy_columns() -> list[Col]:
-    return [Col(c, GAIA_SPEC.scalars[c]) for c in GAIA_COLUMNS] + [Col("load_id", "i4")]
+    return model_copy_columns(gaia_source)  # every column of the table model, load_id included
 
 
 def load_gaia_source_file(path, report=lambda rows, nbytes: None, *, replace: bool = False, errors_to=None,

@@ -178,3 +178,46 @@ training_export = sa.Table(
     sa.Column("xpmet_version", sa.Text),
     comment="One row per xpmet export: the file and the crossmatch version it was built from",
 )
+
+
+# -- what users see of the columns: unit, UCD (as the Gaia archive gives them) and description ----
+# Kept in Column.info, which is Python-side only (no schema change); query outputs, VOTable/FITS
+# files and their headers read it from here. Abundances and log g carry no unit: 'dex' is not a
+# FITS or VOTable unit; the descriptions say dex.
+_DOC = {
+    gaia_source: {
+        "source_id": (None, "meta.id;meta.main", "Gaia DR3 source_id"),
+        "ra": ("deg", "pos.eq.ra;meta.main", "right ascension (ICRS, epoch 2016.0)"),
+        "dec": ("deg", "pos.eq.dec;meta.main", "declination (ICRS, epoch 2016.0)"),
+        "l": ("deg", "pos.galactic.lon", "Galactic longitude"),
+        "b": ("deg", "pos.galactic.lat", "Galactic latitude"),
+        "parallax": ("mas", "pos.parallax.trig", "parallax"),
+        "parallax_error": ("mas", "stat.error;pos.parallax.trig", "parallax uncertainty"),
+        "pmra": ("mas / yr", "pos.pm;pos.eq.ra", "proper motion in RA (times cos dec)"),
+        "pmdec": ("mas / yr", "pos.pm;pos.eq.dec", "proper motion in Dec"),
+        "ruwe": (None, "stat.error", "renormalised unit weight error"),
+        "phot_g_mean_mag": ("mag", "phot.mag;em.opt", "Gaia G"),
+        "phot_bp_mean_mag": ("mag", "phot.mag;em.opt.B", "Gaia BP"),
+        "phot_rp_mean_mag": ("mag", "phot.mag;em.opt.R", "Gaia RP"),
+        "bp_rp": ("mag", "phot.color;em.opt.B;em.opt.R", "BP - RP colour"),
+        "ag_gspphot": ("mag", "phys.absorption;em.opt", "G-band extinction from GSP-Phot"),
+    },
+    predictions: {
+        "source_id": (None, "meta.id;meta.main", "Gaia DR3 source_id"),
+        "model_id": (None, "meta.id", "xpmet.models.model_id of the predicting model"),
+        "teff": ("K", "phys.temperature.effective", "predicted effective temperature"),
+        "teff_err": ("K", "stat.error;phys.temperature.effective", "uncertainty of teff"),
+        "logg": (None, "phys.gravity", "predicted log10 surface gravity (cgs, dex)"),
+        "logg_err": (None, "stat.error;phys.gravity", "uncertainty of logg (dex)"),
+        "feh": (None, "phys.abund.Fe", "predicted [Fe/H] (dex)"),
+        "feh_err": (None, "stat.error;phys.abund.Fe", "uncertainty of feh (dex)"),
+        "alpha_fe": (None, "phys.abund", "predicted [alpha/Fe] (dex)"),
+        "alpha_fe_err": (None, "stat.error;phys.abund", "uncertainty of alpha_fe (dex)"),
+        "fit_stat": (None, "stat.fit.goodness", "reduced chi-squared (emulator fit) or ensemble disagreement"),
+        "quality_flags": (None, "meta.code.qual", "quality bitmask (xpmet.flags.PREDICTION_BITS)"),
+        "recommended": (None, "meta.code.qual", "passes the model's documented quality cut (no quality bit set)"),
+    },
+}
+for _table, _cols in _DOC.items():
+    for _name, (_unit, _ucd, _desc) in _cols.items():
+        _table.c[_name].info.update(unit=_unit, ucd=_ucd, description=_desc)

@@ -458,8 +458,9 @@ class Cluster:
             launched = not self.running()
             if not launched and listen is not None and self.listening() != listen:
                 now = self.listening()
-                raise XpmetError(f"The embedded server is running {'on ' + str(now[0]) + ':' + str(now[1]) if now else 'without TCP'}; "
-                                 f"stop it first (`xpmet db stop`), then `xpmet db start --listen {listen[0]}:{listen[1]}`.")
+                state = f"on {now[0]}:{now[1]}" if now else "without TCP"
+                raise XpmetError(f"The embedded server is running {state}; stop it first (`xpmet db stop`), "
+                                 f"then `xpmet db start --listen {listen[0]}:{listen[1]}`.")
             if launched:
                 pidfile = self.data / "postmaster.pid"
                 if pidfile.exists():  # left by a crash; its pid is gone or is not a postgres

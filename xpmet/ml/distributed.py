@@ -46,7 +46,8 @@ class Context:
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        """In a process group (even of one: torchrun on one GPU runs the real nccl/DDP code)."""
+        return self.backend is not None
 
 
 def env_world_size() -> int:
@@ -54,11 +55,11 @@ def env_world_size() -> int:
 
 
 def setup(device: str, pick_device, timeout_s: float = DEFAULT_TIMEOUT) -> Context:
-    """Join the process group described by the environment (single process when WORLD_SIZE <= 1).
+    """Join the process group described by the environment (a plain single process without one).
 
     ``pick_device(name)`` resolves the device of a single-process run.
     """
-    if env_world_size() <= 1 and not dist.is_initialized():
+    if "WORLD_SIZE" not in os.environ and not dist.is_initialized():
         return Context(device=pick_device(device))
     if dist.is_initialized():  # a caller that set up its own group
         rank, world = dist.get_rank(), dist.get_world_size()

@@ -227,8 +227,9 @@ def _prepare(data_path, out: Path, config: TrainConfig, resume: bool, label_over
     out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
     train_arr, valid_arr, norm, rows = load_splits(data_path, config, label_override, with_rows=True)
-    if world > len(valid_arr):
-        raise XpmetError(f"{len(valid_arr)} validation stars cannot be shared by {world} processes.")
+    if world > min(len(train_arr), len(valid_arr)):
+        raise XpmetError(f"{len(train_arr)} training / {len(valid_arr)} validation stars cannot be shared by "
+                         f"{world} processes.")
     norm.save(out / "normalisation.json")
     state = {"member": 0, "members": [], "history": []}
     if resume:
@@ -339,7 +340,8 @@ def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume,
                    initial=cur["epoch"], total=config.epochs, leave=False)
         for epoch in bar:
             mean_loss = train_epoch(model, opt, scaler, trainer, t_train, batch, gen, amp, config.clip)
-            vsum, vn = validation_sums(model, trainer, t_valid, batch * 8)
+            # the bare module: shards differ in size, so no DDP collectives may hide in these forwards
+            vsum, vn = validation_sums(net, trainer, t_valid, batch * 8)
             # identical numbers on every rank: same LR schedule and the same stopping epoch
             tl, vsum, vn = dist.sum_across(ctx, [mean_loss, vsum, vn])
             mean_loss, vloss = tl / ctx.world, vsum / max(vn, 1)

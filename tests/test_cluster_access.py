@@ -149,7 +149,7 @@ def _refused(url):
     return str(e.value)
 
 
-def test_tcp_listener_with_scram_passwords():
+def test_tcp_listener_with_scram_passwords(monkeypatch):
     # A path that needs quoting in postgresql.conf (and in unix_socket_directories).
     home = Path(tempfile.mkdtemp(prefix="xpmet it's \"odd\" ", dir="/tmp"))
     home.chmod(0o755)
@@ -183,6 +183,17 @@ def test_tcp_listener_with_scram_passwords():
             f"postgresql://xpmet_reader:{passwords['xpmet']}@127.0.0.1:{port}/xpmet")
         no_pw = _refused(f"postgresql://xpmet@127.0.0.1:{port}/xpmet?password=")
         assert "password" in no_pw
+
+        # --where's reader login over TCP takes the reader's password from the file, or the environment
+        from xpmet.db.readonly import reader_connect
+        monkeypatch.setenv("XPMET_HOME", str(home))
+        with reader_connect(url) as c:
+            assert c.execute("SELECT current_user").fetchone()[0] == "xpmet_reader"
+        monkeypatch.setenv("XPMET_READER_PASSWORD", "wrong")
+        with pytest.raises(XpmetError, match="Cannot log in as xpmet_reader.*XPMET_READER_PASSWORD") as e:
+            reader_connect(url)
+        assert "\n" not in str(e.value)
+        monkeypatch.undo()
 
         status = _xpmet(home, "db", "status").stdout
         assert f"127.0.0.1:{port}" in status

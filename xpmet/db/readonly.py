@@ -54,7 +54,17 @@ def reader_connect(url: str, **kw):
     Logging in as the role (rather than SET ROLE from the owner) matters: SET ROLE can be undone by
     set_config('role', ...) inside the user's own expression, a login cannot.
     """
+    import psycopg
+
+    from xpmet.db.connection import SESSION_OPTIONS, describe
     from xpmet.db.engine import raw_connect
     with raw_connect(url, autocommit=True) as conn:
         check_role(conn)
-    return raw_connect(as_reader(url), **kw)
+    reader = as_reader(url)
+    try:
+        return psycopg.connect(reader, options=SESSION_OPTIONS, **kw)
+    except psycopg.OperationalError as e:
+        why = (str(e).strip().splitlines() or ["refused"])[-1].strip()
+        raise XpmetError(f"Cannot log in as {READER} at {describe(reader)} ({why}). With a server of your own "
+                         "or over TCP, export XPMET_READER_PASSWORD (an administrator sets it with "
+                         f"ALTER ROLE {READER} PASSWORD '...').") from None

@@ -1,4 +1,4 @@
-"""Benchmark of issue 6 on a simulated sky with known truth (one command, throw-away database).
+"""Benchmark of the estimator and emulator on a simulated sky with known truth (one command, throw-away database).
 
 Runs: xpmet simulate -> etl -> xmatch/labels -> export -> train, then reports
 

@@ -1,4 +1,4 @@
--- Label views of migration 0002 (xpmet issue 5). Dropped by labels_drop.sql.
+-- Label views of migration 0002. Dropped by labels_drop.sql.
 -- Chain: xmatch_current -> survey_measurement -> survey_source_label -> survey_zero_point (materialized)
 --        -> calibrated_measurement -> label_measurement -> labels (materialized) -> training_set.
 -- Settings (reference scale, clipping, cuts) come from the one row of xpmet.label_setting;

@@ -399,3 +399,19 @@ def test_downgrade_restores_0003_and_upgrade_fences_again(owned_dbs):
     finally:
         migrate.upgrade(url("xpmet"), "0004")
     assert not any(_reader_can(reader, sql) for sql in probes)
+
+
+def test_running_the_file_again_keeps_what_later_migrations_published(engine):
+    from xpmet import resources
+    from xpmet.db.engine import raw_connect
+    with raw_connect(autocommit=True) as c:
+        c.execute("CREATE VIEW xpmet.test_later AS SELECT 1 AS a")
+        try:
+            c.execute("GRANT SELECT ON xpmet.test_later TO xpmet_reader")
+            c.execute(resources.sql_text("reader_boundary.sql"))
+            assert c.execute("SELECT has_table_privilege('xpmet_reader', 'xpmet.test_later', 'SELECT'), "
+                             "has_table_privilege('xpmet_reader', 'xpmet.etl_load', 'SELECT'), "
+                             "has_function_privilege('xpmet_reader', 'pg_catalog.lo_create(oid)', 'EXECUTE')"
+                             ).fetchone() == (True, False, False)
+        finally:
+            c.execute("DROP VIEW xpmet.test_later")

@@ -67,9 +67,10 @@ class Predictor:
             self.model_id = json.loads(mj.read_text()).get("model_id")
         self.uses_correlations = bool(self.config.get("correlations")) and self.kind == "emulator"
         self.needs = list(BASE_NEEDS)
+        if self.kind == "emulator":  # its likelihood scales the errors by them (DR3's convention)
+            self.needs += ["bp_standard_deviation", "rp_standard_deviation"]
         if self.uses_correlations:
-            self.needs += ["bp_coefficient_correlations", "rp_coefficient_correlations",
-                           "bp_standard_deviation", "rp_standard_deviation"]
+            self.needs += ["bp_coefficient_correlations", "rp_coefficient_correlations"]
         self._f = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=self.device)  # noqa: E731
         self.x_mean, self.x_scale = self._f(self.norm.x.mean), self._f(self.norm.x.std)
 
@@ -147,10 +148,8 @@ class Predictor:
         n = self.norm
         d = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float64, device=self.device)  # noqa: E731
         x, e = d(arr.x), d(arr.e)
-        corr = sd = None
-        if self.uses_correlations and arr.corr is not None:
-            corr = d(arr.corr)
-            sd = None if arr.std_dev is None else d(arr.std_dev)
+        corr = d(arr.corr) if self.uses_correlations and arr.corr is not None else None
+        sd = None if arr.std_dev is None else d(arr.std_dev)  # the diagonal likelihood uses it too
         P = self.members[0].n_params
         starts = self._starts().double()
         prior_mu = torch.zeros(P, dtype=torch.float64, device=self.device)

@@ -94,6 +94,19 @@ def known_label_nll(mu, log_sigma, y, y_err, known):
     return nll.sum() / known.sum().clamp(min=1)
 
 
+def dr3_errors(e, std_dev=None):
+    """The errors that enter the covariance, DR3's convention (GaiaXPy's ``correlation_to_covariance``):
+    the published coefficient errors divided by the band's ``standard_deviation``.
+
+    e (n,110), std_dev (n,2) or None; a missing or non-positive standard deviation counts as 1.
+    Both the diagonal and the full-covariance likelihoods use this one function.
+    """
+    if std_dev is None:
+        return e
+    sd = torch.where(torch.isfinite(std_dev) & (std_dev > 0), std_dev, torch.ones_like(std_dev)).to(e.dtype)
+    return (e.view(e.shape[0], 2, N_COEF) / sd[..., None]).reshape(e.shape)
+
+
 def covariance(e, corr, std_dev=None, extra_var=None):
     """Per-band covariance (n,2,55,55) of flux-normalised coefficients, in the units of ``e``.
 
@@ -106,9 +119,7 @@ def covariance(e, corr, std_dev=None, extra_var=None):
     c[:, :, r, k] = corr.to(e.dtype)
     c = c + c.transpose(-1, -2)
     c.diagonal(dim1=-2, dim2=-1).fill_(1.0)
-    s = e.view(n, 2, N_COEF)
-    if std_dev is not None:
-        s = s / torch.where(torch.isfinite(std_dev) & (std_dev > 0), std_dev, torch.ones_like(std_dev))[..., None]
+    s = dr3_errors(e, std_dev).view(n, 2, N_COEF)
     bad = ~torch.isfinite(s).all(-1) | ~torch.isfinite(c).flatten(-2).all(-1)
     s = torch.where(bad[..., None], torch.ones_like(s), s)
     c = torch.where(bad[..., None, None], torch.eye(N_COEF, dtype=e.dtype, device=e.device), c)
@@ -135,7 +146,7 @@ def gaussian_terms(r, e, ok, model_var=None, corr=None, std_dev=None):
     r = torch.where(ok, r, torch.zeros_like(r))
     mv = torch.zeros_like(r) if model_var is None else model_var
     if corr is None:
-        var = torch.where(ok, e ** 2 + mv, torch.ones_like(r))
+        var = torch.where(ok, dr3_errors(e, std_dev) ** 2 + mv, torch.ones_like(r))
         return (r ** 2 / var).sum(1), torch.where(ok, torch.log(var), torch.zeros_like(r)).sum(1)
     eo = torch.where(ok, e, torch.ones_like(e))
     L = cholesky(covariance(eo, corr, std_dev, torch.where(ok, mv, torch.zeros_like(mv))))
@@ -182,7 +193,7 @@ def _whiten(v, e, ok, mvar, corr, std_dev):
     P = v.shape[2] if v.dim() == 3 else 1
     v3 = torch.where(ok.view(n, N_X, 1), v.reshape(n, N_X, P), torch.zeros(1, dtype=v.dtype, device=v.device))
     if corr is None:
-        var = torch.where(ok, e ** 2 + mvar, torch.ones_like(e))
+        var = torch.where(ok, dr3_errors(e, std_dev) ** 2 + mvar, torch.ones_like(e))
         out = v3 / torch.sqrt(var)[..., None]
     else:
         eo = torch.where(ok, e, torch.ones_like(e))

@@ -107,7 +107,7 @@ class Tensors:
             self.x = f(arr.x)
             self.e = f(arr.e)
             self.corr = f(arr.corr) if correlations and arr.corr is not None else None
-            self.sd = f(arr.std_dev) if self.corr is not None and arr.std_dev is not None else None
+            self.sd = f(arr.std_dev) if arr.std_dev is not None else None  # both likelihoods use it
 
 
 _I = ESTIMATOR_INPUTS

@@ -1,7 +1,8 @@
 -- xpmet_reader as a security boundary: it reads the published tables and views and changes nothing,
 -- even after SET default_transaction_read_only = off. Applied by migration 0004; undone by
 -- reader_boundary_drop.sql. Idempotent: an administrator may run it again by hand (psql -f) after
--- db/sql/readonly_role.sql, e.g. where the migrating user could not do all of it.
+-- db/sql/readonly_role.sql, e.g. where the migrating user could not do all of it; the table grants
+-- are redone only while readonly_role.sql's blanket grant is there, so later migrations' grants stay.
 -- (No percent signs in this file: SQLAlchemy's text() would double them.)
 --
 -- Privileges, not settings, are the fence:

@@ -25,8 +25,10 @@ from xpmet.etl.provenance import Skipped, file_load
 from xpmet.io.pgcopy import Col, copy_rows
 
 
-FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".csv": "ascii.csv", ".ecsv": "ascii.ecsv",
-           ".vot": "votable", ".xml": "votable", ".txt": "ascii"}
+#: astropy's reader for each format xpmet.io.formats detects by content
+ASTROPY_FORMATS = {"fits": "fits", "csv": "ascii.csv", "ecsv": "ascii.ecsv", "votable": "votable"}
+#: whitespace-separated text has no signature to detect: these names are read by astropy's guesser
+PLAIN_TEXT_SUFFIXES = (".txt", ".dat", ".tsv")
 
 
 @dataclass
@@ -40,22 +42,28 @@ class SurveyLoad:
     bit_counts: dict = field(default_factory=dict)
 
 
-def _format(path: Path):
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    fmt = FORMATS.get(suffixes[-1] if suffixes else "")
-    if fmt is None:
-        raise BadInput(path, f"unknown file type {''.join(path.suffixes)!r}; xpmet reads {sorted(FORMATS)} "
-                             "(optionally .gz)")
-    return fmt
+def survey_format(path: Path) -> str:
+    """The astropy format of a survey file, from its content (xpmet.io.formats), not its name."""
+    from xpmet.io.formats import detect
+    try:
+        kind = detect(path).kind
+    except BadInput:
+        if any(s.lower() in PLAIN_TEXT_SUFFIXES for s in path.suffixes):
+            return "ascii"
+        raise
+    if kind not in ASTROPY_FORMATS:
+        raise BadInput(path, f"a {kind} file is not a survey catalogue; xpmet reads FITS, CSV, ECSV and VOTable "
+                             "(optionally gzipped)")
+    return ASTROPY_FORMATS[kind]
 
 
-def read_table(path: Path, d: Descriptor):
+def read_survey_table(path: Path, d: Descriptor):
     """The file as an astropy Table; a clear error when it is truncated or not what it claims."""
     from astropy.table import Table
     import warnings
-    fmt = _format(path)
+    if not path.exists():
+        raise BadInput(path, "file does not exist")
+    fmt = survey_format(path)
     kw = {"hdu": d.hdu} if fmt == "fits" and d.hdu is not None else {}
     if fmt == "ascii.csv":
         kw["fill_values"] = [("", "0"), ("null", "0"), ("NaN", "0")]
@@ -342,7 +350,7 @@ def load_survey_file(descriptor, path, replace: bool = False, url: str | None = 
     if not path.exists():
         raise BadInput(path, "file does not exist")
     res = SurveyLoad(path, d.name)
-    table = read_table(path, d)
+    table = read_survey_table(path, d)
     data, res.absent = normalise(path, table, d)
     n = len(table)
     with file_load(path, f"survey:{d.name}", ("xpmet.survey_star",),

@@ -159,6 +159,16 @@ def test_keep_never_drops_a_run_an_export_or_model_cites(clean_db, sky, run_cli,
     left = [r["version"] for r in rows(clean_db, "SELECT version FROM xpmet.xmatch_run ORDER BY run_id")]
     assert first.version in left and second.version in left and third.version not in left and len(left) == 3
     assert q(clean_db, "SELECT count(DISTINCT run_id) FROM xpmet.xmatch") == 3
+    # an export of labels whose crossmatch went stale says so (stderr, file attributes, training_export)
+    import h5py
+    run_cli("labels", "--no-show")  # labels on the newest run (--keep above ran with --no-labels)
+    load_survey_file("apogee", survey_files(sky)["apogee"], replace=True)
+    out = run_cli("export", tmp_path / "t2.h5", "--noise-sample", 0).output
+    assert "warning: stale labels exported: crossmatch" in out and "survey:apogee 1 file(s) replaced" in out
+    with h5py.File(tmp_path / "t2.h5") as f, h5py.File(h5) as f0:
+        assert "survey:apogee" in f.attrs["labels_stale"] and f0.attrs["labels_stale"] == ""
+    assert q(clean_db, "SELECT count(*) FROM xpmet.training_export WHERE options ->> 'labels_stale' LIKE "
+                       "'crossmatch%replaced%'") == 1
 
 
 MINE = ('name = "mine"\n[position]\nra = "ra"\ndec = "dec"\nepoch = 2016.0\n[columns]\nobject_id = "oid"\n'

@@ -41,6 +41,8 @@ def export_cmd(out, g_max, g_min, max_coef_error, min_surveys, require, split_, 
     res = export(out, opt)
     click.echo(f"wrote {res['path']}: " + ", ".join(f"{k} {v:,}" for k, v in res["n_by_split"].items())
                + (f"; {res['rows_cut_by_coef_error']:,} cut by --max-coef-error" if max_coef_error else ""))
+    if res.get("labels_stale"):
+        click.secho(f"warning: stale labels exported: {res['labels_stale']}", fg="yellow", err=True)
 
 
 @click.command("train")

@@ -27,7 +27,7 @@ Layout (all datasets have one row per star, gzip + shuffle, chunked by CHUNK row
 
 Root attributes: layout ("xpmet-training"), layout_version, cuts (JSON), split (JSON
 fractions), seed, reference (label scale), xmatch_version, xpmet_version, created (UTC ISO),
-n_rows, n_by_split (JSON), query.
+n_rows, n_by_split (JSON), query, labels_stale (why the labels were stale at export time, or "").
 
 Splits: u = splitmix64(source_id XOR hash(seed)) / 2^64 decides the split, so a star's split
 depends only on its id and the seed — never on row order, filters or chunking — and a star
@@ -213,6 +213,13 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
             if not exists:
                 raise XpmetError("the database has no xpmet.training_set view; run the migrations "
                                  "(`xpmet db migrate`) and build labels first.")
+            # labels built from a crossmatch that is stale or not the newest: exported, but said so
+            stale = conn.execute(
+                "SELECT CASE WHEN newer_xmatch THEN 'the labels were built from crossmatch ' || "
+                "coalesce(labels_xmatch_version, '?') || '; ' || current_xmatch_version || ' is newer (run xpmet labels)' "
+                "WHEN xmatch_stale THEN 'crossmatch ' || current_xmatch_version || ': ' || xmatch_stale_reason END "
+                "FROM xpmet.label_status").fetchone()
+            stale = stale[0] if stale else None
             total = conn.execute(f"SELECT count(*) FROM ({sql}) q", params).fetchone()[0]
             w = Writer(f, opt.correlations)
             text_cols = {k: names.index(k) for k in ("surveys", "xmatch_version", "reference")}
@@ -249,23 +256,24 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
                                          | {"rows_cut_by_coef_error": n_cut}),
                       "split": json.dumps(opt.split), "seed": opt.seed,
                       "reference": ",".join(sorted(meta_seen["reference"])),
-                      "xmatch_version": ",".join(sorted(meta_seen["xmatch_version"])), "query": sql})
+                      "xmatch_version": ",".join(sorted(meta_seen["xmatch_version"])), "query": sql,
+                      "labels_stale": stale or ""})
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     _register(out, ",".join(sorted(meta_seen["xmatch_version"])), ",".join(sorted(meta_seen["reference"])),
-              sum(w.counts.values()), opt)
-    return {"path": str(out), "n_by_split": w.counts, "rows_cut_by_coef_error": n_cut}
+              sum(w.counts.values()), opt, stale)
+    return {"path": str(out), "n_by_split": w.counts, "rows_cut_by_coef_error": n_cut, "labels_stale": stale}
 
 
-def _register(out: Path, xmatch_version: str, reference: str, n_rows: int, opt: ExportOptions):
+def _register(out: Path, xmatch_version: str, reference: str, n_rows: int, opt: ExportOptions, stale):
     """One xpmet.training_export row: `xpmet xmatch --keep` keeps the crossmatch runs exports cite."""
     from xpmet.db.engine import raw_connect
     with raw_connect() as conn:
         conn.execute("INSERT INTO xpmet.training_export (path, xmatch_version, reference, n_rows, options, "
                      "xpmet_version) VALUES (%s, %s, %s, %s, %s, %s)",
                      (str(out.resolve()), xmatch_version or None, reference or None, n_rows,
-                      json.dumps(asdict(opt), default=str), __version__))
+                      json.dumps(asdict(opt) | {"labels_stale": stale}, default=str), __version__))
 
 
 def _write_noise_sample(conn, f: h5py.File, opt: ExportOptions):

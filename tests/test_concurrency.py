@@ -58,6 +58,7 @@ def waiting_on(table):
     return f"SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND NOT granted"
 
 
+#: a process waiting for an advisory lock: a file load lock, or the crossmatch lock
 WAITING_ON_FILE = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
 
 
@@ -116,12 +117,17 @@ def test_survey_load_and_second_xmatch_during_xmatch(clean_db, tmp_path):
         assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
         msg = (r.stdout + r.stderr).strip().splitlines()
         assert len(msg) == 1 and "another `xpmet xmatch` or label refresh is running" in msg[0], msg
+        # a label refresh waits for the run
+        labels = start("labels", "--no-show")
+        wait_until(clean_db, WAITING_ON_FILE)
         # a survey committed during the run
         load_survey_file("galah", GALAH)
     finally:
         held.release()
     t.join(300)
     assert "error" not in box, box.get("error")
+    out = labels.communicate(timeout=300)[0]
+    assert labels.returncode == 0, out
     run = box["run"]
     galah = q(clean_db, "SELECT load_id FROM xpmet.etl_load WHERE kind = 'survey:galah'")
     # excluded explicitly: not read (not "stored as unmatched"), not among the run's loads, and the run says stale

@@ -27,7 +27,7 @@ SETTINGS = ("reference", "fallback", "min_overlap", "min_trend_overlap", "clip",
             "max_feh_err", "min_xp_snr")
 
 
-def settings(engine=None) -> dict:
+def label_settings(engine=None) -> dict:
     with (engine or connect()).begin() as c:
         c.execute(sa.text("INSERT INTO xpmet.label_setting (id) VALUES (1) ON CONFLICT DO NOTHING"))
         row = c.execute(sa.text("SELECT * FROM xpmet.label_setting WHERE id = 1")).mappings().one()

@@ -202,7 +202,7 @@ def load(model):
     return model
 
 
-def register_model(conn, predictor, model) -> int:
+def model_id_for(conn, predictor, model) -> int:
     """The model_id the predictions are written under: the predictor's own, or a models row for it."""
     mid = getattr(predictor, "model_id", None)
     if mid is not None:
@@ -409,7 +409,7 @@ def predict(model, *, where: str | None = None, batch: int = 4096, workers: int 
     predictor = load(model)
     t0 = time.perf_counter()
     with raw_connect(url, autocommit=True) as ctl:
-        model_id = register_model(ctl, predictor, model)
+        model_id = model_id_for(ctl, predictor, model)
         if not _count(ctl, "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, model_id)):
             raise XpmetError(f"another `xpmet predict` is running for model {model_id}; wait for it to finish "
                              "(or stop it: a stopped run resumes where it stopped)")

@@ -37,6 +37,9 @@ Modelling choices:
    covariance each row publishes. --no-correlations writes identity correlations (zeros) and draws
    independent noise instead: still the real schema, smaller and faster files. A fraction of XP
    stars miss their BP or RP band (empty fields).
+ * Non-stellar sources (--nonstellar-fraction of the XP sources, half each): quasars (power law +
+   redshifted broad emission lines, Ly-alpha forest; no parallax or proper motion) and DA white
+   dwarfs (8-40 kK, log g ~8, pressure-broadened Balmer lines); truth.fits source_class, redshift.
  * Gaia astrometry/photometry errors grow with G as in DR3; RVs for G<14.5; GSP-Phot labels with a
    -0.2 dex metallicity bias. Positions at 2016.0; source_id // 2^35 is the HEALPix level-12 index.
  * Surveys: each with its own selection (sky, G, Teff, completeness), zero-point offsets and trends,
@@ -57,6 +60,9 @@ Modelling choices:
               help="Fainter sources without XP, per XP source.")
 @click.option("--pair-fraction", type=click.FloatRange(0, 1), default=0.03, show_default=True,
               help="Share of XP stars given a faint neighbour 1-2 arcsec away.")
+@click.option("--nonstellar-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.017, show_default=True,
+              help="Share of XP sources that are quasars and white dwarfs (half each; truth.fits source_class; "
+                   "no survey observes them): what the quality flags are measured on.")
 @click.option("--rows-per-file", type=click.IntRange(min=1), default=20000, show_default=True,
               help="Sources per HEALPix-range file (bounds memory).")
 @click.option("--no-correlations", is_flag=True, help="Identity XP correlations and independent noise.")
@@ -64,12 +70,12 @@ Modelling choices:
               help="How gaia_source writes missing values ('' reads in astropy; Gaia's bulk files use 'null').")
 @click.option("--plots", is_flag=True, help="Write PNG plots into OUTDIR/plots/.")
 @click.option("--overwrite", is_flag=True, help="Replace a previous simulation in OUTDIR.")
-def simulate(outdir, n_stars, seed, surveys, faint_ratio, pair_fraction, rows_per_file, no_correlations,
-             null_token, plots, overwrite):
+def simulate(outdir, n_stars, seed, surveys, faint_ratio, pair_fraction, nonstellar_fraction, rows_per_file,
+             no_correlations, null_token, plots, overwrite):
     from xpmet.simulate import simulate as run
 
     names = tuple(s.strip() for s in surveys.split(",") if s.strip())
     path = run(outdir, n_stars=n_stars, seed=seed, surveys=names, faint_ratio=faint_ratio,
-               pair_fraction=pair_fraction, rows_per_file=rows_per_file, correlations=not no_correlations,
+               pair_fraction=pair_fraction, nonstellar_fraction=nonstellar_fraction, rows_per_file=rows_per_file, correlations=not no_correlations,
                null_token=null_token, plots=plots, overwrite=overwrite)
     click.echo(f"wrote SIMULATED sky to {path}")

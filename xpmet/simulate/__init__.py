@@ -31,18 +31,21 @@ _OUTPUTS = ("SIMULATED.txt", "gaia_source", "xp_continuous", "surveys", "truth.f
 
 def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS, *,
              faint_ratio: float = 1.0, pair_fraction: float = 0.03, missing_band_fraction: float = 0.005,
+             nonstellar_fraction: float = 0.017,
              rows_per_file: int = 20000, batch_size: int = 2000, n_templates: int = 64, correlations: bool = True,
              null_token: str = "", gzip_level: int = 2, plots: bool = False, overwrite: bool = False,
              progress: bool = True) -> Path:
     """Write a simulated sky to ``outdir`` and return its path.
 
     n_stars: Gaia sources WITH XP spectra (G <= 17.65); ``faint_ratio * n_stars`` fainter sources
-    without XP come on top. Deterministic for (seed, all arguments). See the module docstrings of
-    galaxy, sed, xp_model, xp_noise, gaia_source and surveys for every modelling choice.
+    without XP come on top; ``nonstellar_fraction`` of the XP sources are quasars and white dwarfs
+    (truth.fits ``source_class``; no survey observes them). Deterministic for (seed, all arguments).
+    See the module docstrings of galaxy, nonstellar, sed, xp_model, xp_noise, gaia_source and surveys
+    for every modelling choice.
     """
     from xpmet.progress import progress_bar
 
-    from xpmet.simulate import gaia_source, galaxy, sky, surveys as sv, xp_file, xp_noise
+    from xpmet.simulate import gaia_source, galaxy, nonstellar, sky, surveys as sv, xp_file, xp_noise
     from xpmet.simulate.writers import GzipEcsvWriter
 
     outdir = Path(outdir)
@@ -50,15 +53,19 @@ def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS
         surveys = sv.ALL_SURVEYS
     if n_stars < 1:
         raise XpmetError("--n-stars must be at least 1")
+    if not 0 <= nonstellar_fraction < 1:
+        raise XpmetError("--nonstellar-fraction must be in [0, 1)")
     unknown = [s for s in surveys if s not in sv.SURVEYS]
     if unknown:
         raise XpmetError(f"unknown survey(s) {unknown}; choose from {sorted(sv.SURVEYS)}")
     _prepare(outdir, overwrite)
 
     root = np.random.SeedSequence(seed)
-    s_stars, s_layout, s_files, s_templates, s_surveys, s_missing = root.spawn(6)
+    # a seventh child for the non-stellar sources: the first six (and so every star) stay as they were
+    s_stars, s_layout, s_files, s_templates, s_surveys, s_missing, s_nonstellar = root.spawn(7)
     n_faint = int(round(faint_ratio * n_stars))
     stars = galaxy.draw_stars(np.random.default_rng(s_stars), n_stars, n_faint)
+    nonstellar.assign(np.random.default_rng(s_nonstellar), stars, nonstellar_fraction)
     ra, dec, source_id, pair_of = sky.layout(np.random.default_rng(s_layout), stars, pair_fraction)
     n = len(stars)
     rng_m = np.random.default_rng(s_missing)
@@ -115,6 +122,7 @@ def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS
     (outdir / "survey_truth.json").write_text(json.dumps(survey_truth, indent=2, default=_json_default) + "\n")
     params = dict(n_stars=n_stars, seed=seed, surveys=list(surveys), faint_ratio=faint_ratio,
                   pair_fraction=pair_fraction, missing_band_fraction=missing_band_fraction,
+                  nonstellar_fraction=nonstellar_fraction,
                   rows_per_file=rows_per_file, n_templates=n_templates, correlations=correlations,
                   null_token=null_token)
     _write_notice(outdir, params, n, int(stars.has_xp.sum()), len(ranges))
@@ -155,7 +163,9 @@ def _write_batch(rng, idx, stars, ra, dec, source_id, pair_of, missing_bp, missi
 
 def _truth_columns(stars, ra, dec, source_id, truth) -> dict[str, np.ndarray]:
     from xpmet.simulate.galaxy import POPULATIONS
+    from xpmet.simulate.nonstellar import CLASSES, QUASAR
 
+    population = np.where(stars.kind == QUASAR, "extragalactic", POPULATIONS[stars.population])
     return {
         "source_id": source_id, "ra": ra, "dec": dec, "l": stars.l, "b": stars.b,
         "pmra": truth["pmra"], "pmdec": truth["pmdec"], "parallax": truth["parallax"],
@@ -165,7 +175,8 @@ def _truth_columns(stars, ra, dec, source_id, truth) -> dict[str, np.ndarray]:
         "ebv": truth["a0"] / 3.1, "a0": truth["a0"], "ag": truth["ag"],
         "phot_g_mean_mag": truth["phot_g_mean_mag"], "phot_bp_mean_mag": truth["phot_bp_mean_mag"],
         "phot_rp_mean_mag": truth["phot_rp_mean_mag"],
-        "has_xp": stars.has_xp, "population": POPULATIONS[stars.population],
+        "has_xp": stars.has_xp, "population": population,
+        "source_class": CLASSES[stars.kind], "redshift": stars.redshift,
     }
 
 

@@ -40,6 +40,8 @@ class Stars:
     b: np.ndarray
     g_target: np.ndarray  # apparent G the distance is solved for
     has_xp: np.ndarray
+    kind: np.ndarray  # nonstellar.STAR, QUASAR or WHITE_DWARF
+    redshift: np.ndarray  # quasars only (NaN otherwise)
 
     def __len__(self) -> int:
         return self.teff.size
@@ -121,7 +123,7 @@ def draw_stars(rng: np.random.Generator, n_xp: int, n_faint: int) -> Stars:
     l = rng.uniform(0, 360, n)  # noqa: E741
     g = np.where(faint, _draw_g(rng, n, G_XP_LIMIT, 20.8), _draw_g(rng, n, 6.0, G_XP_LIMIT))
     return Stars(population=pop, teff=teff, logg=logg, feh=feh, alpha_fe=alpha, mass=mass, radius=radius,
-                 l=l, b=b, g_target=g, has_xp=~faint)
+                 l=l, b=b, g_target=g, has_xp=~faint, kind=np.zeros(n, np.int8), redshift=np.full(n, np.nan))
 
 
 def extinction_a0(b_deg: np.ndarray, distance_pc: np.ndarray) -> np.ndarray:

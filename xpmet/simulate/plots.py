@@ -21,7 +21,10 @@ def _write_all(truth: dict[str, np.ndarray], outdir: Path) -> list[Path]:
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    xp = np.asarray(truth["has_xp"], bool)
+    all_xp = np.asarray(truth["has_xp"], bool)
+    xp = all_xp.copy()
+    if "source_class" in truth:  # Kiel diagram and [Fe/H]: stars only (quasars, white dwarfs have none)
+        xp &= np.asarray(truth["source_class"]).astype(str) == "star"
     pop = np.asarray(truth["population"]).astype(str)
     paths = []
 
@@ -53,8 +56,8 @@ def _write_all(truth: dict[str, np.ndarray], outdir: Path) -> list[Path]:
     ra = np.radians(np.asarray(truth["ra"], float))
     ra = np.where(ra > np.pi, ra - 2 * np.pi, ra)
     dec = np.radians(np.asarray(truth["dec"], float))
-    ax.scatter(-ra[~xp], dec[~xp], s=1, c="0.7", label="no XP")
-    ax.scatter(-ra[xp], dec[xp], s=1, c=truth["phot_g_mean_mag"][xp], cmap="magma", label="XP")
+    ax.scatter(-ra[~all_xp], dec[~all_xp], s=1, c="0.7", label="no XP")
+    ax.scatter(-ra[all_xp], dec[all_xp], s=1, c=truth["phot_g_mean_mag"][all_xp], cmap="magma", label="XP")
     ax.set_xticklabels([])
     ax.grid(True)
     ax.set_title("SIMULATED: sky (ICRS, Mollweide, RA increasing to the left)")

@@ -126,11 +126,17 @@ class Observation:
 def benchmark_stars(truth: dict[str, np.ndarray], n_xp: int) -> np.ndarray:
     """Indices of the benchmark (GBS) stars: the brightest FGK XP stars with a well-behaved astrometry."""
     spec = SURVEYS["gbs"]
-    ok = (truth["has_xp"] & (truth["teff"] > spec.teff_range[0]) & (truth["teff"] < spec.teff_range[1])
-          & (truth["phot_g_mean_mag"] < spec.g_range[1]))
+    ok = (truth["has_xp"] & _stellar(truth) & (truth["teff"] > spec.teff_range[0])
+          & (truth["teff"] < spec.teff_range[1]) & (truth["phot_g_mean_mag"] < spec.g_range[1]))
     idx = np.flatnonzero(ok)
     n = int(np.clip(0.01 * n_xp, 20, 200))
     return idx[np.argsort(truth["phot_g_mean_mag"][idx])][:n]
+
+
+def _stellar(truth) -> np.ndarray:
+    """Stars only: no survey observes the quasars and white dwarfs (they exist to test the flags)."""
+    cls = truth.get("source_class")
+    return np.ones(truth["teff"].size, bool) if cls is None else np.asarray(cls).astype(str) == "star"
 
 
 def select(rng, spec: SurveySpec, truth: dict[str, np.ndarray], benchmarks: np.ndarray) -> np.ndarray:
@@ -138,7 +144,7 @@ def select(rng, spec: SurveySpec, truth: dict[str, np.ndarray], benchmarks: np.n
         return benchmarks
     g, dec, teff = truth["phot_g_mean_mag"], truth["dec"], truth["teff"]
     ok = ((g >= spec.g_range[0]) & (g <= spec.g_range[1]) & (dec >= spec.dec_range[0]) & (dec <= spec.dec_range[1])
-          & (teff >= spec.teff_range[0]) & (teff <= spec.teff_range[1]))
+          & (teff >= spec.teff_range[0]) & (teff <= spec.teff_range[1]) & _stellar(truth))
     chosen = ok & (rng.random(g.size) < spec.completeness)
     bench = np.zeros(g.size, bool)
     bench[benchmarks] = rng.random(benchmarks.size) < spec.benchmark_recall

@@ -113,14 +113,33 @@ def test_an_error_on_one_rank_stops_every_rank_with_one_line(data):
     assert str(e.value) == "training process 1 failed: RuntimeError: rank 1 broke"
     assert time.time() - t0 < 120 and multiprocessing.active_children() == []
     assert not (data / "broken" / "weights.pt").exists()
-    # rank 0's checks end every rank with its message (the batch check also runs before any start)
-    small = TrainConfig(**{**FULL.__dict__, "max_train": 5})
-    with pytest.raises(XpmetError, match=r"only 5 training and \d+ validation stars usable"):
-        train(data / "data.h5", data / "small", small, register=False, progress=False, nproc=2, threads=1)
+    # (an error in rank 0's checks, broadcast to every rank: the torchrun test below)
     odd = TrainConfig(**{**FULL.__dict__, "batch_size": 99})
     with pytest.raises(XpmetError, match="make it a multiple of 2"):
         train(data / "data.h5", data / "odd", odd, register=False, progress=False, nproc=2, threads=1)
     assert multiprocessing.active_children() == []
+
+
+def _stall_on_rank_1(member, epoch, *_):
+    if epoch == 1 and os.environ.get("RANK") == "1":
+        time.sleep(600)
+
+
+def test_a_stalled_or_missing_rank_times_out_instead_of_hanging(data):
+    t0 = time.time()
+    with pytest.raises(XpmetError, match=r"rank 0: .*[Tt]imed out.*--dist-timeout 3 s"):
+        train(data / "data.h5", data / "stalled", FULL, register=False, progress=False, nproc=2, threads=1,
+              on_epoch=_stall_on_rank_1, dist_timeout=3)
+    assert time.time() - t0 < 120 and multiprocessing.active_children() == []
+    # a job of two whose second process never starts: the rendezvous gives up
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(dist.free_port())}
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "xpmet.ml.train", str(data / "data.h5"), "--out", str(data / "alone"),
+                        "--no-register", "--dist-timeout", "3"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and time.time() - t0 < 60
+    assert r.stderr.strip().startswith("error: rank 0: ") and "dist-timeout 3 s" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 # Mini-batch SGD with augmentation: different shuffles, so agreement is statistical. Measured on

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -83,10 +85,32 @@ def setup(device: str, pick_device, timeout_s: float = DEFAULT_TIMEOUT) -> Conte
         dev, backend = torch.device("cpu"), "gloo"
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
+        with waiting(rank, timeout_s):
+            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
+                                    timeout=timedelta(seconds=timeout_s))
         owns = True
     return Context(rank, world, local, dev, dist.get_backend(), owns)
+
+
+@contextmanager
+def waiting(rank: int, timeout_s: float):
+    """A rendezvous or collective that failed or timed out -> one-line XpmetError."""
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as e:
+        text = str(e).strip()
+        # gloo reports a timeout or a vanished peer as a plain RuntimeError
+        if not isinstance(e, dist.DistError) and not any(k in text.lower() for k in _PEER_ERRORS):
+            raise
+        first = (text.splitlines() or [type(e).__name__])[0][:300]
+        raise XpmetError(f"rank {rank}: {first} ({LOST_PEER}, or did not answer within "
+                         f"--dist-timeout {timeout_s:g} s)") from None
+
+
+LOST_PEER = "another process failed"
+
+
+_PEER_ERRORS = ("timed out", "connection closed", "connection reset", "connection refused", "gloo", "nccl")
 
 
 def cleanup(ctx: Context):
@@ -164,14 +188,34 @@ def launch(fn, args: tuple, nproc: int):
     log = logging.getLogger("torch.multiprocessing.spawn")  # "terminating process ..." per survivor
     level = log.level
     log.setLevel(logging.ERROR)
+    procs = None
     try:
-        start_processes(_worker, args=(nproc, free_port(), fn, args), nprocs=nproc, start_method="spawn")
+        procs = start_processes(_worker, args=(nproc, free_port(), fn, args), nprocs=nproc, join=False,
+                                start_method="spawn")
+        while not procs.join():
+            pass
     except ProcessRaisedException as e:
-        raise XpmetError(f"training process {e.error_index} failed: {_last_line(str(e))}") from None
+        # several ranks may have failed: name the cause, not a rank that only lost its peer
+        errors = _errors(procs)
+        index = next((i for i, m in errors.items() if LOST_PEER not in m), e.error_index)
+        raise XpmetError(f"training process {index} failed: {_last_line(errors.get(index, str(e)))}") from None
     except ProcessExitedException as e:
         raise XpmetError(f"training process {e.error_index} died ({e}); the others were stopped.") from None
     finally:
         log.setLevel(level)
+        for f in getattr(procs, "error_files", []):
+            if os.path.exists(f):
+                os.unlink(f)
+
+
+def _errors(procs) -> dict:
+    """{process index: traceback text} of every process that raised."""
+    out = {}
+    for i, f in enumerate(getattr(procs, "error_files", [])):
+        if os.path.exists(f) and os.path.getsize(f):
+            with open(f, "rb") as fh:
+                out[i] = pickle.load(fh)
+    return out
 
 
 def _last_line(text: str) -> str:

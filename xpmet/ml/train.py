@@ -273,10 +273,12 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
     if threads:
         torch.set_num_threads(threads)
     ctx = dist.setup(config.device, pick_device, dist_timeout)
-    try:
-        return _train(ctx, data_path, out, config, resume, register, label_override, progress, on_epoch)
-    finally:
-        dist.cleanup(ctx)
+    with dist.waiting(ctx.rank, dist_timeout):
+        result = _train(ctx, data_path, out, config, resume, register, label_override, progress, on_epoch)
+    # only on success: a failing rank keeps its connections until it has reported its error, so its
+    # peers' "connection closed" comes after the cause is on record (the launcher names the cause)
+    dist.cleanup(ctx)
+    return result
 
 
 def _train_worker(data_path, out, config, resume, register, label_override, progress, on_epoch, timeout, threads):

@@ -29,9 +29,11 @@ SURVEY_QUALITY_BITS = {
     "feh_flagged": 10,
     "alpha_fe_flagged": 11,
     "error_invalid": 12,    # an uncertainty was a sentinel, NaN or <= 0: stored as NULL (floor used)
+    "mh_without_alpha": 13,  # the survey gives [M/H], and without [alpha/Fe] no [Fe/H] follows: feh NULL
+    "not_a_label_source": 14,  # the descriptor says [labels] training = false (e.g. metallicities from Gaia XP)
 }
 #: Survey-quality bits that make the whole row unusable for labels (quality_ok = false).
-SURVEY_ROW_BITS = ("star_bad", "duplicate", "low_snr")
+SURVEY_ROW_BITS = ("star_bad", "duplicate", "low_snr", "not_a_label_source")
 
 XMATCH_BITS = {
     "ambiguous": 0,        # another Gaia source within the radius and no declared id to settle it

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from xpmet import resources
 from xpmet.errors import XpmetError
+from xpmet.etl.metallicity import METALLICITY_KINDS
 from xpmet.flags import SURVEY_QUALITY_BITS
 
 LABELS = ("teff", "logg", "feh", "alpha_fe")
@@ -33,7 +34,7 @@ RULE_CONDITIONS = ("bits", "nonzero", "below", "above", "equals")
 
 _TOP_KEYS = {"name", "title", "release", "citation", "reference", "metallicity_scale", "notes",
              "hdu", "required", "position", "gaia", "columns", "units", "sentinels", "valid",
-             "flags", "error_floor", "xmatch", "keep"}
+             "flags", "error_floor", "xmatch", "keep", "labels"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class Descriptor:
     citation: str = ""
     reference: bool = False
     metallicity_scale: str = ""
+    metallicity: str = "feh"                           # what the feh column holds: feh or m_h ([labels])
+    training: bool = True                              # False: never a label source ([labels] training)
     notes: str = ""
     hdu: int | None = None
     ra: tuple[str, ...] = ()
@@ -85,6 +88,7 @@ class Descriptor:
         d = dict(self.raw)
         d["error_floor"] = self.error_floor
         d["valid"] = {k: list(v) for k, v in self.valid.items()}
+        d["labels"] = {"metallicity": self.metallicity, "training": self.training}
         return d
 
 
@@ -191,6 +195,15 @@ def parse_descriptor(raw: dict, path: Path) -> Descriptor:
         if r not in FIELDS + ("ra", "dec", "gaia"):
             raise _err(path, f"required: {r!r} is not a field")
     rules = tuple(_rule(path, i, r) for i, r in enumerate(raw.get("flags", [])))
+    lab = raw.get("labels", {})
+    _check_keys(path, "[labels]", lab, {"metallicity", "training", "notes"})
+    if lab.get("metallicity", "feh") not in METALLICITY_KINDS:
+        raise _err(path, f"[labels] metallicity must be one of {METALLICITY_KINDS} (what the feh column holds), "
+                         f"not {lab.get('metallicity')!r}")
+    if lab.get("metallicity") == "m_h" and "alpha_fe" not in columns:
+        raise _err(path, "[labels] metallicity = 'm_h' needs an alpha_fe column to convert [M/H] to [Fe/H]")
+    if not isinstance(lab.get("training", True), bool):
+        raise _err(path, "[labels] training must be true or false")
     return Descriptor(
         name=name, path=path, title=raw.get("title", ""), release=str(raw.get("release", "")),
         citation=raw.get("citation", ""), reference=bool(raw.get("reference", False)),
@@ -203,7 +216,8 @@ def parse_descriptor(raw: dict, path: Path) -> Descriptor:
         columns=columns, units=units,
         sentinels=tuple(_number(path, "[sentinels] values", v) for v in sent.get("values", (-9999, -999, 9999, -99))),
         valid=valid, flags=rules, error_floor=floor, xmatch=dict(xm), required=required,
-        keep=tuple(raw.get("keep", ())), raw=raw)
+        keep=tuple(raw.get("keep", ())), metallicity=lab.get("metallicity", "feh"),
+        training=lab.get("training", True), raw=raw)
 
 
 def load_descriptor(name_or_path) -> Descriptor:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from xpmet.errors import BadInput, XpmetError
+from xpmet.etl.metallicity import feh_from_mh
 from xpmet.flags import SURVEY_QUALITY_BITS, SURVEY_ROW_BITS
 from xpmet.etl.descriptor import LABELS, Descriptor, load_descriptor
 from xpmet.etl.provenance import Skipped, file_load
@@ -185,6 +186,21 @@ def _rule_mask(path, rule, values: np.ndarray) -> np.ndarray:
     return np.isin(values, np.asarray(rule.equals, dtype=float))
 
 
+def _convert_mh(path, out: dict, setbit, notes):
+    """The feh column holds [M/H]: [Fe/H] from it and the row's [alpha/Fe] (xpmet.etl.metallicity)."""
+    mh = out["feh"]
+    alpha = out.get("alpha_fe", np.full(mh.shape, np.nan))
+    feh, err = feh_from_mh(mh, out.get("feh_err"), alpha, out.get("alpha_fe_err"))
+    lost = np.isfinite(mh) & ~np.isfinite(feh)
+    setbit("mh_without_alpha", lost)
+    if lost.any() and notes is not None:
+        notes.append(f"{path}, row {int(np.flatnonzero(lost)[0])}: {int(lost.sum())} [M/H] value(s) without "
+                     "[alpha/Fe] give no [Fe/H] (stored NULL, flagged mh_without_alpha)")
+    out["feh"] = feh
+    if "feh_err" in out:
+        out["feh_err"] = np.where(np.isfinite(out["feh_err"]), err, np.nan)
+
+
 def normalise(path: Path, table, d: Descriptor) -> tuple[dict, list]:
     """Descriptor-mapped survey_star columns (numpy) for every row, and the absent fields/rules."""
     path = Path(path)
@@ -278,6 +294,10 @@ def normalise(path: Path, table, d: Descriptor) -> tuple[dict, list]:
             out[f"{lab}_err"] = np.where(invalid | bad_e, np.nan, e)
     if "snr" in out:
         out["snr"] = np.where(np.isin(out["snr"], sentinels), np.nan, out["snr"])
+    if d.metallicity == "m_h" and "feh" in out:
+        _convert_mh(path, out, setbit, None)
+    if not d.training:
+        setbit("not_a_label_source", np.ones(n, bool))
 
     for rule in d.flags:
         if rule.field:

@@ -187,3 +187,40 @@ def test_torchrun_runs_the_training_entry_point(data):
     # the same error path: one line per failing rank, non-zero exit, nobody left waiting
     r = subprocess.run([str(c) for c in cmd[:-1]], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "already holds a trained model" in r.stderr
+
+
+DRIVER = """import sys
+sys.path.insert(0, {tests!r})
+from test_ddp import FULL
+from xpmet.ml.train import TrainConfig, train
+train(sys.argv[1], sys.argv[2], TrainConfig(**{{**FULL.__dict__, "device": sys.argv[3]}}), register=False,
+      progress=False)
+"""
+
+
+def torchrun_full_batch(data, nproc: int, device: str, tag: str):
+    """FULL trained by torchrun in nproc processes on device ('cuda': nccl, one GPU each; 'cpu': gloo)."""
+    script = data / "driver.py"
+    script.write_text(DRIVER.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    out = data / tag
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                        str(nproc), str(script), str(data / "data.h5"), str(out), device],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nccl)")
+def test_nccl_on_the_gpus(data):
+    """Run where there are GPUs: `.venv/bin/python -m pytest tests/test_ddp.py -k nccl`. One GPU is
+    enough: a torchrun job of one process still runs the nccl process group and DDP."""
+    n = min(torch.cuda.device_count(), 4)
+    one = train(data / "data.h5", data / "gpu1", TrainConfig(**{**FULL.__dict__, "device": "cuda"}),
+                register=False, progress=False)
+    many = torchrun_full_batch(data, n, "cuda", "gpun")
+    cfg = json.loads((many / "config.json").read_text())
+    assert (cfg["backend"], cfg["device"], cfg["world_size"], cfg["batch_per_rank"]) == ("nccl", "cuda:0", n, 600 // n)
+    h1, hn = (json.loads((p / "history.json").read_text())[0] for p in (one, many))
+    # mixed precision on CUDA: rounding differs with the batch split, not the result
+    np.testing.assert_allclose(hn["valid"], h1["valid"], rtol=1e-2, atol=1e-3)
+    assert (one / "normalisation.json").read_text() == (many / "normalisation.json").read_text()

@@ -15,6 +15,7 @@ Model directory layout (what :func:`xpmet.ml.inference.load_predictor` reads)::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -273,7 +274,7 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
     if threads:
         torch.set_num_threads(threads)
     ctx = dist.setup(config.device, pick_device, dist_timeout)
-    with dist.waiting(ctx.rank, dist_timeout):
+    with dist.waiting(ctx.rank, dist_timeout) if ctx.active else contextlib.nullcontext():
         result = _train(ctx, data_path, out, config, resume, register, label_override, progress, on_epoch)
     # only on success: a failing rank keeps its connections until it has reported its error, so its
     # peers' "connection closed" comes after the cause is on record (the launcher names the cause)

@@ -222,3 +222,55 @@ def test_explicit_radius_beats_the_descriptor_even_at_the_default_value(clean_db
         assert by(XmatchParams(radius=1.0))["lamost"][:2] == (1.0, 2.0)        # given: wins, nopm follows
         assert by(XmatchParams(radius=1.0, overrides={"lamost": {"radius": 3.0}}))["lamost"][0] == 3.0
         c.rollback()
+
+
+def _q3c_plan_problems(plan: dict) -> list[str]:
+    """Nodes of an EXPLAIN (FORMAT JSON) plan that evaluate q3c's distance test outside an index probe."""
+    bad, stack = [], [plan]
+    while stack:
+        n = stack.pop()
+        stack.extend(n.get("Plans", []))
+        if "q3c_sindist" in n.get("Join Filter", ""):
+            bad.append(f"{n['Node Type']} with Join Filter {n['Join Filter'][:80]}")
+        if "q3c_sindist" in n.get("Filter", "") and n["Node Type"] not in ("Bitmap Heap Scan", "Index Scan"):
+            bad.append(f"{n['Node Type']} on {n.get('Relation Name')} filtering on q3c_sindist")
+    return bad
+
+
+@pytest.mark.parametrize("stats", ["none", "small", "huge"])
+def test_candidate_probes_are_index_probes_whatever_the_statistics(clean_db, tmp_path, stats):
+    """Every q3c search (both arms, every part) probes the q3c index once per outer row, with the tables
+    never analysed (just loaded), or with statistics claiming 10^2 or 10^8 rows: no nested loop that
+    evaluates the distance for every (fast mover, survey row) pair, as a fresh database once got."""
+    from xpmet.crossmatch import PARTS, pairs_select
+    from xpmet.db.engine import raw_connect
+    rng = np.random.default_rng(3)
+    n_g, n_s = 3000, 800
+    gra, gdec = 30 + rng.uniform(0, 0.5, n_g), -5 + rng.uniform(0, 0.5, n_g)
+    pmra, pmdec = rng.normal(0, 20, n_g), rng.normal(0, 20, n_g)
+    pmra[rng.random(n_g) < 0.05] *= 40
+    insert_gaia(tmp_path, {"source_id": np.arange(1, n_g + 1, dtype=np.int64), "ra": gra, "dec": gdec,
+                           "pmra": pmra, "pmdec": pmdec})
+    pick = rng.choice(n_g, n_s, replace=False)
+    my_survey(tmp_path, {"ra": gra[pick], "dec": gdec[pick], "gid": np.where(rng.random(n_s) < 0.5, pick + 1, 0)},
+              epoch=2000.0)
+    tables = "'xpmet.gaia_source'::regclass, 'xpmet.survey_star'::regclass"
+    args = {"pm_cap": 50.0, "max_r": 2.0, "max_dt": 16.0, "sid": [], "radius": [], "nopm_radius": [],
+            "id_radius": []}
+    with raw_connect(autocommit=True) as c:
+        for sid in c.execute("SELECT survey_id FROM xpmet.survey").fetchall():
+            for k, v in (("sid", sid[0]), ("radius", 1.0), ("nopm_radius", 2.0), ("id_radius", 3.0)):
+                args[k].append(v)
+        c.execute(f"DELETE FROM pg_statistic WHERE starelid IN ({tables})")
+        if stats != "none":
+            c.execute("ANALYZE xpmet.gaia_source; ANALYZE xpmet.survey_star")
+            n = {"small": 100, "huge": 10 ** 8}[stats]
+            c.execute(f"UPDATE pg_class SET reltuples = {n}, relpages = {max(n // 50, 1)} WHERE oid IN ({tables})")
+        try:
+            for part in PARTS:
+                with c.transaction():
+                    c.execute("SET LOCAL enable_seqscan = off")   # as run_xmatch and its worker search
+                    plan = c.execute("EXPLAIN (FORMAT JSON) " + pairs_select(True, part), args).fetchone()[0]
+                assert _q3c_plan_problems(plan[0]["Plan"]) == [], (part, stats)
+        finally:
+            c.execute("ANALYZE xpmet.gaia_source; ANALYZE xpmet.survey_star")  # real statistics back

@@ -169,23 +169,34 @@ def pairs_select(propagate: bool, part: str = "all") -> str:
         search = "(p.radius + %(pm_cap)s * abs(coalesce(s.epoch, 2016.0) - 2016.0) / 1000.0) / 3600.0"
         # Gaia sources moving faster than pm_cap, and those without proper motion (matched within the
         # wider nopm_radius), are few: they probe survey_star from the Gaia side instead
+        # (a LATERAL subquery kept apart by OFFSET 0: see the positional arm below)
         fast_arm = f"""
       SELECT {cols} FROM xpmet.gaia_source g
-      JOIN xpmet.survey_star s
-        ON q3c_join(g.ra, g.dec, s.ra, s.dec,
-                    CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN %(max_r)s
-                         ELSE %(max_r)s + sqrt(g.pmra * g.pmra + g.pmdec * g.pmdec) * %(max_dt)s / 1000.0 END / 3600.0)
+      CROSS JOIN LATERAL (
+        SELECT {SURVEY_COLS} FROM xpmet.survey_star s
+        WHERE q3c_join(g.ra, g.dec, s.ra, s.dec,
+                       CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN %(max_r)s
+                            ELSE %(max_r)s + sqrt(g.pmra * g.pmra + g.pmdec * g.pmdec) * %(max_dt)s / 1000.0 END / 3600.0)
+        OFFSET 0) s
       JOIN p USING (survey_id)
       WHERE g.pmra IS NULL OR g.pmdec IS NULL OR g.pmra * g.pmra + g.pmdec * g.pmdec > %(pm_cap)s ^ 2"""
     else:
         search = "p.radius / 3600.0"
         fast_arm = None
+    # Each q3c probe is a LATERAL subquery that OFFSET 0 keeps from being flattened: its only access
+    # paths are the q3c index and a (disabled) sequential scan, so the plan is one index probe per
+    # outer row whatever the statistics say. As a plain join, a table without statistics yet (just
+    # loaded, or analysed in a transaction the other connection cannot see) made the planner scan
+    # all survey rows per fast mover instead: 78 M q3c_sindist calls, 30 s of a 31 s first run.
     arms.append(f"""
       SELECT {cols} FROM probe s
       JOIN p USING (survey_id)
-      JOIN xpmet.gaia_source g ON q3c_join(s.ra, s.dec, g.ra, g.dec, s.r)
-      -- no filter on g here: any condition on gaia_source makes the planner drop the q3c index
-      -- (its cost estimates are huge)""")
+      CROSS JOIN LATERAL (
+        SELECT g.source_id, g.ra, g.dec, g.pmra, g.pmdec, g.ref_epoch FROM xpmet.gaia_source g
+        WHERE q3c_join(s.ra, s.dec, g.ra, g.dec, s.r)
+        -- no filter on g here: any condition on gaia_source makes the planner drop the q3c index
+        -- (its cost estimates are huge)
+        OFFSET 0) g""")
     if part != "main":
         if fast_arm:
             arms.append(fast_arm)
@@ -274,6 +285,20 @@ def insert_sql() -> str:
     """
 
 
+def analyze_if_changed(conn, tables):
+    """ANALYZE the xpmet tables never analysed, or changed by > 20% since (repeated runs skip it).
+
+    Right after a load the planner would take a table for nearly empty and nest loops over it.
+    ``conn`` must be in autocommit mode: statistics written inside the crossmatch transaction
+    would stay invisible to the worker connection, which plans its own query.
+    """
+    for table in tables:
+        if conn.execute("SELECT (last_analyze IS NULL AND last_autoanalyze IS NULL) "
+                        "OR n_mod_since_analyze > 0.2 * n_live_tup FROM pg_stat_user_tables "
+                        "WHERE schemaname = 'xpmet' AND relname = %s", (table,)).fetchone()[0]:
+            conn.execute(f"ANALYZE xpmet.{table}")
+
+
 class _WorkerPairs(threading.Thread):
     """Runs a candidate SELECT on its own connection, on an exported snapshot, into binary COPY data."""
 
@@ -338,6 +363,7 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         raise
     bar = progress_bar(total=3, desc="crossmatch", unit="step", enabled=progress)
     with conn, bar:
+        analyze_if_changed(conn, ("survey_star", "gaia_source"))  # still autocommit: committed statistics
         conn.autocommit = False
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.execute("SET LOCAL work_mem = '256MB'")  # the snapshot starts at the next query
@@ -359,14 +385,6 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         max_dt = conn.execute("SELECT coalesce(max(abs(coalesce(epoch, 2016.0) - 2016.0)), 0) "
                               "FROM xpmet.survey_star").fetchone()[0]
         max_r = max(max(r, nr) for _, _, r, nr, _ in per_survey)
-        # Fresh statistics, or the planner takes a just-loaded table for empty and nests loops
-        # over it (quadratic); the candidate pairs go through an analysed temp table for the same reason.
-        # (only when a table changed since its last ANALYZE: repeated runs skip it)
-        for table in ("survey_star", "gaia_source"):
-            if conn.execute("SELECT (last_analyze IS NULL AND last_autoanalyze IS NULL) "
-                            "OR n_mod_since_analyze > 0.2 * n_live_tup FROM pg_stat_user_tables "
-                            "WHERE schemaname = 'xpmet' AND relname = %s", (table,)).fetchone()[0]:
-                conn.execute(f"ANALYZE xpmet.{table}")
         lap("setup_and_statistics")
         bar.update(1)
         bar.set_postfix_str("candidate pairs")

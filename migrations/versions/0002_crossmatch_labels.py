@@ -75,6 +75,7 @@ def upgrade():
     )
     op.execute("INSERT INTO xpmet.label_setting (id) VALUES (1)")
     run_sql_file("labels.sql")
+    run_sql_file("training_set_0002.sql")
 
 
 def downgrade():

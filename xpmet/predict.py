@@ -14,11 +14,13 @@ about one batch per worker whatever the table size.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import psycopg
 from xpmet.db.readonly import reader_connect
 from xpmet.db.models.columns import copy_columns, type_code
 from xpmet.db.models.core import predictions as predictions_table, xp_continuous
+from xpmet.distributed import drop_worker_state
 from xpmet.errors import XpmetError
 from xpmet.faults import fault
 from xpmet.progress import progress_bar
@@ -369,22 +372,50 @@ class Worker:
                 pass
 
 
-# -- processes ---------------------------------------------------------------------------------
-_WORKER: Worker | None = None
+# -- processes ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChunkJob:
+    """What a process needs to predict the chunks of one run (pickled to pool and Dask workers)."""
+    model: object          # a model directory or a Predictor
+    model_id: int
+    url: str
+    where: str | None
+    batch: int
+    token: str             # the run: a process keeps its model and connections across the run's chunks
 
 
-def _init_worker(model, model_id, url, where, batch, threads):
-    global _WORKER
+def predict_chunk(job: ChunkJob, bounds: tuple[int, int], topic=None) -> tuple[int, int]:
+    """Predict the missing stars of one [lo, hi) range and commit them; returns (read, written).
+
+    The one task of every path: serial, ``--workers`` processes and ``--cluster`` Dask workers.
+    Idempotent: a rerun of a range (Dask's retry after a lost worker) predicts only what the
+    killed attempt had not committed.
+    """
+    return _worker_for(job).run_chunk(*bounds)
+
+
+def _worker_for(job: ChunkJob) -> Worker:
+    from xpmet.distributed import worker_state
+    return worker_state(("predict", job.token),
+                        lambda: Worker(load(job.model), job.model_id, job.url, job.where, job.batch))
+
+
+_JOB: ChunkJob | None = None
+
+
+def _init_worker(job, threads):
+    global _JOB
     try:
         import torch
         torch.set_num_threads(threads)
     except ImportError:
         pass
-    _WORKER = Worker(load(model), model_id, url, where, batch)
+    _JOB = job
+    _worker_for(job)  # load the model and connect now: a failure shows before any chunk
 
 
 def _run_in_worker(bounds):
-    return _WORKER.run_chunk(*bounds)
+    return predict_chunk(_JOB, bounds)
 
 
 def _count(conn, sql, params=()):
@@ -392,7 +423,8 @@ def _count(conn, sql, params=()):
 
 
 def predict(model, *, where: str | None = None, batch: int = 4096, workers: int = 1,
-            chunk_rows: int = 20000, url: str | None = None, progress: bool = True) -> PredictResult:
+            chunk_rows: int = 20000, url: str | None = None, progress: bool = True,
+            cluster: str | None = None) -> PredictResult:
     """Predict every XP star (matching ``where``) not yet predicted by ``model``; resumable.
 
     model: a model directory (loaded with xpmet.ml.inference.load_predictor) or a Predictor.
@@ -400,15 +432,27 @@ def predict(model, *, where: str | None = None, batch: int = 4096, workers: int 
            "g.phot_g_mean_mag < 17 AND x.rp_coefficients IS NOT NULL".
     batch: stars per predict() call; workers: processes (each with its own model copy and two
     connections); chunk_rows: stars per committed chunk.
+    cluster: a Dask scheduler address or ``local:N`` (xpmet.distributed): one task per chunk,
+    instead of ``workers`` local processes.
     """
 
     from xpmet.db.engine import libpq_url, raw_connect
     if batch < 1 or workers < 1 or chunk_rows < 1:
         raise XpmetError("--batch, --workers and the chunk size must be at least 1")
-    url = url or libpq_url()
+    if cluster and workers > 1:
+        raise XpmetError("give --workers or --cluster, not both")
+    if cluster:
+        from xpmet.distributed import parse_cluster
+        parse_cluster(cluster)  # a bad address fails before any work
+    given_url, url = url, url or libpq_url()
     predictor = load(model)
     t0 = time.perf_counter()
-    with raw_connect(url, autocommit=True) as ctl:
+    stack = contextlib.ExitStack()
+    if cluster:  # connected before the bar is drawn: an unreachable scheduler is the one line printed
+        from xpmet.distributed import error_line, open_session
+        session = stack.enter_context(open_session(cluster))
+        job = ChunkJob(model, 0, session.db_url(given_url), where, batch, uuid.uuid4().hex)
+    with stack, raw_connect(url, autocommit=True) as ctl:
         model_id = model_id_for(ctl, predictor, model)
         if not _count(ctl, "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, model_id)):
             raise XpmetError(f"another `xpmet predict` is running for model {model_id}; wait for it to finish "
@@ -424,25 +468,36 @@ def predict(model, *, where: str | None = None, batch: int = 4096, workers: int 
                    desc=f"predict model {model_id}" + (" (--where: total is an upper bound)" if where else ""))
         try:
             chunks = chunk_ranges(ctl, chunk_rows)
-            if workers == 1:
-                w = Worker(predictor, model_id, url, where, batch)
+            token = uuid.uuid4().hex
+
+            def done(read, written):
+                result.chunks += 1
+                result.written += written
+                bar.update(read)
+
+            if cluster:
+                job = dataclasses.replace(job, model_id=model_id, token=token)
+                # a window of chunks in flight: boundaries are found lazily on 219 M rows too
+                for (lo, hi), res, err in session.map(predict_chunk, chunks, name=f"predict-{model_id}",
+                                                      args=(job,), window=2 * max(1, session.n_workers) + 2):
+                    if err is not None:
+                        raise err if isinstance(err, XpmetError) else XpmetError(
+                            f"predict, source_ids [{lo}, {hi}): {error_line(err)}")
+                    done(*res)
+            elif workers == 1:
                 try:
-                    for lo, hi in chunks:
-                        read, written = w.run_chunk(lo, hi)
-                        result.chunks += 1
-                        result.written += written
-                        bar.update(read)
+                    job = ChunkJob(predictor, model_id, url, where, batch, token)
+                    for bounds in chunks:
+                        done(*predict_chunk(job, bounds))
                 finally:
-                    w.close()
+                    drop_worker_state()
             else:
                 threads = max(1, (os.cpu_count() or 1) // workers)
                 ctx = mp.get_context("spawn")  # torch and open connections do not survive fork
                 with ctx.Pool(workers, initializer=_init_worker,
-                              initargs=(model, model_id, url, where, batch, threads)) as pool:
+                              initargs=(ChunkJob(model, model_id, url, where, batch, token), threads)) as pool:
                     for read, written in pool.imap_unordered(_run_in_worker, chunks):
-                        result.chunks += 1
-                        result.written += written
-                        bar.update(read)
+                        done(read, written)
         finally:
             bar.close()
             ctl.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, model_id))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from xpmet.distributed import CLUSTER_HELP
+
 
 @click.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
@@ -14,7 +16,8 @@ import click
               help="Processes, each with its own model copy and database connections.")
 @click.option("--chunk", "chunk_rows", default=20000, show_default=True,
               help="Stars per committed chunk (a source_id = HEALPix range).")
-def predict(model_dir, where, batch, workers, chunk_rows):
+@click.option("--cluster", metavar="ADDRESS", help=CLUSTER_HELP + " One task per chunk.")
+def predict(model_dir, where, batch, workers, chunk_rows, cluster):
     """Predict Teff, logg, [Fe/H], [alpha/Fe] with uncertainties and quality flags for every star
     with XP spectra, and write them into xpmet.predictions.
 
@@ -22,6 +25,6 @@ def predict(model_dir, where, batch, workers, chunk_rows):
     stars already predicted by this model are never written again. Queries can run meanwhile.
     """
     from xpmet.predict import predict as run
-    r = run(model_dir, where=where, batch=batch, workers=workers, chunk_rows=chunk_rows)
+    r = run(model_dir, where=where, batch=batch, workers=workers, chunk_rows=chunk_rows, cluster=cluster)
     click.echo(f"model {r.model_id}: wrote {r.written} predictions in {r.chunks} chunks "
                f"({r.seconds:.1f} s, {r.rows_per_second:.0f} stars/s); {r.already} were already there")

@@ -5,6 +5,7 @@ import json
 
 import click
 
+from xpmet.distributed import CLUSTER_HELP
 from xpmet.ml.normalise import LABELS
 
 
@@ -24,8 +25,11 @@ from xpmet.ml.normalise import LABELS
 @click.option("--noise-sample", type=int, default=20000, show_default=True,
               help="Unlabelled XP sources sampled for the noise model and the target magnitudes (0: none).")
 @click.option("--limit", type=int, help="At most this many stars (for quick experiments).")
+@click.option("--cluster", metavar="ADDRESS",
+              help=CLUSTER_HELP.replace(" Instead of --workers.", "") + " Workers read source_id ranges; "
+                   "this process writes the file.")
 def export_cmd(out, g_max, g_min, max_coef_error, min_surveys, require, split_, seed, correlations, noise_sample,
-               limit):
+               limit, cluster):
     """Export the training_set view to a chunked, compressed HDF5 file OUT.
 
     The layout, splits and attributes are documented in xpmet.ml.export.
@@ -38,7 +42,7 @@ def export_cmd(out, g_max, g_min, max_coef_error, min_surveys, require, split_, 
                         require=tuple(r.strip() for r in require.split(",") if r.strip()),
                         split=parse_split(split_), seed=seed, correlations=correlations,
                         noise_sample=noise_sample, limit=limit)
-    res = export(out, opt)
+    res = export(out, opt, cluster=cluster)
     click.echo(f"wrote {res['path']}: " + ", ".join(f"{k} {v:,}" for k, v in res["n_by_split"].items())
                + (f"; {res['rows_cut_by_coef_error']:,} cut by --max-coef-error" if max_coef_error else ""))
     if res.get("labels_stale"):

@@ -35,6 +35,7 @@ appears in one split only.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -47,6 +48,7 @@ import numpy as np
 from xpmet import __version__
 from xpmet.progress import progress_bar
 from xpmet.errors import XpmetError
+from xpmet.faults import fault
 from xpmet.ml.dataset import LAYOUT_VERSION, SPLITS, _rows_to_batch
 from xpmet.ml.normalise import LABELS, g_flux
 from xpmet.xp import N_COEF, N_CORR
@@ -108,7 +110,7 @@ def assign_split(source_id, fractions: dict, seed: int) -> np.ndarray:
     return np.where(u < c1, SPLITS["train"], np.where(u < c2, SPLITS["valid"], SPLITS["test"])).astype(np.uint8)
 
 
-def _query(opt: ExportOptions):
+def _query(opt: ExportOptions, bounds: tuple[int, int] | None = None):
     cols = (["t.source_id"] + [f"t.{c}" for c in PHOT] + [f"t.{c}" for c in XP] + [f"x.{c}" for c in STD]
             + [f"t.{l}{s}" for l in LABELS for s in ("", "_err")] + [f"t.{c}" for c in META])
     if opt.correlations:
@@ -127,6 +129,9 @@ def _query(opt: ExportOptions):
         if lab not in LABELS:
             raise XpmetError(f"--require {lab}: not a label; choose from {', '.join(LABELS)}")
         where.append(f"t.{lab} IS NOT NULL")
+    if bounds is not None:  # one shard of a --cluster export
+        where.append("t.source_id >= %s AND t.source_id < %s")
+        params += [int(bounds[0]), int(bounds[1])]
     sql = (f"SELECT {', '.join(cols)} FROM xpmet.training_set t JOIN xpmet.xp_continuous x USING (source_id) "
            f"WHERE {' AND '.join(where)} ORDER BY t.source_id")
     if opt.limit:
@@ -196,9 +201,74 @@ class Writer:
                              "n_rows": sum(self.counts.values()), "n_by_split": json.dumps(self.counts)} | attrs)
 
 
-def export(out_path, options: ExportOptions | None = None, progress: bool = True) -> dict:
-    """Write the training set to OUT_PATH; returns a summary (rows per split, attributes)."""
+TEXT = ("surveys", "xmatch_version", "reference")
+
+
+def _block(rows, names, opt: ExportOptions):
+    """Rows of the query -> (batch of arrays, rows that pass --max-coef-error, text columns)."""
+    text = {k: [r[names.index(k)] for r in rows] for k in TEXT}
+    b = _rows_to_batch(rows, [n if n not in text else "_" + n for n in names])
+    b["surveys"] = np.empty(len(rows), dtype=object)
+    for i, v in enumerate(text["surveys"]):  # element by element: np.asarray would stack equal-length lists
+        b["surveys"][i] = v
+    keep = np.ones(len(rows), bool)
+    if opt.max_coef_error is not None:
+        flux = g_flux(b["phot_g_mean_flux"], b["phot_g_mean_mag"])
+        rel = np.nanmedian(np.concatenate([b["bp_coefficient_errors"], b["rp_coefficient_errors"]],
+                                          axis=1), axis=1) / flux
+        keep &= rel <= opt.max_coef_error
+    return b, keep, text
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    options: ExportOptions
+    url: str
+
+
+def export_shard(job: ShardJob, item, topic=None):
+    """One source_id range of the training set (a --cluster task): the blocks the serial path would
+    read for it. Read-only, so a retry after a lost worker is harmless."""
     from xpmet.db.engine import raw_connect
+    index, bounds = item
+    sql, params, names = _query(job.options, bounds)
+    with raw_connect(job.url) as conn:
+        conn.read_only = True
+        rows = conn.execute(sql, params).fetchall()
+    return index, (_block(rows, names, job.options) if rows else None), len(rows)
+
+
+def _shard_blocks(conn, session, opt: ExportOptions, shard_rows: int, url: str | None):
+    """(n read, batch, keep, text) per shard of ~shard_rows XP rows, in source_id order."""
+    from xpmet.distributed import error_line
+    from xpmet.predict import chunk_ranges
+    job = ShardJob(opt, session.db_url(url))
+    ready, nxt = {}, 0
+    for _, res, err in session.map(export_shard, enumerate(chunk_ranges(conn, shard_rows)), name="export",
+                                   args=(job,), window=2 * max(1, session.n_workers) + 2):
+        if err is not None:
+            raise err if isinstance(err, XpmetError) else XpmetError(f"export: {error_line(err)}")
+        ready[res[0]] = res[1:]
+        while nxt in ready:  # completed out of order, written in order
+            block, n = ready.pop(nxt)
+            nxt += 1
+            if block is not None:
+                yield n, *block
+
+
+def export(out_path, options: ExportOptions | None = None, progress: bool = True, cluster: str | None = None,
+           shard_rows: int = 50000, url: str | None = None) -> dict:
+    """Write the training set to OUT_PATH; returns a summary (rows per split, attributes).
+
+    cluster: a Dask scheduler address or ``local:N`` (xpmet.distributed): shards of ``shard_rows``
+    XP rows (source_id ranges) are read and decoded on the workers and written here in source_id
+    order, so the file holds exactly what the serial export writes.
+    """
+    from xpmet.db.engine import raw_connect
+    stack, session = contextlib.ExitStack(), None
+    if cluster:  # connected first: an unreachable scheduler is the one line printed
+        from xpmet.distributed import open_session
+        session = stack.enter_context(open_session(cluster))
     opt = options or ExportOptions()
     out = Path(out_path)
     if not out.parent.exists():
@@ -208,7 +278,7 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
     meta_seen = {"xmatch_version": set(), "reference": set()}
     n_cut = 0
     try:
-        with raw_connect() as conn, h5py.File(tmp, "w") as f:
+        with stack, raw_connect(url) as conn, h5py.File(tmp, "w") as f:
             exists = conn.execute("SELECT to_regclass('xpmet.training_set') IS NOT NULL").fetchone()[0]
             if not exists:
                 raise XpmetError("the database has no xpmet.training_set view; run the migrations "
@@ -222,31 +292,17 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
             stale = stale[0] if stale else None
             total = conn.execute(f"SELECT count(*) FROM ({sql}) q", params).fetchone()[0]
             w = Writer(f, opt.correlations)
-            text_cols = {k: names.index(k) for k in ("surveys", "xmatch_version", "reference")}
             bar = progress_bar(total=total, desc="export", unit="star", enabled=progress)
-            # correlations are 27x the coefficients: smaller blocks keep memory flat (~100 MB)
-            fetch = FETCH // 10 if opt.correlations else FETCH
-            with conn.cursor(name="xpmet_export") as cur:
-                cur.itersize = fetch
-                cur.execute(sql, params)
-                while rows := cur.fetchmany(fetch):
-                    bar.update(len(rows))
-                    text = {k: [r[i] for r in rows] for k, i in text_cols.items()}
-                    b = _rows_to_batch(rows, [n if n not in text else "_" + n for n in names])
-                    b["surveys"] = text["surveys"]
-                    keep = np.ones(len(rows), bool)
-                    if opt.max_coef_error is not None:
-                        flux = g_flux(b["phot_g_mean_flux"], b["phot_g_mean_mag"])
-                        rel = np.nanmedian(np.concatenate([b["bp_coefficient_errors"], b["rp_coefficient_errors"]],
-                                                          axis=1), axis=1) / flux
-                        keep &= rel <= opt.max_coef_error
-                    n_cut += int((~keep).sum())
-                    for k in meta_seen:
-                        meta_seen[k].update(str(v) for v, ok in zip(text[k], keep) if v is not None and ok)
-                    if not keep.any():
-                        continue
-                    b = {k: (np.asarray(v, dtype=object)[keep] if k == "surveys" else v[keep]) for k, v in b.items()}
-                    w.append(b, assign_split(b["source_id"], opt.split, opt.seed))
+            for b, keep, text in _blocks(conn, sql, params, names, opt, session, shard_rows, url):
+                bar.update(len(keep))
+                n_cut += int((~keep).sum())
+                for k in meta_seen:
+                    meta_seen[k].update(str(v) for v, ok in zip(text[k], keep) if v is not None and ok)
+                if not keep.any():
+                    continue
+                b = {k: v[keep] for k, v in b.items()}
+                w.append(b, assign_split(b["source_id"], opt.split, opt.seed))
+                fault("export_after_block")
             bar.close()
             if sum(w.counts.values()) == 0:
                 raise XpmetError("no star passed the cuts: the training_set view is empty or the filters "
@@ -261,9 +317,33 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    fault("export_before_register")
     _register(out, ",".join(sorted(meta_seen["xmatch_version"])), ",".join(sorted(meta_seen["reference"])),
               sum(w.counts.values()), opt, stale)
     return {"path": str(out), "n_by_split": w.counts, "rows_cut_by_coef_error": n_cut, "labels_stale": stale}
+
+
+def _blocks(conn, sql, params, names, opt: ExportOptions, session, shard_rows, url):
+    """(batch, keep, text) blocks of the query in source_id order: streamed from a server-side
+    cursor here, or read by the Dask workers shard by shard (--limit counted over both alike)."""
+    if session is not None:
+        left = opt.limit or None
+        for n, b, keep, text in _shard_blocks(conn, session, opt, shard_rows, url):
+            if left is not None and n > left:  # the serial LIMIT cuts before --max-coef-error does
+                b, keep, text = {k: v[:left] for k, v in b.items()}, keep[:left], {k: v[:left] for k, v in text.items()}
+            yield b, keep, text
+            if left is not None:
+                left -= min(n, left)
+                if not left:
+                    return
+        return
+    # correlations are 27x the coefficients: smaller blocks keep memory flat (~100 MB)
+    fetch = FETCH // 10 if opt.correlations else FETCH
+    with conn.cursor(name="xpmet_export") as cur:
+        cur.itersize = fetch
+        cur.execute(sql, params)
+        while rows := cur.fetchmany(fetch):
+            yield _block(rows, names, opt)
 
 
 def _register(out: Path, xmatch_version: str, reference: str, n_rows: int, opt: ExportOptions, stale):

@@ -25,7 +25,7 @@ from psycopg.copy import QueuedLibpqWriter
 from xpmet.db.engine import raw_connect
 from xpmet.errors import BadInput, XpmetError
 from xpmet.etl.provenance import Skipped, file_load
-from xpmet.etl.runner import FileResult
+from xpmet.etl.runner import FileResult, failed_result
 from xpmet.io.pgcopy import HEADER, TRAILER, Col, copy_rows, copy_sql, encode
 
 
@@ -161,6 +161,7 @@ def load_file(path, report, *, kind: str, table: str, cols: list[Col], reader, r
     path = Path(path)
     size = path.stat().st_size if path.exists() else 0
     quarantine = Quarantine(errors_to) if errors_to else None
+    warnings: list[str] = []
     try:
         with file_load(path, kind, (table,), options=options, replace=replace, url=url) as load:
             if isinstance(load, Skipped):
@@ -170,7 +171,8 @@ def load_file(path, report, *, kind: str, table: str, cols: list[Col], reader, r
                 load.after_commit.append(quarantine.flush)
             conn = load.conn
             _tune_session(conn)
-            chunks = _prepared(reader(path, on_bad=quarantine), cols, load.load_id, report)
+            chunks = _prepared(reader(path, on_bad=quarantine, on_warning=warnings.append), cols, load.load_id,
+                               report)
             if replace:
                 _copy_per_chunk(conn, table, cols, chunks, load, url, report)
             else:
@@ -179,11 +181,12 @@ def load_file(path, report, *, kind: str, table: str, cols: list[Col], reader, r
             n_rows = load.n_rows
         return FileResult(str(path), "loaded", n_rows, size, time.perf_counter() - t0,
                           quarantined=quarantine.count if quarantine else 0, load_id=load_id,
-                          peak_rss_mb=peak_rss_mb())
-    except (XpmetError, psycopg.Error, OSError, ValueError) as e:
-        msg = str(e) if isinstance(e, XpmetError) else f"{path}: {type(e).__name__}: {str(e).strip()[:500]}"
-        return FileResult(str(path), "failed", 0, size, time.perf_counter() - t0, error=msg,
-                          quarantined=quarantine.count if quarantine else 0)
+                          peak_rss_mb=peak_rss_mb(), warnings=warnings)
+    except Exception as e:  # any per-file failure fails this file alone; KeyboardInterrupt still stops the run
+        res = failed_result(path, e)
+        res.bytes, res.seconds, res.warnings = size, time.perf_counter() - t0, warnings
+        res.quarantined = quarantine.count if quarantine else 0
+        return res
 
 
 def peak_rss_mb() -> float | None:

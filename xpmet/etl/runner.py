@@ -37,6 +37,7 @@ class FileResult:
     load_id: int | None = None
     peak_rss_mb: float | None = None   # peak memory of the process that loaded the file
     note: str | None = None            # e.g. skipped because another process loaded it meanwhile
+    warnings: list[str] = field(default_factory=list)  # problems that did not stop the load
 
 
 @dataclass
@@ -79,6 +80,10 @@ class LoadSummary:
         return sum(f.quarantined for f in self.files)
 
     @property
+    def warnings(self) -> list[str]:
+        return [w for f in self.files for w in f.warnings]
+
+    @property
     def peak_rss_mb(self) -> float | None:
         """Largest peak memory of any loading process (flat in the number and size of files)."""
         peaks = [f.peak_rss_mb for f in self.files if f.peak_rss_mb]
@@ -101,6 +106,8 @@ class LoadSummary:
         for f in self.files:
             if f.note:
                 lines.append(f"  note: {f.note}")
+        for w in self.warnings:
+            lines.append(f"  WARNING {w}")
         for f in self.failed:
             lines.append(f"  FAILED {f.error}")
         return "\n".join(lines)
@@ -170,8 +177,30 @@ def _report_to_queue(rows, nbytes):
     _QUEUE.put((rows, nbytes))
 
 
+def error_line(path, exc: Exception) -> str:
+    """One line naming the file for any exception (XpmetError messages already name it)."""
+    text = str(exc).strip()
+    msg = text.splitlines()[0][:500] if text else ""
+    if isinstance(exc, XpmetError) and msg.startswith(str(path)):
+        return msg
+    return f"{path}: {type(exc).__name__}: {msg}" if msg else f"{path}: {type(exc).__name__}"
+
+
+def failed_result(path, exc: Exception) -> FileResult:
+    """A failed-file result for an exception a loader let through."""
+    return FileResult(str(path), "failed", error=error_line(path, exc))
+
+
 def _call(load_one, path, options):
     return load_one(path, _report_to_queue, **options)
+
+
+def _load_safely(load_one, path, report, options) -> FileResult:
+    # Any exception of one file fails that file alone; KeyboardInterrupt (not an Exception) still stops.
+    try:
+        return load_one(path, report, **options)
+    except Exception as e:
+        return failed_result(path, e)
 
 
 def run(kind: str, paths, load_one: Callable, options: dict, workers: int = 1, progress: bool = True,
@@ -200,18 +229,22 @@ def run(kind: str, paths, load_one: Callable, options: dict, workers: int = 1, p
     try:
         if workers <= 1 or len(files) == 1:
             for f in files:
-                done(load_one(f, report, **options))
+                done(_load_safely(load_one, f, report, options))
         else:
             ctx = mp.get_context("spawn")
             q = ctx.Queue()
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                      initargs=(q,)) as pool:
-                pending = {pool.submit(_call, load_one, f, options) for f in files}
+                pending = {pool.submit(_call, load_one, f, options): f for f in files}
                 while pending:
-                    finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                    finished, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
                     _drain(q, report)
                     for fut in finished:
-                        done(fut.result())
+                        f = pending.pop(fut)
+                        try:
+                            done(fut.result())
+                        except Exception as e:  # e.g. a worker process that died (BrokenProcessPool)
+                            done(failed_result(f, e))
                 _drain(q, report)
     finally:
         bar.close()

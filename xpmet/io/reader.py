@@ -19,9 +19,11 @@ chunk's first data row, so errors can name file, row and column.
 """
 from __future__ import annotations
 
+import difflib
 import re
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -73,6 +75,9 @@ class TableSpec:
     #: other names users' files give a column: alias -> canonical name (case-insensitive match)
     aliases: dict[str, str] = field(default_factory=dict)
     check: Callable[[dict], list[Problem]] | None = None
+    #: columns files of this kind carry that xpmet does not store (never reported as unknown);
+    #: when given, any other unrecognised column is listed in one note per file
+    known_other: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -89,23 +94,28 @@ class Chunk:
 
 #: on_bad(source, rows (1-based), column, reason): receives quarantined rows instead of an exception
 OnBad = Callable[[str, np.ndarray, str, str], None]
+#: on_warning(message): one line about a file that still loads (e.g. a column that looks misspelt)
+OnWarning = Callable[[str], None]
 
 
 def read_table(path, spec: TableSpec, chunk_rows: int = 20000, skip: tuple[str, ...] = (),
-               block_bytes: int = 1 << 24, on_bad: OnBad | None = None) -> Iterator[Chunk]:
+               block_bytes: int = 1 << 24, on_bad: OnBad | None = None,
+               on_warning: OnWarning | None = None) -> Iterator[Chunk]:
     """Stream ``path`` as chunks of ``spec``'s columns (``skip`` leaves columns out, e.g. correlations).
 
     A bad row (malformed or wrong-length array, failed check) raises :class:`BadInput` naming file,
-    row and column, or with ``on_bad`` is reported there and left out of the chunk.
+    row and column, or with ``on_bad`` is reported there and left out of the chunk. Columns that
+    look like misspellings of absent spec columns are reported to ``on_warning``.
     """
     path = Path(path)
     fmt = detect(path)
+    warn = on_warning or (lambda message: None)
     if fmt.kind == "zip":
-        yield from _read_zip(path, spec, chunk_rows, skip, block_bytes, on_bad)
+        yield from _read_zip(path, spec, chunk_rows, skip, block_bytes, on_bad, warn)
     elif fmt.kind in ("csv", "ecsv"):
-        yield from _read_text(path, fmt, spec, skip, block_bytes, str(path), on_bad)
+        yield from _read_text(path, fmt, spec, skip, block_bytes, str(path), on_bad, warn)
     else:
-        yield from _read_astropy(path, fmt, spec, chunk_rows, skip, str(path), on_bad)
+        yield from _read_astropy(path, fmt, spec, chunk_rows, skip, str(path), on_bad, warn)
 
 
 def _arrays_or_bad(parse, one_row, n, length, dtype, column, source, first_row, on_bad, bad):
@@ -150,16 +160,20 @@ def _finish(data, spec, source, first_row, on_bad, bad):
 def _text_header(path, fmt: Format, source):
     """(number of '#' lines, column names, delimiter) of a CSV/ECSV file."""
     n_comment, delim = 0, ","
-    with open_binary(path, fmt) as f:
-        for line in f:
-            if line.startswith(b"#"):
-                n_comment += 1
-                m = re.match(rb"#\s*delimiter:\s*'?(.)'?", line)
-                if m:
-                    delim = m.group(1).decode()
-                continue
-            names = [c.strip().strip('"') for c in line.decode("utf-8", "replace").rstrip("\r\n").split(delim)]
-            return n_comment, names, delim
+    try:
+        with open_binary(path, fmt) as f:
+            for line in f:
+                if line.startswith(b"#"):
+                    n_comment += 1
+                    m = re.match(rb"#\s*delimiter:\s*'?(.)'?", line)
+                    if m:
+                        delim = m.group(1).decode()
+                    continue
+                names = [c.strip().strip('"') for c in line.decode("utf-8", "replace").rstrip("\r\n").split(delim)]
+                return n_comment, names, delim
+    except (EOFError, OSError, zlib.error) as e:  # gzip cut short before the column names
+        raise BadInput(source, f"truncated or corrupt gzip stream inside the header ({e}); "
+                       "download the file again") from None
     raise BadInput(source, "no header line with column names")
 
 
@@ -200,10 +214,45 @@ def _check_columns(path, spec, names, scal, arrs, flat, skip):
                        "form such as bp_coeff_0..54) is present", column=wanted[0])
 
 
-def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad) -> Iterator[Chunk]:
+def unknown_columns(spec, names, scal, arrs, flat, skip) -> tuple[dict[str, str], list[str]]:
+    """({file column: spec column it probably misspells}, other unrecognised columns).
+
+    Only spec columns absent from the file are suggested: a file holding the real column loses
+    nothing, and Gaia files carry many near-namesakes (phot_g_mean_flux_over_error ...).
+    """
+    used = {f.lower() for f in (*scal.values(), *arrs.values(), *(f for cols in flat.values() for f in cols))}
+    have = set(scal) | set(arrs) | set(flat)
+    absent = [c for c in (*spec.scalars, *spec.arrays) if c not in have and c not in skip]
+    ignore = {c.lower() for c in (*spec.known_other, *spec.aliases, *skip)}
+    misspelt, other = {}, []
+    for n in names:
+        low = n.lower()
+        if low in used or low in ignore:
+            continue
+        close = difflib.get_close_matches(low, absent, n=1, cutoff=0.8)
+        if close:
+            misspelt[n] = close[0]
+        else:
+            other.append(n)
+    return misspelt, other
+
+
+def _report_unknown(source, spec, names, scal, arrs, flat, skip, warn):
+    misspelt, other = unknown_columns(spec, names, scal, arrs, flat, skip)
+    if misspelt:
+        warn(f"{source}: unknown column(s) {', '.join(f'{n!r} (did you mean {c!r}?)' for n, c in misspelt.items())}"
+             f" ignored, so {', '.join(dict.fromkeys(misspelt.values()))} load(s) as NULL; rename the column(s) "
+             "and reload with --replace")
+    if other and spec.known_other:
+        warn(f"{source}: {len(other)} column(s) that {spec.name} files do not have are ignored: "
+             f"{', '.join(other[:8])}{' ...' if len(other) > 8 else ''}")
+
+
+def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad, warn) -> Iterator[Chunk]:
     n_comment, names, delim = _text_header(path, fmt, source)
     scal, arrs, flat = _resolve(names, spec, skip)
     _check_columns(source, spec, names, scal, arrs, flat, skip)
+    _report_unknown(source, spec, names, scal, arrs, flat, skip, warn)
     types = {f: _ARROW[spec.scalars[c]] for c, f in scal.items()}
     types.update({f: pa.binary() for f in arrs.values()})
     for c, cols in flat.items():
@@ -304,7 +353,33 @@ def _scalar(col, code, path, row, name):
     return _cast_scalar(a, code, path, row, name)
 
 
+#: float64 holds every integer up to 2**53 exactly; above it a float id may be a neighbour's id
+FLOAT_EXACT_INT = 2 ** 53
+
+
+def _float_to_int(a, path, row, name):
+    """An integer column that a FITS/VOTable file stores as floats: NaN -> missing; fractions,
+    infinities and values too large to be exact are errors (a Gaia id would silently change)."""
+    d = np.asarray(np.ma.getdata(a), dtype=np.float64)
+    mask = np.ma.getmaskarray(a) | np.isnan(d)
+    with np.errstate(invalid="ignore"):
+        bad = ~mask & (np.isinf(d) | (d != np.round(d)))
+        big = ~mask & ~bad & (np.abs(d) >= FLOAT_EXACT_INT)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise BadInput(path, f"value {d[i]!r} is not an integer", row=row + i, column=name)
+    if big.any():
+        i = int(np.flatnonzero(big)[0])
+        raise BadInput(path, f"value {d[i]:.17g} is stored as a floating-point number, which cannot hold "
+                       "integers above 2**53 exactly (the id may have lost its last digits); write the "
+                       "column as a 64-bit integer", row=row + i, column=name)
+    d = np.where(mask, 0, d)
+    return np.ma.MaskedArray(d, mask=mask) if mask.any() else d
+
+
 def _cast_scalar(a, code, path, row, name):
+    if code in _INT_RANGE and np.asarray(np.ma.getdata(a)).dtype.kind == "f":
+        a = _float_to_int(a, path, row, name)
     if code in _INT_RANGE and _INT_RANGE[code]:
         lo, hi = _INT_RANGE[code]
         d = np.ma.getdata(a)
@@ -325,7 +400,7 @@ def _stack_flat(columns, dtype):
 
 # --------------------------------------------------------------------------- FITS / VOTable (astropy)
 
-def _read_astropy(path, fmt, spec, chunk_rows, skip, source, on_bad) -> Iterator[Chunk]:
+def _read_astropy(path, fmt, spec, chunk_rows, skip, source, on_bad, warn) -> Iterator[Chunk]:
     import warnings
     from astropy.table import Table
     try:
@@ -340,6 +415,7 @@ def _read_astropy(path, fmt, spec, chunk_rows, skip, source, on_bad) -> Iterator
     names = list(table.colnames)
     scal, arrs, flat = _resolve(names, spec, skip)
     _check_columns(source, spec, names, scal, arrs, flat, skip)
+    _report_unknown(source, spec, names, scal, arrs, flat, skip, warn)
     n = len(table)
     size = Path(path).stat().st_size
     for start in range(0, max(n, 1), chunk_rows):
@@ -392,7 +468,7 @@ def _astropy_array(col, length, dtype):
 
 # --------------------------------------------------------------------------- zip (DataLink bundles)
 
-def _read_zip(path, spec, chunk_rows, skip, block_bytes, on_bad) -> Iterator[Chunk]:
+def _read_zip(path, spec, chunk_rows, skip, block_bytes, on_bad, warn) -> Iterator[Chunk]:
     try:
         zf = zipfile.ZipFile(path)
         members = [m for m in zf.infolist() if not m.is_dir() and not Path(m.filename).name.startswith(".")]
@@ -416,11 +492,11 @@ def _read_zip(path, spec, chunk_rows, skip, block_bytes, on_bad) -> Iterator[Chu
                 except BadInput as e:
                     raise BadInput(source, str(e).split(": ", 1)[-1]) from None
                 if fmt.kind in ("csv", "ecsv"):
-                    inner = _read_text(target, fmt, spec, skip, block_bytes, source, on_bad)
+                    inner = _read_text(target, fmt, spec, skip, block_bytes, source, on_bad, warn)
                 elif fmt.kind == "zip":
                     raise BadInput(source, "nested zip archives are not supported")
                 else:
-                    inner = _read_astropy(target, fmt, spec, chunk_rows, skip, source, on_bad)
+                    inner = _read_astropy(target, fmt, spec, chunk_rows, skip, source, on_bad, warn)
                 for chunk in inner:
                     chunk.n_bytes = m.compress_size if chunk.first_row == 1 else 0
                     yield chunk

@@ -101,7 +101,10 @@ XP_COLUMNS = ["source_id", "solution_id"] + [
         "n_relevant_bases", "relative_shrinking")]
 
 
-def read_xp(path, chunk_rows: int = 20000, correlations: bool = True, on_bad=None, block_bytes: int = 1 << 24):
-    """Chunks of XP spectra from ``path`` (any supported format); ``correlations=False`` skips them."""
+def read_xp(path, chunk_rows: int = 20000, correlations: bool = True, on_bad=None, block_bytes: int = 1 << 24,
+            on_warning=None):
+    """Chunks of XP spectra from ``path`` (any supported format); ``correlations=False`` skips them;
+    ``on_warning`` receives columns that look like misspellings of absent XP columns."""
     skip = () if correlations else CORRELATION_COLUMNS
-    return read_table(path, XP_SPEC, chunk_rows=chunk_rows, skip=skip, on_bad=on_bad, block_bytes=block_bytes)
+    return read_table(path, XP_SPEC, chunk_rows=chunk_rows, skip=skip, on_bad=on_bad, block_bytes=block_bytes,
+                      on_warning=on_warning)

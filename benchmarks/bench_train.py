@@ -13,7 +13,14 @@ Runs: xpmet simulate -> etl -> xmatch/labels -> export -> train, then reports
    residuals (emulated - observed, GaiaXPy) against the photometric noise (target <= 1.5x);
 3. training throughput of xpmet's loop against a bare torch loop over in-memory tensors with the
    same model and batch size (target >= 0.8x), median of --repeats runs, samples/s and the
-   projected time per epoch for 10 million stars.
+   projected time per epoch for 10 million stars;
+4. the quality flags of the estimator on never-surveyed XP sources (the simulator's quasars and
+   white dwarfs are among them, since no survey observes them): the share of non-stellar sources
+   flagged (target >= 95 %), the share of genuine [Fe/H] < -2 stars that are ``recommended`` next to
+   that of all stars (target: within 5 points), how often ``out_of_training_range`` fires on
+   [Fe/H] < -2 stars inside the training labels' range, what each bit flags, and whether
+   ``poor_fit`` picks out worse answers. ``--only flags`` trains the estimator alone and reports
+   just this (a few minutes at --n-stars 8000).
 
     .venv/bin/python benchmarks/bench_train.py --n-stars 20000 --workdir /tmp/bench_train
 
@@ -53,6 +60,10 @@ def parse():
     ap.add_argument("--emulator-correlations", action="store_true",
                     help="train the emulators with the full XP covariance (exact, ~20x slower to train)")
     ap.add_argument("--skip-pipeline", action="store_true", help="reuse WORKDIR's database and train.h5")
+    ap.add_argument("--only", choices=("all", "flags"), default="all",
+                    help="flags: train the estimator only and report the quality flags (section 4)")
+    ap.add_argument("--nonstellar-fraction", type=float, default=0.017,
+                    help="share of simulated XP sources that are quasars and white dwarfs")
     return ap.parse_args()
 
 
@@ -75,7 +86,7 @@ def pipeline(a, work: Path):
 
     sim = work / "sim"
     step(f"simulate {a.n_stars} stars")
-    simulate(sim, n_stars=a.n_stars, seed=a.seed, progress=False)
+    simulate(sim, n_stars=a.n_stars, seed=a.seed, progress=False, nonstellar_fraction=a.nonstellar_fraction)
     Cluster(Path(os.environ["XPMET_HOME"])).start()
     migrate.upgrade(libpq_url(), "head")
     step("etl + xmatch")
@@ -234,6 +245,8 @@ def run_benchmark(a, work: Path):
         "reference_emulator": TrainConfig(kind="emulator", hidden=ehidden, epochs=a.epochs, seed=a.seed,
                                           correlations=a.emulator_correlations),
     }
+    if a.only == "flags":
+        models = {"estimator": models["estimator"]}
     for name, cfg in models.items():
         if (work / name / "weights.pt").exists():
             continue
@@ -241,6 +254,15 @@ def run_benchmark(a, work: Path):
         shutil.rmtree(work / name, ignore_errors=True)
         train(h5, work / name, cfg, register=False, progress=False,
               label_override=tf if name.startswith("reference") else None)
+    step("quality flags")
+    flags_report = flag_figures(work / "estimator", truth_path, a.max_truth, a.seed)
+    if a.only == "flags":
+        report = {"n_stars": a.n_stars, "seed": a.seed, "attributes": ds.attributes(h5), "flags": flags_report,
+                  "seconds": time.time() - t_start}
+        (work / "report.json").write_text(json.dumps(report, indent=1, default=float))
+        print_flags(flags_report)
+        print(f"report: {work / 'report.json'}  ({report['seconds']:.0f} s)")
+        return
     step("never-surveyed stars")
     truth = read_truth(truth_path)
     ns = never_surveyed(truth, a.max_truth, seed=a.seed)
@@ -290,9 +312,86 @@ def run_benchmark(a, work: Path):
     evaluate(work / "estimator", h5, truth_path, emulator_dir=work / "emulator", max_truth=a.max_truth)
     evaluate(work / "emulator", h5, truth_path, max_truth=min(a.max_fit, 1000))
     report["plots"] = sorted(str(p) for p in work.glob("*/evaluation/*.png"))
+    report["flags"] = flags_report
     report["seconds"] = time.time() - t_start
     (work / "report.json").write_text(json.dumps(report, indent=1, default=float))
     print_report(report, work)
+    print_flags(flags_report)
+
+
+def flag_figures(model_dir, truth_path, max_stars, seed) -> dict:
+    """Quality flags of a model on never-surveyed XP sources, scored against the simulation's truth."""
+    from astropy.table import Table
+    from xpmet.flags import PREDICTION_BITS
+    from xpmet.ml import dataset as ds
+    from xpmet.ml.evaluate import OUTLIER, robust_scatter
+    from xpmet.ml.inference import load_predictor
+    t = Table.read(truth_path)
+    sid = np.asarray(t["source_id"], np.int64)
+    surveyed = np.char.strip(np.asarray(t["surveys"]).astype(str)) != ""
+    sel = np.flatnonzero(np.asarray(t["has_xp"], bool) & ~surveyed)
+    if max_stars and sel.size > max_stars:
+        sel = np.sort(np.random.default_rng(seed).choice(sel, max_stars, replace=False))
+    arr = ds.read_db(sid[sel])
+    pos = np.searchsorted(sid, arr.source_id) if np.all(np.diff(sid) > 0) else None
+    if pos is None:
+        order = np.argsort(sid)
+        pos = order[np.searchsorted(sid[order], arr.source_id)]
+    cls = np.asarray(t["source_class"]).astype(str)[pos] if "source_class" in t.colnames else np.full(len(arr), "star")
+    feh = np.asarray(t["feh"], np.float64)[pos]
+    p = load_predictor(model_dir)
+    out = p.predict_arrays(arr)
+    qf, rec, g = out["quality_flags"], out["recommended"], arr.g_mag
+    star = cls == "star"
+    vmp = star & (feh < -2)
+    has_bit = {name: (qf >> b & 1).astype(bool) for name, b in PREDICTION_BITS.items()}
+    r = {"n": len(arr), "n_star": int(star.sum()), "n_vmp": int(vmp.sum()),
+         "bits_share_of_stars": {k: float(v[star].mean()) for k, v in has_bit.items()},
+         "recommended_all_stars": float(rec[star].mean()), "recommended_vmp": float(rec[vmp].mean())}
+    r["recommended_gap_points"] = 100 * (r["recommended_all_stars"] - r["recommended_vmp"])
+    bright = g < 16
+    r["recommended_all_stars_g16"] = float(rec[star & bright].mean())
+    r["recommended_vmp_g16"] = float(rec[vmp & bright].mean()) if (vmp & bright).any() else float("nan")
+    for c in ("quasar", "white_dwarf"):
+        s = cls == c
+        r[c] = {"n": int(s.sum()), "flagged": float((~rec[s]).mean()) if s.any() else float("nan"),
+                "unlike_training": float(has_bit["unlike_training"][s].mean()) if s.any() else float("nan")}
+    ns = (cls == "quasar") | (cls == "white_dwarf")
+    r["nonstellar_flagged"] = float((~rec[ns]).mean()) if ns.any() else float("nan")
+    r["nonstellar_unlike_training"] = float(has_bit["unlike_training"][ns].mean()) if ns.any() else float("nan")
+    # the label check must not reject rare stars the training labels cover
+    inside = vmp & (feh >= p.norm.label_lo[2])
+    r["vmp_inside_training_range"] = int(inside.sum())
+    r["out_of_training_range_on_vmp_inside"] = float(has_bit["out_of_training_range"][inside].mean()) \
+        if inside.any() else float("nan")
+    r["training_feh_range"] = [float(p.norm.label_lo[2]), float(p.norm.label_hi[2])]
+    # poor_fit: are the flagged answers worse? (stars, both bands)
+    res = out["feh"] - feh
+    z = res / out["feh_err"]
+    ok = star & np.isfinite(res) & ~arr.missing.any(1)
+    for name, m in (("poor_fit", ok & has_bit["poor_fit"]), ("not_poor_fit", ok & ~has_bit["poor_fit"])):
+        r[name] = {"n": int(m.sum()), "feh_scatter": robust_scatter(res[m]), "z_spread": robust_scatter(z[m]),
+                   "outlier_frac": float(np.mean(np.abs(res[m]) > OUTLIER["feh"])) if m.any() else float("nan")}
+    return r
+
+
+def print_flags(f):
+    pct = lambda v: "  n/a" if v is None or not np.isfinite(v) else f"{100 * v:5.1f}%"  # noqa: E731
+    print(f"quality flags on {f['n']} never-surveyed XP sources ({f['n_star']} stars, {f['n_vmp']} with [Fe/H] < -2):")
+    print(f"  non-stellar flagged (not recommended): {pct(f['nonstellar_flagged'])} (target >= 95 %); "
+          f"unlike_training alone {pct(f['nonstellar_unlike_training'])}; quasars {pct(f['quasar']['flagged'])} "
+          f"of {f['quasar']['n']}, white dwarfs {pct(f['white_dwarf']['flagged'])} of {f['white_dwarf']['n']}")
+    print(f"  recommended: all stars {pct(f['recommended_all_stars'])}, [Fe/H] < -2 {pct(f['recommended_vmp'])} "
+          f"(gap {f['recommended_gap_points']:+.1f} points, target within 5); at G < 16: "
+          f"{pct(f['recommended_all_stars_g16'])} vs {pct(f['recommended_vmp_g16'])}")
+    print(f"  out_of_training_range on the {f['vmp_inside_training_range']} [Fe/H] < -2 stars inside the training "
+          f"range {f['training_feh_range'][0]:.2f}..{f['training_feh_range'][1]:.2f}: "
+          f"{pct(f['out_of_training_range_on_vmp_inside'])}")
+    print("  share of stars each bit flags: " + ", ".join(f"{k} {pct(v)}" for k, v in f["bits_share_of_stars"].items()))
+    a, b = f["poor_fit"], f["not_poor_fit"]
+    print(f"  poor_fit: {a['n']} stars, [Fe/H] scatter {a['feh_scatter']:.3f}, outliers {pct(a['outlier_frac'])}, "
+          f"z-spread {a['z_spread']:.2f}; others: scatter {b['feh_scatter']:.3f}, outliers {pct(b['outlier_frac'])}, "
+          f"z-spread {b['z_spread']:.2f}")
 
 
 def print_report(r, work):

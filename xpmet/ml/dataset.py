@@ -38,6 +38,8 @@ class XPArrays:
     label_err: np.ndarray  # (n,4)
     corr: np.ndarray | None = None   # (n,2,1485) correlations when exported
     std_dev: np.ndarray | None = None  # (n,2) bp/rp standard deviation
+    ruwe: np.ndarray | None = None     # gaia_source ruwe and phot_bp_rp_excess_factor, when supplied
+    excess: np.ndarray | None = None
 
     def __len__(self):
         return len(self.source_id)
@@ -73,8 +75,10 @@ def from_batch(batch: dict) -> XPArrays:
     sd = None
     if batch.get("bp_standard_deviation") is not None:
         sd = np.column_stack([get("bp_standard_deviation"), get("rp_standard_deviation")])
+    opt = {k: (None if batch.get(src) is None else get(src))
+           for k, src in (("ruwe", "ruwe"), ("excess", "phot_bp_rp_excess_factor"))}
     return XPArrays(np.asarray(batch["source_id"], np.int64), x, e, missing, flux, get("phot_g_mean_mag"),
-                    get("bp_rp"), get("ag_gspphot"), labels, errs, corr, sd)
+                    get("bp_rp"), get("ag_gspphot"), labels, errs, corr, sd, **opt)
 
 
 def read(path, split: str | None = None, correlations: bool = False, limit: int | None = None,
@@ -176,7 +180,7 @@ def fingerprint(path) -> str:
 
 _DB_COLUMNS = ("x.source_id, x.bp_coefficients, x.bp_coefficient_errors, x.rp_coefficients, "
                "x.rp_coefficient_errors, x.bp_standard_deviation, x.rp_standard_deviation, "
-               "g.phot_g_mean_flux, g.phot_g_mean_mag, g.bp_rp, g.ag_gspphot")
+               "g.phot_g_mean_flux, g.phot_g_mean_mag, g.bp_rp, g.ag_gspphot, g.ruwe, g.phot_bp_rp_excess_factor")
 
 
 def _rows_to_batch(rows, names) -> dict:

@@ -5,7 +5,8 @@
 >>> out = p.predict(batch)   # batch: source_id, bp/rp coefficients and errors, phot_g_mean_mag, ...
 
 ``predict`` returns teff, logg, feh, alpha_fe with their ``_err`` (1-sigma), ``fit_stat``,
-``quality_flags`` (bits below) and ``recommended`` (= no quality bit set).
+``quality_flags`` (bits: ``xpmet.flags.PREDICTION_BITS``, thresholds below) and ``recommended``
+(= no quality bit set).
 """
 from __future__ import annotations
 
@@ -17,20 +18,30 @@ import numpy as np
 import torch
 
 from xpmet.errors import XpmetError
-from xpmet.ml import checkpoint
+from xpmet.ml import checkpoint, ood
 from xpmet.flags import PREDICTION_BITS
 from xpmet.ml.dataset import XPArrays, from_batch
 from xpmet.ml.models import Emulator, Estimator, emulator_outputs, estimator_inputs, fit_emulator
 from xpmet.ml.normalise import LABELS, Normaliser, emulator_params
 
-LOW_SNR = 30.0
+#: whole-spectrum S/N below which ``low_snr`` is set: the 5th percentile of real DR3 spectra at
+#: 17 < G < 17.65 is ~310 (tests/data/xp/xp_continuous_combined_chunk0.fits, tests/test_ood.py),
+#: so this fires on spectra noisier than a typical one at the XP publication limit (1.9 % of those
+#: 2,000 real spectra: 32 at G > 17, 6 brighter ones with unusually large errors)
+LOW_SNR = 300.0
 POOR_FIT_CHI2 = 3.0
 POOR_FIT_SPREAD = 2.0
+#: single estimator: [Fe/H] noise-sensitivity over the stated uncertainty above which ``poor_fit`` is set
+POOR_FIT_SENSITIVITY = 1.5
+MAX_RUWE = 1.4
+#: ``bp_rp_excess`` above this many sigma of the corrected excess factor
+EXCESS_SIGMA = 3.0
 #: the quality cut ``recommended`` applies: no bit set
 RECOMMENDED_MASK = sum(1 << b for b in PREDICTION_BITS.values())
 
 BASE_NEEDS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "rp_coefficients",
-              "rp_coefficient_errors", "phot_g_mean_mag", "phot_g_mean_flux", "bp_rp", "parallax"]
+              "rp_coefficient_errors", "phot_g_mean_mag", "phot_g_mean_flux", "bp_rp", "parallax",
+              "ruwe", "phot_bp_rp_excess_factor"]
 
 
 def spectrum_snr(x, e) -> np.ndarray:
@@ -73,6 +84,11 @@ class Predictor:
             self.needs += ["bp_coefficient_correlations", "rp_coefficient_correlations"]
         self._f = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=self.device)  # noqa: E731
         self.x_mean, self.x_scale = self._f(self.norm.x.mean), self._f(self.norm.x.std)
+        self.ood = ood.load(d)  # None for directories written before it existed: no unlike_training bit
+        lo, hi = self.norm.g_range
+        if self.config.get("augment", 0) > 0 and self.kind == "estimator" and self.norm.noise.target_g.size:
+            hi = max(hi, float(self.norm.noise.target_g.max()))  # spectra were degraded down to these
+        self.g_range = (lo, hi)
 
     # -- public API -------------------------------------------------------------------------
     def predict(self, batch: dict) -> dict:
@@ -105,11 +121,27 @@ class Predictor:
     def _predict(self, arr: XPArrays) -> dict:
         mean, err, fit_stat, poor = (self._estimate if self.kind == "estimator" else self._fit)(arr)
         flags = np.zeros(len(arr), np.int32)
-        out_of_range = ((mean[:, :3] < self.norm.label_lo[:3]) | (mean[:, :3] > self.norm.label_hi[:3])).any(1)
-        flags |= out_of_range.astype(np.int32) << PREDICTION_BITS["out_of_training_range"]
-        flags |= (spectrum_snr(arr.x, arr.e) < LOW_SNR).astype(np.int32) << PREDICTION_BITS["low_snr"]
-        flags |= arr.missing.any(1).astype(np.int32) << PREDICTION_BITS["missing_band"]
-        flags |= poor.astype(np.int32) << PREDICTION_BITS["poor_fit"]
+
+        def bit(name, cond):
+            nonlocal flags
+            flags |= np.asarray(cond, bool).astype(np.int32) << PREDICTION_BITS[name]
+
+        # beyond the training labels by more than the uncertainty: rare labels inside the range pass
+        e3 = np.nan_to_num(err[:, :3])
+        bit("out_of_training_range", ((mean[:, :3] < self.norm.label_lo[:3] - e3)
+                                      | (mean[:, :3] > self.norm.label_hi[:3] + e3)).any(1))
+        bit("low_snr", spectrum_snr(arr.x, arr.e) < LOW_SNR)
+        bit("missing_band", arr.missing.any(1))
+        bit("poor_fit", poor)
+        if self.ood is not None:
+            bit("unlike_training", self.ood.flag(arr.x, arr.e))
+        g = arr.g_mag
+        bit("outside_training_g", np.isfinite(g) & ((g < self.g_range[0]) | (g > self.g_range[1])))
+        if arr.ruwe is not None:
+            bit("high_ruwe", np.isfinite(arr.ruwe) & (arr.ruwe > MAX_RUWE))
+        if arr.excess is not None:
+            cstar = ood.corrected_excess_factor(arr.excess, arr.bp_rp)
+            bit("bp_rp_excess", np.isfinite(cstar) & (np.abs(cstar) > EXCESS_SIGMA * ood.excess_factor_sigma(g)))
         nothing = arr.missing.all(1)  # no spectrum at all: no prediction
         mean[nothing], err[nothing] = np.nan, np.nan
         out = {}
@@ -139,9 +171,25 @@ class Predictor:
             fit_stat = np.sqrt(spread[:, 2] / sig2.mean(0)[:, 2])  # [Fe/H] disagreement in units of sigma
             poor = fit_stat > POOR_FIT_SPREAD
         else:
-            fit_stat = np.full(len(arr), np.nan)
-            poor = np.zeros(len(arr), bool)
+            fit_stat = self._sensitivity(inp, self._f(arr.e / n.x.std))
+            poor = fit_stat > POOR_FIT_SENSITIVITY
         return mean, err, fit_stat, poor
+
+    def _sensitivity(self, inp, e_std) -> np.ndarray:
+        """How far [Fe/H] moves when the coefficients move by their errors, over its stated sigma.
+
+        First-order propagation of the (diagonal) coefficient errors through the network. A model
+        trained on noisy spectra states a sigma that covers its own noise response; a spectrum where
+        the answer swings by more than that sits where the network is unstable: a poor fit.
+        """
+        m = self.members[0]
+        with torch.enable_grad():
+            x = inp.detach().clone().requires_grad_(True)
+            mu, log_sigma = m(x)
+            (grad,) = torch.autograd.grad(mu[:, 2].sum(), x)
+        e = torch.nan_to_num(e_std, nan=0.0)
+        prop = torch.sqrt(((grad[:, :e.shape[1]] * e) ** 2).sum(1))
+        return (prop / torch.exp(log_sigma[:, 2].detach())).cpu().numpy().astype(np.float64)
 
     def _fit(self, arr: XPArrays):
         # float64: the Fisher matrix and the finite-difference Jacobian need the precision

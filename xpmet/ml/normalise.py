@@ -134,7 +134,7 @@ class Normaliser:
     labels: Scaler        # teff, logg, feh, alpha_fe
     params: Scaler        # emulator inputs (labels + ag)
     noise: NoiseModel
-    label_lo: np.ndarray  # training range (0.5 and 99.5 percentiles) for out-of-range flags
+    label_lo: np.ndarray  # training range (3rd smallest, 3rd largest value) for out-of-range flags
     label_hi: np.ndarray
     g_range: tuple = (0.0, 99.0)
     ag_fill: float = 0.0  # extinction used where ag_gspphot is missing
@@ -181,12 +181,28 @@ def fit_normaliser(x, labels, ag, g_mag, raw_err, flux, target_g=None) -> Normal
         relation = [grid[good].tolist(), med[good].tolist()]
     ag = np.asarray(ag, np.float64)
     ag_fill = float(np.nanmedian(ag)) if np.isfinite(ag).any() else 0.0
-    norm = Normaliser(Scaler.fit(x), Scaler.fit(labels), None, NoiseModel.fit(raw_err, flux, target_g),
-                      np.nanpercentile(labels, 0.5, axis=0), np.nanpercentile(labels, 99.5, axis=0),
+    lo, hi = label_range(labels)
+    norm = Normaliser(Scaler.fit(x), Scaler.fit(labels), None, NoiseModel.fit(raw_err, flux, target_g), lo, hi,
                       (float(np.nanmin(g_mag)), float(np.nanmax(g_mag))), ag_fill, relation)
     params = emulator_params(norm, labels, ag)
     norm.params = Scaler.fit(params)
     return norm
+
+
+def label_range(labels, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Per label the k-th smallest and k-th largest training value: the range the labels really span.
+
+    Not percentiles: a percentile cut would call the rarest genuine stars (the most metal-poor)
+    out of range; the k-th extreme only discards a stray label or two.
+    """
+    labels = np.asarray(labels, np.float64)
+    lo, hi = np.full(labels.shape[1], np.nan), np.full(labels.shape[1], np.nan)
+    for j in range(labels.shape[1]):
+        v = np.sort(labels[np.isfinite(labels[:, j]), j])
+        if v.size:
+            i = min(k, v.size) - 1
+            lo[j], hi[j] = v[i], v[-1 - i]
+    return lo, hi
 
 
 def emulator_params(norm: Normaliser, labels, ag) -> np.ndarray:

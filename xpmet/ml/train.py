@@ -5,6 +5,7 @@ Model directory layout (what :func:`xpmet.ml.inference.load_predictor` reads)::
 
     config.json         kind, architecture, training options, the data file's attributes
     normalisation.json  scalers + noise model fitted on the training split only
+    ood.npz             the training spectra's PCA model for the unlike_training flag (xpmet.ml.ood)
     weights.pt          state dicts (one per ensemble member) of the best validation epoch
     fingerprint.txt     sha256 of the training HDF5 file
     history.json        per-epoch train/valid loss of every member
@@ -29,7 +30,7 @@ import torch
 from xpmet import __version__
 from xpmet.progress import progress_bar
 from xpmet.errors import XpmetError
-from xpmet.ml import checkpoint, dataset as ds
+from xpmet.ml import checkpoint, dataset as ds, ood
 from xpmet.ml import distributed as dist
 from xpmet.ml.models import ESTIMATOR_INPUTS, N_X, Emulator, Estimator, emulator_nll, estimator_inputs, known_label_nll
 from xpmet.ml.plots import learning_curves
@@ -232,6 +233,8 @@ def _prepare(data_path, out: Path, config: TrainConfig, resume: bool, label_over
         raise XpmetError(f"{len(train_arr)} training / {len(valid_arr)} validation stars cannot be shared by "
                          f"{world} processes.")
     norm.save(out / "normalisation.json")
+    # what "like the training set" means for the unlike_training flag, from the same split
+    ood.fit(train_arr.x, train_arr.e, norm.x.mean, norm.x.std, seed=config.seed).save(out / ood.FILENAME)
     state = {"member": 0, "members": [], "history": []}
     if resume:
         state = checkpoint.load(ckpt_path, "cpu")  # broadcast to the other ranks from here

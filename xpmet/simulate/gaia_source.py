@@ -3,7 +3,9 @@
 Error models (simple functions of G, chosen to match the DR3 documentation's typical values):
 parallax_error = sqrt(0.016^2 + (0.04 * 10^(0.2 (G - 15)))^2) mas (0.02 at G<13, 0.1 at 17, 0.4 at 20);
 proper-motion errors the same in mas/yr, position errors 0.8x in mas; G flux relative error
-0.0003-0.01, BP/RP 0.001-0.05. Radial velocities for G < 14.5 and 3100 < Teff < 7000 K.
+0.0003-0.01, BP/RP 0.001-0.05; the BP/RP excess factor follows the colour relation and G-dependent
+scatter of Riello et al. (2021), plus 0.15 for sources with a close neighbour. Radial velocities
+for G < 14.5 and 3100 < Teff < 7000 K.
 GSP-Phot parameters (XP stars only): Teff +-3 %, logg +-0.2, a metallicity biased by -0.2 dex with
 0.35 dex scatter (GSP-Phot's known weakness), A_G +-0.1 mag.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from xpmet.ml.ood import excess_factor_expected, excess_factor_sigma
 from xpmet.simulate.writers import Column
 
 REF_EPOCH = 2016.0
@@ -75,7 +78,9 @@ def observe(rng, *, source_id, ra, dec, parallax, pmra, pmdec, mags, teff, logg,
     g_obs = G_ZP - 2.5 * np.log10(g_flux)
     bp_obs = BP_ZP - 2.5 * np.log10(bp_flux)
     rp_obs = RP_ZP - 2.5 * np.log10(rp_flux)
-    excess = 1.16 + 0.03 * np.clip(bp_obs - rp_obs, 0, 4) + np.abs(0.01 * norm[:, 3]) + np.where(paired, 0.15, 0.0)
+    # the colour relation of clean isolated sources and its scatter (Riello et al. 2021); pairs blend
+    excess = (excess_factor_expected(bp_obs - rp_obs) + excess_factor_sigma(g) * norm[:, 3]
+              + np.where(paired, 0.15, 0.0))
     has_rv = (g < 14.5) & (teff > 3100) & (teff < 7000)
     rv_e = np.where(has_rv, 0.3 + 4.0 * 10 ** (0.4 * (g - 14.5)), np.nan)
     gsp = has_xp & (g < 19)

@@ -38,7 +38,11 @@ def survey(name, files, descriptor_path, replace, list_):
         d = load_descriptor(name)
     else:
         raise XpmetError("give a survey NAME (see --list) or --descriptor my.toml, then the files")
-    for r in load_survey(d, files, replace=replace):
+    results = load_survey(d, files, replace=replace, check=False)
+    for r in results:
+        if r.error:
+            click.secho(f"FAILED {r.error}", fg="red", err=True)
+            continue
         if r.skipped:
             click.echo(f"{r.path}: already loaded ({r.n_rows} rows), skipped; --replace reloads it")
             continue
@@ -47,3 +51,9 @@ def survey(name, files, descriptor_path, replace, list_):
                    + (f"; flagged: {flagged}" if flagged else ""))
         if r.absent:
             click.echo(f"  not in this file (left NULL / rule skipped): {', '.join(r.absent)}")
+        for note in r.notes:
+            click.echo(f"  WARNING {note}")
+    failed = [r for r in results if r.error]
+    if failed:
+        raise XpmetError(f"{len(failed)} of {len(results)} file(s) failed (listed above); the others loaded. "
+                         "Fix the failed files and run again: loaded files are skipped.")

@@ -41,6 +41,8 @@ class SurveyLoad:
     skipped: bool = False
     absent: list = field(default_factory=list)        # descriptor fields/rules whose column is absent
     bit_counts: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)         # values made NULL that the user should know about
+    error: str | None = None                          # one line, when the file failed (load_survey)
 
 
 def survey_format(path: Path) -> str:
@@ -112,6 +114,33 @@ class Columns:
         return None
 
 
+#: float64 holds every integer up to 2**53 exactly; above it a float id may be a neighbour's id
+FLOAT_EXACT_INT = 2 ** 53
+_INT_TEXT = re.compile(r"\s*([-+]?\d+)(\.0*)?\s*")
+
+
+def _text_ids(path, s: np.ndarray, col) -> np.ndarray:
+    """Integer ids from their text, exactly ("4295806720123456789.0" too); float-only forms
+    ("1.2e18") only when float64 holds them exactly."""
+    out = np.zeros(len(s), np.int64)
+    for i, v in enumerate(s):  # only for id columns astropy could not read as integers
+        m = _INT_TEXT.fullmatch(v)
+        if m:
+            out[i] = int(m.group(1))
+            continue
+        try:
+            f = float(v)
+        except ValueError:
+            raise BadInput(path, f"value {v!r} is not a number", row=i, column=col) from None
+        if not np.isfinite(f) or f != round(f):
+            raise BadInput(path, f"value {v!r} is not an integer id", row=i, column=col)
+        if abs(f) >= FLOAT_EXACT_INT:
+            raise BadInput(path, f"value {v!r} is written as a floating-point number whose last digits are "
+                           "lost above 2**53; write the id as an integer", row=i, column=col)
+        out[i] = int(f)
+    return out
+
+
 def _numeric(path, t, col, dtype=float) -> np.ndarray:
     """Column as float (NaN where masked/empty) or int (masked array); names the first bad row."""
     c = t[col]
@@ -124,6 +153,8 @@ def _numeric(path, t, col, dtype=float) -> np.ndarray:
         try:
             data = s.astype(dtype)
         except ValueError:
+            if dtype is not float:
+                return np.ma.masked_array(_text_ids(path, s, col), mask=mask)
             bad = [i for i, v in enumerate(s) if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", v)]
             row = bad[0] if bad else None
             raise BadInput(path, f"value {s[row]!r} is not a number" if row is not None else
@@ -142,9 +173,25 @@ def _numeric(path, t, col, dtype=float) -> np.ndarray:
         if frac.any():
             row = int(np.flatnonzero(frac)[0])
             raise BadInput(path, f"value {data[row]!r} is not an integer id", row=row, column=col)
+        big = ~mask & np.isfinite(data) & (np.abs(data) >= FLOAT_EXACT_INT)
+        if big.any():
+            row = int(np.flatnonzero(big)[0])
+            raise BadInput(path, f"value {data[row]:.17g} is stored as a floating-point number, which cannot "
+                           "hold integers above 2**53 exactly (a Gaia id may have lost its last digits); "
+                           "write the column as a 64-bit integer", row=row, column=col)
         mask = mask | bad
         data = np.where(mask, 0, data)
     return np.ma.masked_array(np.asarray(data, dtype=np.int64), mask=mask)
+
+
+def _ids_as_text(path, table, col):
+    """The table, or for a CSV whose id column astropy parsed as float (one "123.0" is enough)
+    that column re-read as text, so that ids above 2**53 keep every digit."""
+    if np.ma.getdata(table[col]).dtype.kind != "f" or survey_format(Path(path)) != "ascii.csv":
+        return table
+    from astropy.io import ascii
+    from astropy.table import Table
+    return Table.read(path, format="ascii.csv", include_names=[col], converters={col: [ascii.convert_numpy(str)]})
 
 
 def _epochs(path, t, col, fmt) -> np.ndarray:
@@ -201,8 +248,9 @@ def _convert_mh(path, out: dict, setbit, notes):
         out["feh_err"] = np.where(np.isfinite(out["feh_err"]), err, np.nan)
 
 
-def normalise(path: Path, table, d: Descriptor) -> tuple[dict, list]:
-    """Descriptor-mapped survey_star columns (numpy) for every row, and the absent fields/rules."""
+def normalise(path: Path, table, d: Descriptor, notes: list | None = None) -> tuple[dict, list]:
+    """Descriptor-mapped survey_star columns (numpy) for every row, and the absent fields/rules;
+    ``notes`` receives one line per kind of value made NULL that the user should hear about."""
     path = Path(path)
     cols = Columns(table)
     n = len(table)
@@ -222,7 +270,15 @@ def normalise(path: Path, table, d: Descriptor) -> tuple[dict, list]:
             absent.append(key)
             out[key] = np.full(n, np.nan)
         else:
-            out[key] = _numeric(path, table, c)
+            v = _numeric(path, table, c)
+            inf = np.isinf(v)
+            if inf.any():  # like a sentinel: NULL and no_position, never an infinite q3c key
+                rows = np.flatnonzero(inf)
+                if notes is not None:
+                    notes.append(f"{path}, row {rows[0]}, column {c}: {rows.size} infinite {key} value(s) "
+                                 "stored as NULL (flagged no_position)")
+                v = np.where(inf, np.nan, v)
+            out[key] = v
     ra, dec = out["ra"], out["dec"]
     for key, v, lo, hi in (("ra", ra, 0.0, 360.0), ("dec", dec, -90.0, 90.0)):
         bad = np.isfinite(v) & ((v < lo) | (v > hi))
@@ -249,7 +305,7 @@ def normalise(path: Path, table, d: Descriptor) -> tuple[dict, list]:
                 raise BadInput(path, f"no Gaia id column (tried {', '.join(d.gaia_column)})", column=d.gaia_column[0])
             absent.append("gaia")
         else:
-            gid = _numeric(path, table, c, dtype=np.int64)
+            gid = _numeric(path, _ids_as_text(path, table, c), c, dtype=np.int64)
             gid = np.ma.masked_where(np.ma.getmaskarray(gid) | np.isin(np.ma.getdata(gid), d.gaia_missing)
                                      | (np.ma.getdata(gid) <= 0), gid)
     out["gaia_source_id"] = gid
@@ -371,7 +427,7 @@ def load_survey_file(descriptor, path, replace: bool = False, url: str | None = 
         raise BadInput(path, "file does not exist")
     res = SurveyLoad(path, d.name)
     table = read_survey_table(path, d)
-    data, res.absent = normalise(path, table, d)
+    data, res.absent = normalise(path, table, d, res.notes)
     n = len(table)
     with file_load(path, f"survey:{d.name}", ("xpmet.survey_star",),
                    options={"descriptor": str(d.path), "absent": res.absent}, replace=replace, url=url) as ld:
@@ -393,11 +449,26 @@ def load_survey_file(descriptor, path, replace: bool = False, url: str | None = 
     return res
 
 
-def load_survey(descriptor, paths, replace: bool = False, progress: bool = True) -> list[SurveyLoad]:
-    """Load several files of one survey, each in its own transaction."""
+def load_survey(descriptor, paths, replace: bool = False, progress: bool = True,
+                check: bool = True) -> list[SurveyLoad]:
+    """Load several files of one survey, each in its own transaction.
+
+    A file that fails (bad input, database error, anything) fails alone: its result carries a
+    one-line ``error`` and the other files still load. Then ``check`` raises one XpmetError naming
+    the failed files; ``check=False`` returns every result instead.
+    """
     from xpmet.progress import progress_bar
+    from xpmet.etl.runner import error_line
     d = descriptor if isinstance(descriptor, Descriptor) else load_descriptor(descriptor)
     if not paths:
         raise XpmetError("give at least one file to load")
-    return [load_survey_file(d, p, replace=replace)
-            for p in progress_bar(iterable=list(paths), desc=f"survey {d.name}", unit="file", enabled=progress)]
+    results = []
+    for p in progress_bar(iterable=list(paths), desc=f"survey {d.name}", unit="file", enabled=progress):
+        try:
+            results.append(load_survey_file(d, p, replace=replace))
+        except Exception as e:  # database errors (psycopg.Error) included; KeyboardInterrupt still stops
+            results.append(SurveyLoad(Path(p), d.name, error=error_line(p, e)))
+    failed = [r.error for r in results if r.error]
+    if check and failed:
+        raise XpmetError(f"{len(failed)} of {len(results)} file(s) failed: {'; '.join(failed)}")
+    return results

@@ -1,21 +1,62 @@
-"""Covariance reconstruction agrees with GaiaXPy's own on a real Gaia DR3 spectrum."""
+"""Covariance reconstruction agrees with GaiaXPy's own on real Gaia DR3 spectra (tests/data/xp).
+
+xpmet's side reads the ECSV with astropy; GaiaXPy reads the CSV of the same sources with its own
+reader and unpacks the correlations itself, so an ordering or scaling slip on either side shows.
+"""
+import warnings
+from pathlib import Path
+
 import numpy as np
+import pytest
+from astropy.table import Table
+from gaiaxpy.cholesky.cholesky import get_inverse_covariance_matrix
 from gaiaxpy.core.generic_functions import correlation_to_covariance
 
-from xpmet.xp import correlations_from_matrix, covariance_matrix
+from xpmet.xp import correlation_matrix, correlations_from_matrix, covariance_matrix
+
+XP = Path(__file__).parent / "data" / "xp"
 
 
-def test_matches_gaiaxpy_and_inverts():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(55, 55))
-    cov = a @ a.T
-    d = np.sqrt(np.diag(cov))
-    corr = cov / np.outer(d, d)
-    flat = correlations_from_matrix(corr)
-    err = rng.random(55) + 0.1
-    ours = covariance_matrix(err, flat, 1.3)
-    theirs = correlation_to_covariance(flat, err, 1.3)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
-    np.testing.assert_allclose(np.linalg.eigvalsh(ours).min() > 0, True)
-    batch = covariance_matrix(np.stack([err, err]), np.stack([flat, flat]), np.array([1.3, 1.3]))
-    assert batch.shape == (2, 55, 55) and np.allclose(batch[1], ours)
+@pytest.fixture(scope="module")
+def real():
+    t = Table.read(XP / "XP_CONTINUOUS_RAW.ecsv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inv = get_inverse_covariance_matrix(str(XP / "XP_CONTINUOUS_RAW.csv"))
+    return t, inv
+
+
+def _band(t, i, b):
+    return (np.asarray(t[f"{b}_coefficient_errors"][i], np.float64),
+            np.asarray(t[f"{b}_coefficient_correlations"][i], np.float64),
+            float(t[f"{b}_standard_deviation"][i]))
+
+
+def test_matches_gaiaxpy_on_real_spectra(real):
+    t, inv = real
+    assert len(t) == len(inv) == 2
+    for i, sid in enumerate(t["source_id"]):
+        for b in ("bp", "rp"):
+            err, corr, sd = _band(t, i, b)
+            assert corr.shape == (1485,) and sd != 1.0          # the scaling by standard_deviation matters
+            ours = covariance_matrix(err, corr, sd)
+            np.testing.assert_allclose(ours, correlation_to_covariance(corr, err, sd), rtol=1e-12)
+            # GaiaXPy's inverse covariance, built from its own reading of the file
+            theirs_inv = inv.loc[inv["source_id"] == sid, f"{b}_inverse_covariance"].iloc[0]
+            np.testing.assert_allclose(ours @ theirs_inv, np.eye(55), atol=1e-4)
+            assert np.linalg.eigvalsh(ours).min() > 0
+            # the matrix is symmetric with unit diagonal, and packing it again gives the file's values
+            c = correlation_matrix(corr)
+            assert np.allclose(c, c.T) and np.allclose(np.diag(c), 1.0)
+            np.testing.assert_array_equal(correlations_from_matrix(c), corr)
+
+
+def test_batches_and_missing_band(real):
+    t, _ = real
+    err, corr, sd = zip(*(_band(t, i, "bp") for i in range(len(t))))
+    batch = covariance_matrix(np.stack(err), np.stack(corr), np.array(sd))
+    assert batch.shape == (2, 55, 55)
+    for i in range(2):
+        np.testing.assert_allclose(batch[i], covariance_matrix(err[i], corr[i], sd[i]), rtol=1e-15)
+    missing = covariance_matrix(np.full(55, np.nan), np.full(1485, np.nan), np.nan)
+    assert np.isnan(missing).all()

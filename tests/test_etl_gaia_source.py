@@ -88,5 +88,10 @@ def test_bad_rows_and_files(clean_db, tmp_path, run_cli):
     assert "1 bad row(s) quarantined" in r.output
     with clean_db.connect() as c:
         assert c.execute(sa.text("SELECT count(*) FROM xpmet.gaia_source")).scalar() == 4
-    assert good.exists()
+        # the good file's rows, all of them, come from the good file; nothing from the failed ones
+        from_good = c.execute(sa.text("SELECT array_agg(g.source_id ORDER BY g.source_id) FROM xpmet.gaia_source g "
+                                      "JOIN xpmet.etl_load l USING (load_id) WHERE l.path = :p"),
+                              {"p": str(good.resolve())}).scalar()
+        assert from_good == [r[0] for r in ROWS]
+        assert c.execute(sa.text("SELECT count(*) FROM xpmet.gaia_source WHERE source_id IN (12, 13, 21)")).scalar() == 0
 

@@ -1,6 +1,7 @@
 """``xpmet etl gaia-source`` and ``xpmet etl xp``: argument parsing; the work is in xpmet.etl.gaia / xpmet.etl.xp."""
 import click
 
+from xpmet.distributed import CLUSTER_HELP
 from xpmet.etl.runner import LoadFailed
 
 _common = [
@@ -13,6 +14,7 @@ _common = [
     click.option("--errors-to", type=click.Path(dir_okay=False),
                  help="Append bad rows (file, row, column, reason) to this file and load the rest."),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
+    click.option("--cluster", metavar="ADDRESS", help=CLUSTER_HELP + " One task per file."),
 ]
 
 
@@ -31,7 +33,7 @@ def _finish(summary_or_error):
 
 @click.command("gaia-source")
 @_with_common
-def gaia_source(paths, workers, replace, errors_to, no_progress):
+def gaia_source(paths, workers, replace, errors_to, no_progress, cluster):
     """Load Gaia DR3 gaia_source files: FILE, DIR or GLOB (GaiaSource_*.csv.gz, archive CSV/ECSV/FITS/VOTable).
 
     Each file loads in one transaction; a second run skips loaded files. Bad files are reported
@@ -39,7 +41,8 @@ def gaia_source(paths, workers, replace, errors_to, no_progress):
     """
     from xpmet.etl.gaia import load_gaia_source
     try:
-        s = load_gaia_source(paths, workers=workers, replace=replace, errors_to=errors_to, progress=not no_progress)
+        s = load_gaia_source(paths, workers=workers, replace=replace, errors_to=errors_to, progress=not no_progress,
+                             cluster=cluster)
     except LoadFailed as e:
         s = e
     _finish(s)
@@ -49,7 +52,7 @@ def gaia_source(paths, workers, replace, errors_to, no_progress):
 @_with_common
 @click.option("--no-correlations", is_flag=True,
               help="Do not store the 2 x 1485 correlation values per source (12x less storage).")
-def xp(paths, workers, replace, errors_to, no_progress, no_correlations):
+def xp(paths, workers, replace, errors_to, no_progress, cluster, no_correlations):
     """Load Gaia DR3 XP continuous spectra: FILE, DIR or GLOB.
 
     Formats (detected by content): bulk XpContinuousMeanSpectrum_*.csv.gz (ECSV), archive CSV and
@@ -60,7 +63,7 @@ def xp(paths, workers, replace, errors_to, no_progress, no_correlations):
     from xpmet.etl.xp import load_xp
     try:
         s = load_xp(paths, workers=workers, correlations=not no_correlations, replace=replace,
-                    errors_to=errors_to, progress=not no_progress)
+                    errors_to=errors_to, progress=not no_progress, cluster=cluster)
     except LoadFailed as e:
         s = e
     _finish(s)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from xpmet.distributed import CLUSTER_HELP
 from xpmet.errors import XpmetError
 
 
@@ -13,7 +14,9 @@ from xpmet.errors import XpmetError
               help="A TOML descriptor for a catalogue xpmet does not ship (then NAME may be omitted).")
 @click.option("--replace", is_flag=True, help="Reload files loaded before (their rows are replaced).")
 @click.option("--list", "list_", is_flag=True, help="List the shipped survey descriptors and exit.")
-def survey(name, files, descriptor_path, replace, list_):
+@click.option("--cluster", metavar="ADDRESS", help=CLUSTER_HELP.replace(" Instead of --workers.", "")
+              + " One task per file.")
+def survey(name, files, descriptor_path, replace, list_, cluster):
     """Load survey FILES (FITS, CSV, ECSV, VOTable) as survey NAME (etl/surveys/NAME.toml).
 
     Every row is kept; sentinels and flagged fits are marked in survey_star.quality_flags
@@ -38,7 +41,7 @@ def survey(name, files, descriptor_path, replace, list_):
         d = load_descriptor(name)
     else:
         raise XpmetError("give a survey NAME (see --list) or --descriptor my.toml, then the files")
-    results = load_survey(d, files, replace=replace, check=False)
+    results = load_survey(d, files, replace=replace, check=False, cluster=cluster)
     for r in results:
         if r.error:
             click.secho(f"FAILED {r.error}", fg="red", err=True)

@@ -34,10 +34,11 @@ def load_gaia_source_file(path, report=lambda rows, nbytes: None, *, replace: bo
 
 
 def load_gaia_source(paths, workers: int = 1, replace: bool = False, errors_to=None, progress: bool = True,
-                     check: bool = True, url: str | None = None, analyze: bool = True) -> LoadSummary:
+                     check: bool = True, url: str | None = None, analyze: bool = True,
+                     cluster: str | None = None) -> LoadSummary:
     """Load gaia_source rows from FILE, DIR or GLOB ``paths``; returns a LoadSummary (see load_xp)."""
     summary = run(KIND, paths, load_gaia_source_file, dict(replace=replace, errors_to=errors_to, url=url),
-                  workers=workers, progress=progress,
+                  workers=workers, progress=progress, cluster=cluster,
                   after=(lambda s: bulk.analyze(TABLE, url)) if analyze else None)
     if check:
         summary.raise_for_failures()

@@ -7,6 +7,7 @@ queue. Workers are spawned (not forked): each opens its own database connections
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import multiprocessing as mp
 import os
@@ -203,10 +204,29 @@ def _load_safely(load_one, path, report, options) -> FileResult:
         return failed_result(path, e)
 
 
+def load_task(load_one, options, path, topic=None) -> FileResult:
+    """One file as a Dask task: the serial path's load, its progress sent to the client as events."""
+    from xpmet.distributed import event_reporter
+    return _load_safely(load_one, path, event_reporter(topic), options)
+
+
 def run(kind: str, paths, load_one: Callable, options: dict, workers: int = 1, progress: bool = True,
-        after: Callable[[LoadSummary], None] | None = None) -> LoadSummary:
-    """Load every file of ``paths`` with ``load_one``; returns the summary (never raises for a bad file)."""
+        after: Callable[[LoadSummary], None] | None = None, cluster: str | None = None) -> LoadSummary:
+    """Load every file of ``paths`` with ``load_one``; returns the summary (never raises for a bad file).
+
+    ``cluster``: a Dask scheduler address or ``local:N`` (xpmet.distributed), one task per file,
+    instead of ``workers`` local processes.
+    """
+    if cluster and workers > 1:
+        raise XpmetError("give --workers or --cluster, not both")
     files = discover(paths)
+    # connected before the bar is drawn: an unreachable scheduler is then the one line printed
+    stack = contextlib.ExitStack()
+    if cluster:
+        from xpmet.distributed import open_session
+        session = stack.enter_context(open_session(cluster))
+        # resolved here: workers may run elsewhere, with another cwd and no XPMET_HOME
+        options = dict(options, url=session.db_url(options.get("url")))
     summary = LoadSummary(kind, workers=max(1, workers))
     bar = progress_bar(total=len(files), unit="file", desc=f"etl {kind}", enabled=progress,
                        bar_format="{desc}: {n_fmt}/{total_fmt} files |{bar}| {elapsed}<{remaining} {postfix}")
@@ -227,7 +247,12 @@ def run(kind: str, paths, load_one: Callable, options: dict, workers: int = 1, p
         fault("after_file")
 
     try:
-        if workers <= 1 or len(files) == 1:
+        if cluster:
+            summary.workers = session.n_workers
+            for f, res, err in session.map(load_task, [f.resolve() for f in files], name=f"etl-{kind}",
+                                           args=(load_one, options), on_event=lambda m: report(*m)):
+                done(res if err is None else failed_result(f, err))
+        elif workers <= 1 or len(files) == 1:
             for f in files:
                 done(_load_safely(load_one, f, report, options))
         else:
@@ -248,6 +273,7 @@ def run(kind: str, paths, load_one: Callable, options: dict, workers: int = 1, p
                 _drain(q, report)
     finally:
         bar.close()
+        stack.close()
     summary.seconds = time.perf_counter() - t0
     if after and summary.loaded:
         after(summary)

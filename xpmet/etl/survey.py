@@ -11,6 +11,7 @@ labels of the row usable.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -450,25 +451,52 @@ def load_survey_file(descriptor, path, replace: bool = False, url: str | None = 
 
 
 def load_survey(descriptor, paths, replace: bool = False, progress: bool = True,
-                check: bool = True) -> list[SurveyLoad]:
+                check: bool = True, cluster: str | None = None) -> list[SurveyLoad]:
     """Load several files of one survey, each in its own transaction.
 
     A file that fails (bad input, database error, anything) fails alone: its result carries a
     one-line ``error`` and the other files still load. Then ``check`` raises one XpmetError naming
-    the failed files; ``check=False`` returns every result instead.
+    the failed files; ``check=False`` returns every result instead. ``cluster``: a Dask scheduler
+    address or ``local:N`` (xpmet.distributed), one task per file.
     """
     from xpmet.progress import progress_bar
     from xpmet.etl.runner import error_line
     d = descriptor if isinstance(descriptor, Descriptor) else load_descriptor(descriptor)
     if not paths:
         raise XpmetError("give at least one file to load")
-    results = []
-    for p in progress_bar(iterable=list(paths), desc=f"survey {d.name}", unit="file", enabled=progress):
-        try:
-            results.append(load_survey_file(d, p, replace=replace))
-        except Exception as e:  # database errors (psycopg.Error) included; KeyboardInterrupt still stops
-            results.append(SurveyLoad(Path(p), d.name, error=error_line(p, e)))
+    paths = list(paths)
+    results: list = [None] * len(paths)
+    stack = contextlib.ExitStack()
+    if cluster:  # connected before the bar is drawn: an unreachable scheduler is the one line printed
+        from xpmet.distributed import open_session
+        session = stack.enter_context(open_session(cluster))
+    bar = progress_bar(total=len(paths), desc=f"survey {d.name}", unit="file", enabled=progress)
+    try:
+        if cluster:
+            # absolute paths and the URL resolved here: workers may run elsewhere
+            items = [(i, Path(p).resolve()) for i, p in enumerate(paths)]
+            for (i, p), res, err in session.map(survey_task, items, name=f"etl-survey-{d.name}",
+                                                args=(d, replace, session.db_url())):
+                results[i] = res[1] if err is None else SurveyLoad(p, d.name, error=error_line(p, err))
+                bar.update(1)
+        else:
+            for i, p in enumerate(paths):
+                results[i] = survey_task(d, replace, None, (i, p))[1]
+                bar.update(1)
+    finally:
+        bar.close()
+        stack.close()
     failed = [r.error for r in results if r.error]
     if check and failed:
         raise XpmetError(f"{len(failed)} of {len(results)} file(s) failed: {'; '.join(failed)}")
     return results
+
+
+def survey_task(d: Descriptor, replace: bool, url, item, topic=None) -> tuple[int, SurveyLoad]:
+    """One file, its failure as a result: the task of the serial and the --cluster path."""
+    from xpmet.etl.runner import error_line
+    i, path = item
+    try:
+        return i, load_survey_file(d, path, replace=replace, url=url)
+    except Exception as e:  # database errors (psycopg.Error) included; KeyboardInterrupt still stops
+        return i, SurveyLoad(Path(path), d.name, error=error_line(path, e))

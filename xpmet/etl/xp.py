@@ -48,7 +48,8 @@ def load_xp_file(path, report=lambda rows, nbytes: None, *, correlations: bool =
 
 
 def load_xp(paths, workers: int = 1, correlations: bool = True, replace: bool = False, errors_to=None,
-            progress: bool = True, check: bool = True, url: str | None = None, analyze: bool = True) -> LoadSummary:
+            progress: bool = True, check: bool = True, url: str | None = None, analyze: bool = True,
+            cluster: str | None = None) -> LoadSummary:
     """Load XP spectra from FILE, DIR or GLOB ``paths`` with ``workers`` processes; returns a LoadSummary.
 
     ``correlations=False`` leaves the 2 x 1485 correlation arrays NULL (12x less storage).
@@ -56,7 +57,7 @@ def load_xp(paths, workers: int = 1, correlations: bool = True, replace: bool = 
     """
     summary = run(KIND, paths, load_xp_file,
                   dict(correlations=correlations, replace=replace, errors_to=errors_to, url=url),
-                  workers=workers, progress=progress,
+                  workers=workers, progress=progress, cluster=cluster,
                   after=(lambda s: bulk.analyze(TABLE, url)) if analyze else None)
     if check:
         summary.raise_for_failures()

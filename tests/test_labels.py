@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from xm_helpers import APOGEE, GALAH, gaia_from_real_samples, insert_gaia, write_table
+from xm_helpers import APOGEE, GALAH, GBS, gaia_from_real_samples, insert_gaia, write_table
 from xpmet import labels as xlabels
 from xpmet.crossmatch import run_xmatch
 from xpmet.errors import XpmetError
@@ -48,10 +48,26 @@ def test_real_apogee_galah_overlap_one_label_per_star(clean_db, tmp_path):
     zp = {(z["survey"], z["label"]): z for z in xlabels.zero_points()}
     assert zp[("galah", "feh")]["status"] == "calibrated" and zp[("galah", "feh")]["n_stars"] >= 10
     assert zp[("apogee", "feh")]["status"] == "reference"
-    # with the default reference (the benchmark stars, not loaded here) nothing is calibrated and flagged so
-    s = xlabels.refresh(reference="apogee", fallback="galah")
     with pytest.raises(XpmetError, match="not loaded"):
         xlabels.refresh(reference="gbs")
+    # the real benchmark stars as the reference: they share no star with these samples
+    load_survey_file("gbs", GBS)
+    run_xmatch()
+    xlabels.refresh(reference="gbs", fallback="")
+    before = {(z["survey"], z["label"]): z for z in xlabels.zero_points()}
+    xlabels.refresh(reference="gbs", fallback="apogee")
+    after = {(z["survey"], z["label"]): z for z in xlabels.zero_points()}
+    # GBS has no alpha_fe: without a fallback nobody's alpha_fe is calibrated; with APOGEE as the
+    # fallback, APOGEE's scale is used and GALAH is put on it through their shared stars
+    assert before[("apogee", "alpha_fe")]["status"] == before[("galah", "alpha_fe")]["status"] == "uncalibrated"
+    assert after[("apogee", "alpha_fe")]["status"] == "fallback_scale"
+    g, direct = after[("galah", "alpha_fe")], zp[("galah", "alpha_fe")]   # direct: APOGEE as the reference
+    assert g["status"] == "via_fallback" and g["calibrated_on"] == "apogee" and g["n_stars"] == direct["n_stars"] >= 10
+    assert g["zero_point"] == pytest.approx(direct["zero_point"]) and g["zero_point"] != 0
+    cal = rows(clean_db, "SELECT value, raw_value, calibration FROM xpmet.calibrated_measurement "
+                         "WHERE survey = 'galah' AND label = 'alpha_fe'")
+    assert len(cal) > 1000 and {r["calibration"] for r in cal} == {"via_fallback"}
+    np.testing.assert_allclose([r["raw_value"] - r["value"] for r in cal], g["zero_point"], atol=1e-5)
 
 
 def _simulate(rng, n):

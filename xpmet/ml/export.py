@@ -39,6 +39,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -273,7 +274,8 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
     out = Path(out_path)
     if not out.parent.exists():
         raise XpmetError(f"{out.parent}: directory does not exist")
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    _remove_dead_partials(out)
+    tmp = out.with_name(f"{_partial_prefix(out)}{os.getpid()}")
     sql, params, names = _query(opt)
     meta_seen = {"xmatch_version": set(), "reference": set()}
     n_cut = 0
@@ -344,6 +346,30 @@ def _blocks(conn, sql, params, names, opt: ExportOptions, session, shard_rows, u
         cur.execute(sql, params)
         while rows := cur.fetchmany(fetch):
             yield _block(rows, names, opt)
+
+
+def _partial_prefix(out: Path) -> str:
+    return f".{out.name}.partial-{socket.gethostname()}-"
+
+
+def _remove_dead_partials(out: Path):
+    """Temporary files of earlier exports to OUT from this machine whose process is gone: a killed
+    export runs no cleanup. Files of live processes or of other machines are left alone."""
+    prefix = _partial_prefix(out)
+    for p in out.parent.iterdir():
+        pid = p.name[len(prefix):] if p.name.startswith(prefix) else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _register(out: Path, xmatch_version: str, reference: str, n_rows: int, opt: ExportOptions, stale):

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 from xpmet import __version__
 from xpmet.progress import progress_bar
 from xpmet.errors import XpmetError
+from xpmet.faults import fault
 from xpmet.ml import checkpoint, dataset as ds, ood
 from xpmet.ml import distributed as dist
 from xpmet.ml.models import ESTIMATOR_INPUTS, N_X, Emulator, Estimator, emulator_nll, estimator_inputs, known_label_nll
@@ -216,7 +218,8 @@ def load_splits(data_path, config: TrainConfig, label_override=None, with_rows: 
 def _prepare(data_path, out: Path, config: TrainConfig, resume: bool, label_override, world: int):
     """Rank 0 (or the only process): directory checks, splits, normaliser, the checkpoint to resume."""
     ckpt_path = out / "checkpoint.pt"
-    if out.exists() and (out / "weights.pt").exists() and not resume:
+    # a run killed while writing the directory still has its checkpoint: that says --resume, not "delete"
+    if out.exists() and (out / "weights.pt").exists() and not ckpt_path.exists() and not resume:
         raise XpmetError(f"{out} already holds a trained model; choose another --out or delete it.")
     if ckpt_path.exists() and not resume:
         raise XpmetError(f"{out} holds an interrupted run (checkpoint.pt): add --resume to continue it, "
@@ -235,7 +238,8 @@ def _prepare(data_path, out: Path, config: TrainConfig, resume: bool, label_over
     norm.save(out / "normalisation.json")
     # what "like the training set" means for the unlike_training flag, from the same split
     ood.fit(train_arr.x, train_arr.e, norm.x.mean, norm.x.std, seed=config.seed).save(out / ood.FILENAME)
-    state = {"member": 0, "members": [], "history": []}
+    # run_id travels in the checkpoint: a --resume registers the same models row, never a second one
+    state = {"member": 0, "members": [], "history": [], "run_id": uuid.uuid4().hex}
     if resume:
         state = checkpoint.load(ckpt_path, "cpu")  # broadcast to the other ranks from here
         if state["config"] != asdict(config) | {"hidden": list(config.hidden)}:
@@ -370,6 +374,7 @@ def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume,
             state["world_size"] = ctx.world
             if main:
                 _atomic_save(state, ckpt_path)
+                fault("train_after_epoch")
             if on_epoch is not None:
                 on_epoch(m, epoch, cur["train"][-1], vloss)
             if cur["bad"] >= config.patience:
@@ -386,6 +391,7 @@ def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume,
     if not main:
         return out
     torch.save({"members": state["members"], "kind": config.kind, "hidden": list(config.hidden)}, out / "weights.pt")
+    fault("train_after_weights")
     (out / "history.json").write_text(json.dumps(state["history"]))
     learning_curves(state["history"], out / "plots" / "learning_curve.png")
     attrs = ds.attributes(data_path)
@@ -393,7 +399,8 @@ def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume,
                             "data_attributes": attrs, "n_train": n_train, "n_valid": len(valid_arr),
                             "device": str(device), "train_seconds": seconds, "xpmet_version": __version__,
                             "world_size": ctx.world, "backend": ctx.backend, "batch_per_rank": batch,
-                            "samples_per_second": samples / seconds if seconds > 0 else None}
+                            "samples_per_second": samples / seconds if seconds > 0 else None,
+                            "run_id": state.get("run_id")}
     (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
     fp = ds.fingerprint(data_path)
     (out / "fingerprint.txt").write_text(fp + "\n")
@@ -403,8 +410,10 @@ def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume,
     pred = load_predictor(out)
     metrics = {"valid": metrics_for(pred, valid_arr), "best_valid_loss": [h["best"] for h in state["history"]]}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_float))
+    fault("train_before_register")
     if register:
         model_id = register_model(out, cfg, metrics, fp)
+        fault("train_after_register")
         (out / "model.json").write_text(json.dumps({"model_id": model_id}))
     ckpt_path.unlink(missing_ok=True)
     return out
@@ -497,12 +506,18 @@ def register_model(out: Path, cfg: dict, metrics: dict, fingerprint: str) -> int
     import sqlalchemy as sa
     import xpmet
     from xpmet.db.models import models
+    values = dict(name=cfg.get("name") or out.name, kind=cfg["kind"], path=str(out.resolve()),
+                  config=_finite(json.loads(json.dumps(cfg, default=str))),
+                  metrics=_finite(json.loads(json.dumps(metrics, default=_json_float))),
+                  data_fingerprint=fingerprint, xpmet_version=__version__)
     with xpmet.connect().begin() as c:
-        return c.execute(sa.insert(models).values(
-            name=cfg.get("name") or out.name, kind=cfg["kind"], path=str(out.resolve()),
-            config=_finite(json.loads(json.dumps(cfg, default=str))),
-            metrics=_finite(json.loads(json.dumps(metrics, default=_json_float))),
-            data_fingerprint=fingerprint, xpmet_version=__version__).returning(models.c.model_id)).scalar_one()
+        if cfg.get("run_id"):  # killed after registering, then resumed: the row this run already wrote
+            mid = c.execute(sa.text("SELECT model_id FROM xpmet.models WHERE config ->> 'run_id' = :r"),
+                            {"r": cfg["run_id"]}).scalar()
+            if mid is not None:
+                c.execute(sa.update(models).where(models.c.model_id == mid).values(**values))
+                return mid
+        return c.execute(sa.insert(models).values(**values).returning(models.c.model_id)).scalar_one()
 
 
 if __name__ == "__main__":  # torchrun --nproc_per_node N -m xpmet.ml.train DATA --out DIR [xpmet train options]

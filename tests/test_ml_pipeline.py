@@ -105,8 +105,30 @@ def test_export_train_evaluate(loaded, run_cli, engine):
     assert (d / "emu" / "evaluation" / "photometry.png").exists()
 
 
-def test_export_without_training_set_view_fails_cleanly(run_cli, tmp_path, engine):
+def test_export_and_train_bad_arguments_fail_cleanly(run_cli, tmp_path):
     r = run_cli("export", tmp_path / "x.h5", "--split", "train=0.5,valid=0.5", ok=False)
-    assert r.exit_code != 0 and "train, valid and test" in r.output
+    assert r.exit_code == 1 and "train, valid and test" in r.output and not (tmp_path / "x.h5").exists()
     r = run_cli("train", tmp_path / "missing.h5", "--out", tmp_path / "m", ok=False)
-    assert r.exit_code != 0
+    assert r.exit_code != 0 and "Traceback" not in r.output
+
+
+@pytest.fixture
+def unmigrated_database(engine, monkeypatch):
+    """XPMET_DATABASE_URL pointing at a database nobody ran `xpmet db migrate` on (same server)."""
+    from xpmet.db.engine import libpq_url
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(sa.text("DROP DATABASE IF EXISTS xpmet_unmigrated"))
+        c.execute(sa.text("CREATE DATABASE xpmet_unmigrated"))
+    url = libpq_url()
+    monkeypatch.setenv("XPMET_DATABASE_URL", url.replace("/xpmet?", "/xpmet_unmigrated?", 1))
+    yield
+    monkeypatch.delenv("XPMET_DATABASE_URL")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(sa.text("DROP DATABASE xpmet_unmigrated WITH (FORCE)"))
+
+
+def test_export_without_training_set_view_fails_cleanly(unmigrated_database, run_cli, tmp_path):
+    r = run_cli("export", tmp_path / "x.h5", ok=False)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "the database has no xpmet.training_set view" in r.output and "xpmet db migrate" in r.output
+    assert not (tmp_path / "x.h5").exists() and not list(tmp_path.glob(".x.h5*"))

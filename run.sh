@@ -30,7 +30,7 @@ install_system_packages() {
   fi
   $SUDO apt-get install -y -qq "postgresql-$ver" "postgresql-$ver-q3c" >/dev/null
   # STILTS: the reference crossmatch the tests and benchmarks compare against.
-  $SUDO apt-get install -y -qq --no-install-recommends stilts >/dev/null || echo "warning: stilts not installed"
+  $SUDO apt-get install -y -qq --no-install-recommends stilts >/dev/null || printf '\n%s\n%s\n\n' "==> WARNING: STILTS WAS NOT INSTALLED (apt-get install stilts failed)." "==> The tests will SKIP the crossmatch comparison against STILTS (shown in pytest's summary)." >&2
   # fitsverify (HEASARC): checks FITS outputs the way archives do.
   $SUDO apt-get install -y -qq --no-install-recommends fitsverify >/dev/null || echo "warning: fitsverify not installed"
 }

@@ -94,6 +94,7 @@ COMMANDS = {
     "etl": ("xpmet.cli.etl:etl", "Load Gaia sources, XP spectra and survey catalogues."),
     "evaluate": ("xpmet.cli.ml:evaluate_cmd", "Metrics and plots of a model on the test split (and the truth)."),
     "export": ("xpmet.cli.ml:export_cmd", "The training_set view to a chunked, compressed HDF5 file."),
+    "export-hats": ("xpmet.cli.hats:export_hats_cmd", "The predicted metallicities as a HATS catalogue for LSDB."),
     "labels": ("xpmet.cli.xmatch:labels", "Choose the label scale; recompute zero points and labels."),
     "predict": ("xpmet.cli.predict:predict", "Predict labels for every XP star into xpmet.predictions."),
     "query": ("xpmet.cli.query:query", "Stars with metallicities by sky region: cone, box, polygon."),

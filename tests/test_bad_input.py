@@ -170,8 +170,12 @@ def test_float_source_id_beyond_2_53_rejected_gaia_source_and_xp(clean_db, tmp_p
     assert scalar(clean_db, "SELECT max(source_id) FROM xpmet.gaia_source") == 34361129088
     lossy = tmp_path / "lossy.fits"
     Table({"source_id": np.array([5.0, float(BIG_ID)]), "ra": [1.0, 2.0], "dec": [0.0, 0.0]}).write(lossy)
-    s = load_gaia_source([lossy], progress=False, check=False)
-    assert s.failed[0].error.startswith(f"{lossy}, row 2, column source_id:") and "2**53" in s.failed[0].error
+    vot = tmp_path / "lossy.xml"
+    Table.read(lossy).write(vot, format="votable")
+    s = load_gaia_source([lossy, vot], progress=False, check=False)
+    assert len(s.failed) == 2
+    for f, e in zip((lossy, vot), sorted(r.error for r in s.failed)):
+        assert e.startswith(f"{f}, row 2, column source_id:") and "2**53" in e
     # a real XP product whose source_id column was written as float64 (a real DR3 id is ~1e18)
     t = Table.read(XP / "XP_CONTINUOUS_RAW.fits")
     t["source_id"] = t["source_id"].astype(np.float64)

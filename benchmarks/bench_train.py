@@ -339,6 +339,7 @@ def flag_figures(model_dir, truth_path, max_stars, seed) -> dict:
         pos = order[np.searchsorted(sid[order], arr.source_id)]
     cls = np.asarray(t["source_class"]).astype(str)[pos] if "source_class" in t.colnames else np.full(len(arr), "star")
     feh = np.asarray(t["feh"], np.float64)[pos]
+    true3 = np.column_stack([np.asarray(t[k], np.float64)[pos] for k in ("teff", "logg", "feh")])
     p = load_predictor(model_dir)
     out = p.predict_arrays(arr)
     qf, rec, g = out["quality_flags"], out["recommended"], arr.g_mag
@@ -347,6 +348,7 @@ def flag_figures(model_dir, truth_path, max_stars, seed) -> dict:
     has_bit = {name: (qf >> b & 1).astype(bool) for name, b in PREDICTION_BITS.items()}
     r = {"n": len(arr), "n_star": int(star.sum()), "n_vmp": int(vmp.sum()),
          "bits_share_of_stars": {k: float(v[star].mean()) for k, v in has_bit.items()},
+         "bits_share_of_vmp": {k: float(v[vmp].mean()) if vmp.any() else float("nan") for k, v in has_bit.items()},
          "recommended_all_stars": float(rec[star].mean()), "recommended_vmp": float(rec[vmp].mean())}
     r["recommended_gap_points"] = 100 * (r["recommended_all_stars"] - r["recommended_vmp"])
     bright = g < 16
@@ -359,12 +361,16 @@ def flag_figures(model_dir, truth_path, max_stars, seed) -> dict:
     ns = (cls == "quasar") | (cls == "white_dwarf")
     r["nonstellar_flagged"] = float((~rec[ns]).mean()) if ns.any() else float("nan")
     r["nonstellar_unlike_training"] = float(has_bit["unlike_training"][ns].mean()) if ns.any() else float("nan")
-    # the label check must not reject rare stars the training labels cover
-    inside = vmp & (feh >= p.norm.label_lo[2])
+    # the label check must not reject rare stars the training labels cover (in Teff, log g and [Fe/H]:
+    # the simulated sky's blue horizontal-branch stars are hotter than any training star)
+    inside = vmp & ((true3 >= p.norm.label_lo[:3]) & (true3 <= p.norm.label_hi[:3])).all(1)
     r["vmp_inside_training_range"] = int(inside.sum())
     r["out_of_training_range_on_vmp_inside"] = float(has_bit["out_of_training_range"][inside].mean()) \
         if inside.any() else float("nan")
     r["training_feh_range"] = [float(p.norm.label_lo[2]), float(p.norm.label_hi[2])]
+    r["vmp_outside_training_range"] = int((vmp & ~inside).sum())
+    r["out_of_training_range_on_vmp_outside"] = float(has_bit["out_of_training_range"][vmp & ~inside].mean()) \
+        if (vmp & ~inside).any() else float("nan")
     # poor_fit: are the flagged answers worse? (stars, both bands)
     res = out["feh"] - feh
     z = res / out["feh_err"]
@@ -385,9 +391,12 @@ def print_flags(f):
           f"(gap {f['recommended_gap_points']:+.1f} points, target within 5); at G < 16: "
           f"{pct(f['recommended_all_stars_g16'])} vs {pct(f['recommended_vmp_g16'])}")
     print(f"  out_of_training_range on the {f['vmp_inside_training_range']} [Fe/H] < -2 stars inside the training "
-          f"range {f['training_feh_range'][0]:.2f}..{f['training_feh_range'][1]:.2f}: "
-          f"{pct(f['out_of_training_range_on_vmp_inside'])}")
+          f"labels' range (Teff, log g, [Fe/H]; [Fe/H] {f['training_feh_range'][0]:.2f}..{f['training_feh_range'][1]:.2f}): "
+          f"{pct(f['out_of_training_range_on_vmp_inside'])}; on the {f.get('vmp_outside_training_range')} outside it: "
+          f"{pct(f.get('out_of_training_range_on_vmp_outside'))}")
     print("  share of stars each bit flags: " + ", ".join(f"{k} {pct(v)}" for k, v in f["bits_share_of_stars"].items()))
+    if "bits_share_of_vmp" in f:
+        print("  ... of [Fe/H] < -2 stars: " + ", ".join(f"{k} {pct(v)}" for k, v in f["bits_share_of_vmp"].items()))
     a, b = f["poor_fit"], f["not_poor_fit"]
     print(f"  poor_fit: {a['n']} stars, [Fe/H] scatter {a['feh_scatter']:.3f}, outliers {pct(a['outlier_frac'])}, "
           f"z-spread {a['z_spread']:.2f}; others: scatter {b['feh_scatter']:.3f}, outliers {pct(b['outlier_frac'])}, "

@@ -24,7 +24,10 @@ def test_demo_runs_every_step_and_reports_real_numbers(xpmet_home, tmp_path):
     assert rep.counts["Gaia sources"] > 700
     assert {z["survey"] for z in rep.zero_points} >= {"apogee", "galah", "lamost"}
     m = rep.metrics["database predictions vs truth (all)"]
-    assert m["n"] == 700 and np.isfinite(m["scatter"])
+    truth = Table.read(out / "sky" / "truth.fits")
+    stars = int((np.asarray(truth["has_xp"], bool) & np.isfinite(np.asarray(truth["feh"], float))).sum())
+    assert 700 - stars == round(0.017 * 700)  # the simulated quasars and white dwarfs have no [Fe/H]
+    assert m["n"] == stars and np.isfinite(m["scatter"])
     cone = Table.read(out / "cone.ecsv")
     assert len(cone) == rep.counts["cone query rows (recommended)"] and cone["recommended"].all()
     assert (out / "plots" / "sky_mean_feh.png").stat().st_size > 10000

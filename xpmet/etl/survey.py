@@ -352,7 +352,7 @@ def normalise(path: Path, table, d: Descriptor, notes: list | None = None) -> tu
     if "snr" in out:
         out["snr"] = np.where(np.isin(out["snr"], sentinels), np.nan, out["snr"])
     if d.metallicity == "m_h" and "feh" in out:
-        _convert_mh(path, out, setbit, None)
+        _convert_mh(path, out, setbit, notes)
     if not d.training:
         setbit("not_a_label_source", np.ones(n, bool))
 

@@ -2,6 +2,7 @@
 import click
 
 from xpmet.distributed import CLUSTER_HELP
+from xpmet.errors import XpmetError
 from xpmet.etl.runner import LoadFailed
 
 _common = [
@@ -26,8 +27,11 @@ def _with_common(f):
 
 def _finish(summary_or_error):
     if isinstance(summary_or_error, LoadFailed):
-        click.echo(str(summary_or_error.summary), err=True)
-        raise SystemExit(1)
+        s = summary_or_error.summary
+        click.echo(str(s), err=True)
+        # the last line as every command ends a failure (etl survey's words)
+        raise XpmetError(f"{len(s.failed)} of {len(s.files)} file(s) failed (listed above); the others loaded. "
+                         "Fix the failed files and run again: loaded files are skipped.")
     click.echo(str(summary_or_error))
 
 

@@ -42,8 +42,9 @@ def psycopg_connect(url: str, **kw) -> psycopg.Connection:
     try:
         return psycopg.connect(url, options=SESSION_OPTIONS, **kw)
     except psycopg.OperationalError as e:
-        raise XpmetError(f"Cannot connect to {describe(url)}: {str(e).strip()}\n"
-                         "Check XPMET_DATABASE_URL (or unset it to use the embedded database).") from None
+        detail = " ".join(str(e).split())  # libpq's message spans lines (its hint on a tab-indented one)
+        raise XpmetError(f"Cannot connect to {describe(url)}: {detail}; check XPMET_DATABASE_URL "
+                         "(or unset it to use the embedded database).") from None
 
 
 def check_server(url: str) -> None:

@@ -94,9 +94,9 @@ def gunzip_baseline(files) -> float:
 def copy_baseline(files, correlations=True) -> dict:
     """Seconds of binary COPY of pre-parsed, pre-encoded rows: into xp_continuous (PK) and an index-free copy."""
     from xpmet.db.engine import raw_connect
-    from xpmet.etl.xp import TABLE, copy_columns
+    from xpmet.etl.xp_loader import TABLE, copy_columns
     from xpmet.io.pgcopy import copy_sql, encode
-    from xpmet.io.xp import read_xp
+    from xpmet.io.xp_reader import read_xp
     import numpy as np
     cols = copy_columns(correlations)
     reset_tables()
@@ -146,7 +146,7 @@ def etl_run(files, workers: int, correlations: bool) -> dict:
     getrusage would report the benchmark's own peak, inherited through fork)."""
     reset_tables()
     cmd = [sys.executable, "-c",
-           "import resource, sys, json; from xpmet.etl.xp import load_xp; "
+           "import resource, sys, json; from xpmet.etl.xp_loader import load_xp; "
            f"s = load_xp(sys.argv[1:], workers={workers}, correlations={correlations}, progress=False); "
            "from xpmet.etl.bulk import peak_rss_mb; "
            "r = max(s.peak_rss_mb or 0, peak_rss_mb() or 0); "

@@ -180,7 +180,7 @@ def test_float_source_id_beyond_2_53_rejected_gaia_source_and_xp(clean_db, tmp_p
     t = Table.read(XP / "XP_CONTINUOUS_RAW.fits")
     t["source_id"] = t["source_id"].astype(np.float64)
     t.write(tmp_path / "xp_float_ids.fits")
-    from xpmet.etl.xp import load_xp
+    from xpmet.etl.xp_loader import load_xp
     s = load_xp([tmp_path / "xp_float_ids.fits"], progress=False, check=False)
     assert s.failed and "xp_float_ids.fits, row 1, column source_id" in s.failed[0].error
     assert scalar(clean_db, "SELECT count(*) FROM xpmet.xp_continuous") == 0
@@ -232,7 +232,7 @@ def test_misspelt_gaia_source_columns_are_reported(clean_db, tmp_path, run_cli):
 
 
 def test_real_xp_samples_raise_no_column_warning(tmp_path):
-    from xpmet.io.xp import read_xp
+    from xpmet.io.xp_reader import read_xp
     for p in sorted(XP.iterdir()):
         if p.suffix in (".csv", ".ecsv", ".fits", ".xml"):
             warnings = []

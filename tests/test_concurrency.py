@@ -17,7 +17,7 @@ from xm_helpers import APOGEE, GALAH, GBS, gaia_from_real_samples, insert_gaia
 from xpmet.crossmatch import run_xmatch
 from xpmet.db.engine import raw_connect
 from xpmet.etl.survey import load_survey_file
-from xpmet.etl.xp import load_xp
+from xpmet.etl.xp_loader import load_xp
 from xpmet.predict import predict
 
 XPMET = [sys.executable, "-m", "xpmet"]

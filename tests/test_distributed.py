@@ -20,7 +20,7 @@ from xpmet.errors import XpmetError
 from xpmet.etl.gaia import KIND as GAIA_KIND, load_gaia_source, load_gaia_source_file
 from xpmet.etl.runner import run
 from xpmet.etl.survey import load_survey
-from xpmet.etl.xp import load_xp
+from xpmet.etl.xp_loader import load_xp
 from xpmet.ml.export import ExportOptions, export
 from xpmet.ml.normalise import g_flux
 from xpmet.predict import predict

@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from astropy.table import Table
 
 from xpmet.etl.runner import LoadFailed
-from xpmet.etl.xp import load_xp
+from xpmet.etl.xp_loader import load_xp
 from xpmet.io.arrays import ArrayParseError, parse_array_strings
 from xpmet.io.formats import detect
-from xpmet.xp import covariance_matrix
+from xpmet.xp_coefficients import covariance_matrix
 
 XP = Path(__file__).parent / "data" / "xp"
 SAMPLES = sorted(p for p in XP.iterdir() if p.suffix in (".csv", ".ecsv", ".fits", ".xml"))

@@ -63,7 +63,7 @@ def load_sky(engine, sky):
     from xpmet.crossmatch import run_xmatch
     from xpmet.etl.gaia import load_gaia_source
     from xpmet.etl.survey import load_survey_file
-    from xpmet.etl.xp import load_xp
+    from xpmet.etl.xp_loader import load_xp
     from xpmet.simulate import survey_files
     truncate_all(engine)
     load_gaia_source([str(sky / "gaia_source")], progress=False)
@@ -279,7 +279,7 @@ def model_id_of(engine, d: Path):
 
 def test_predict_sigkilled_at_random_moments_then_rerun_equals_clean(clean_db, sky, model_dir):
     from xpmet.etl.gaia import load_gaia_source
-    from xpmet.etl.xp import load_xp
+    from xpmet.etl.xp_loader import load_xp
     load_gaia_source([str(sky / "gaia_source")], progress=False)
     load_xp([str(sky / "xp_continuous")], correlations=False, progress=False)
     n_xp = q(clean_db, "SELECT count(*) FROM xpmet.xp_continuous")
@@ -308,7 +308,7 @@ def test_sky_query_during_writers_sees_committed_states_only(clean_db, sky, mode
     from xpmet import query as xquery
     from xpmet.etl.gaia import load_gaia_source
     from xpmet.etl.survey import load_survey_file
-    from xpmet.etl.xp import load_xp
+    from xpmet.etl.xp_loader import load_xp
     from xpmet.simulate import survey_files
     load_gaia_source([str(sky / "gaia_source")], progress=False)
     load_xp([str(sky / "xp_continuous")], correlations=False, progress=False)
@@ -410,7 +410,7 @@ def test_sky_query_never_shows_a_new_model_half_predicted(clean_db, sky, model_d
     import shutil
     from xpmet import query as xquery
     from xpmet.etl.gaia import load_gaia_source
-    from xpmet.etl.xp import load_xp
+    from xpmet.etl.xp_loader import load_xp
     load_gaia_source([str(sky / "gaia_source")], progress=False)
     load_xp([str(sky / "xp_continuous")], correlations=False, progress=False)
     ok(cli("predict", "--model", model_dir, "--chunk", 100))

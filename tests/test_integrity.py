@@ -20,7 +20,7 @@ from xpmet import labels as xlabels
 from xpmet.crossmatch import run_xmatch
 from xpmet.etl.gaia import load_gaia_source
 from xpmet.etl.survey import load_survey_file
-from xpmet.etl.xp import load_xp
+from xpmet.etl.xp_loader import load_xp
 from xpmet.faults import EXIT_CODE
 from xpmet.predict import predict
 from xpmet.simulate import survey_files

@@ -21,7 +21,7 @@ DATA = Path(__file__).parent / "data" / "xp"
 @pytest.fixture(scope="module")
 def spectrum():
     from gaiaxpy.spectrum.utils import _correlation_to_covariance_dr3int5 as gaiaxpy_covariance
-    from xpmet.xp import correlation_matrix
+    from xpmet.xp_coefficients import correlation_matrix
     t = Table.read(DATA / "XP_CONTINUOUS_RAW.ecsv")
     row = next(r for r in t if np.isfinite(np.asarray(r["bp_coefficient_errors"], float)).all()
                and abs(float(r["bp_standard_deviation"]) - 1) > 0.05)

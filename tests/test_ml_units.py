@@ -9,7 +9,7 @@ from xpmet.ml import dataset as ds
 from xpmet.ml.export import assign_split, parse_split
 from xpmet.ml.models import covariance, gaussian_terms, heteroscedastic_nll
 from xpmet.ml.normalise import G_ZERO_POINT, NoiseModel, Scaler, g_flux, normalise_xp
-from xpmet.xp import N_CORR, covariance_matrix
+from xpmet.xp_coefficients import N_CORR, covariance_matrix
 
 import ml_semisynth as semi
 

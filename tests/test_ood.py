@@ -29,7 +29,7 @@ def _read(path, **kw):
 def sky(tmp_path_factory):
     """A simulated sky (SIMULATED data) with 5 % quasars and white dwarfs, read back from its files."""
     from astropy.table import vstack
-    from xpmet.io.xp import read_xp
+    from xpmet.io.xp_reader import read_xp
     from xpmet.simulate import simulate
     out = simulate(tmp_path_factory.mktemp("ood") / "sky", n_stars=3000, seed=21, nonstellar_fraction=0.05,
                    correlations=False, progress=False)

@@ -96,7 +96,7 @@ def test_xp_text_format_like_gaia(sky):
 
 
 def test_correlations_are_valid_and_match_the_noise(xp):
-    from xpmet.xp import correlation_matrix
+    from xpmet.xp_coefficients import correlation_matrix
     row = next(i for i, v in enumerate(xp["bp_coefficient_correlations"]) if len(v) == 1485)
     c = correlation_matrix(np.asarray(xp["bp_coefficient_correlations"][row], float))
     assert np.linalg.eigvalsh(c).min() > 0

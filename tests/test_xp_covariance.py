@@ -12,7 +12,7 @@ from astropy.table import Table
 from gaiaxpy.cholesky.cholesky import get_inverse_covariance_matrix
 from gaiaxpy.core.generic_functions import correlation_to_covariance
 
-from xpmet.xp import correlation_matrix, correlations_from_matrix, covariance_matrix
+from xpmet.xp_coefficients import correlation_matrix, correlations_from_matrix, covariance_matrix
 
 XP = Path(__file__).parent / "data" / "xp"
 

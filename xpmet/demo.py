@@ -122,7 +122,7 @@ class Demo:
         self.report.counts["Gaia sources"] = self._count("xpmet.gaia_source")
 
     def load_xp(self):
-        from xpmet.etl.xp import load_xp as load
+        from xpmet.etl.xp_loader import load_xp as load
         # The estimator the demo trains does not use the correlations: skip them (12x less data).
         load(self.sky / "xp_continuous", correlations=False, progress=self.progress)
         self.report.counts["XP spectra"] = self._count("xpmet.xp_continuous")

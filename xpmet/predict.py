@@ -36,7 +36,7 @@ from xpmet.faults import fault
 from xpmet.progress import progress_bar
 from xpmet.io.copyout import RowReader
 from xpmet.io.pgcopy import TRAILER, Col, copy_sql, encode
-from xpmet.xp import N_COEF, N_CORR
+from xpmet.xp_coefficients import N_COEF, N_CORR
 
 #: source_id // 2**35 is the HEALPix level-12 (nested) pixel of a Gaia source.
 LEVEL12_SHIFT = 35

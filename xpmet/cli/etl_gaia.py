@@ -1,4 +1,4 @@
-"""``xpmet etl gaia-source`` and ``xpmet etl xp``: argument parsing; the work is in xpmet.etl.gaia / xpmet.etl.xp."""
+"""``xpmet etl gaia-source`` and ``xpmet etl xp``: argument parsing; the work is in xpmet.etl.gaia / xpmet.etl.xp_loader."""
 import click
 
 from xpmet.distributed import CLUSTER_HELP
@@ -62,9 +62,9 @@ def xp(paths, workers, replace, errors_to, no_progress, cluster, no_correlations
     Formats (detected by content): bulk XpContinuousMeanSpectrum_*.csv.gz (ECSV), archive CSV and
     ECSV, FITS, VOTable (BINARY2/TABLEDATA), DataLink products and zips of them, flattened
     bp_coeff_0..54 layouts. A missing band is stored as NULL. Full covariance matrices:
-    xpmet.xp.covariance_matrix(errors, correlations, standard_deviation).
+    xpmet.xp_coefficients.covariance_matrix(errors, correlations, standard_deviation).
     """
-    from xpmet.etl.xp import load_xp
+    from xpmet.etl.xp_loader import load_xp
     try:
         s = load_xp(paths, workers=workers, correlations=not no_correlations, replace=replace,
                     errors_to=errors_to, progress=not no_progress, cluster=cluster)

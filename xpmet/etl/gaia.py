@@ -3,7 +3,7 @@
     >>> from xpmet.etl.gaia import load_gaia_source
     >>> print(load_gaia_source("gaia_source/GaiaSource_*.csv.gz", workers=2))
 
-Same guarantees as :func:`xpmet.etl.xp.load_xp`: one transaction per file, skip or ``replace`` on
+Same guarantees as :func:`xpmet.etl.xp_loader.load_xp`: one transaction per file, skip or ``replace`` on
 re-runs, a source_id in two files is an error naming both, bad files fail alone.
 """
 from __future__ import annotations

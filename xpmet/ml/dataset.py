@@ -16,7 +16,7 @@ import numpy as np
 
 from xpmet.errors import XpmetError
 from xpmet.ml.normalise import LABELS, g_flux, normalise_xp
-from xpmet.xp import N_COEF, N_CORR
+from xpmet.xp_coefficients import N_COEF, N_CORR
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 LAYOUT_VERSION = 1

@@ -17,7 +17,7 @@ import numpy as np
 from xpmet.errors import XpmetError
 from xpmet.ml import dataset as ds
 from xpmet.ml.normalise import LABELS
-from xpmet.xp import N_COEF
+from xpmet.xp_coefficients import N_COEF
 
 OUTLIER = {"teff": 500.0, "logg": 0.5, "feh": 0.5, "alpha_fe": 0.25}
 G_BINS = (-np.inf, 13.0, 15.0, 16.0, 17.0, 17.5, np.inf)

@@ -12,7 +12,7 @@ Layout (all datasets have one row per star, gzip + shuffle, chunked by CHUNK row
     /xp/bp_coefficient_errors          f4 (n,55)
     /xp/rp_coefficients, rp_coefficient_errors
     /xp/bp_standard_deviation, rp_standard_deviation   f4 (n,)
-    /xp/bp_coefficient_correlations    f4 (n,1485)  only with --correlations (Gaia's order, see xpmet.xp)
+    /xp/bp_coefficient_correlations    f4 (n,1485)  only with --correlations (Gaia's order, see xpmet.xp_coefficients)
     /xp/rp_coefficient_correlations
     /phot/<col>                        f8 (n,): ra, dec, phot_g_mean_mag, phot_bp_mean_mag,
                                        phot_rp_mean_mag, bp_rp, phot_g_mean_flux, parallax,
@@ -52,7 +52,7 @@ from xpmet.errors import XpmetError
 from xpmet.faults import fault
 from xpmet.ml.dataset import LAYOUT_VERSION, SPLITS, _rows_to_batch
 from xpmet.ml.normalise import LABELS, g_flux
-from xpmet.xp import N_COEF, N_CORR
+from xpmet.xp_coefficients import N_COEF, N_CORR
 
 CHUNK = 4096
 FETCH = 20000

@@ -7,7 +7,7 @@
 - :class:`Emulator`: (teff, logg, feh, alpha_fe, A_G) -> flux-normalised XP coefficients plus
   a per-coefficient model scatter s(labels). Trained with the Gaussian likelihood of the observed
   coefficients whose covariance is the published one (diagonal errors, or the full covariance
-  reconstructed by :mod:`xpmet.xp` when the file carries correlations) plus diag(s^2): the
+  reconstructed by :mod:`xpmet.xp_coefficients` when the file carries correlations) plus diag(s^2): the
   chi-squared on the coefficient errors, with s absorbing what the labels cannot explain (label
   noise, extinction mismatch) so bright stars are not fitted to noise in their labels.
 - :func:`fit_emulator`: batched Levenberg–Marquardt maximum likelihood of the labels for many
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xpmet.xp import N_COEF, _TRIL
+from xpmet.xp_coefficients import N_COEF, _TRIL
 
 N_X = 2 * N_COEF
 ESTIMATOR_INPUTS = 2 * N_X + 2
@@ -110,7 +110,7 @@ def dr3_errors(e, std_dev=None):
 def covariance(e, corr, std_dev=None, extra_var=None):
     """Per-band covariance (n,2,55,55) of flux-normalised coefficients, in the units of ``e``.
 
-    e (n,110) errors, corr (n,2,1485) Gaia correlations (order of :mod:`xpmet.xp`), extra_var
+    e (n,110) errors, corr (n,2,1485) Gaia correlations (order of :mod:`xpmet.xp_coefficients`), extra_var
     (n,110) added to the diagonal (the emulator's model scatter). A missing band -> identity.
     """
     n = e.shape[0]

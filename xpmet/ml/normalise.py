@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xpmet.xp import N_COEF
+from xpmet.xp_coefficients import N_COEF
 
 #: Gaia DR3 G-band zero point (Vega mag): flux = 10**(-0.4 (G - ZP)) e-/s (Riello et al. 2021).
 G_ZERO_POINT = 25.6874

@@ -13,7 +13,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from xpmet.xp import N_COEF, N_CORR
+from xpmet.xp_coefficients import N_COEF, N_CORR
 
 #: our band name -> (GaiaXPy system name, GaiaXPy band suffix)
 BANDS = {

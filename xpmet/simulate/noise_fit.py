@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from xpmet.simulate.xp_noise import MODEL_PATH  # the file xp_noise reads
-from xpmet.xp import N_COEF, correlation_matrix
+from xpmet.xp_coefficients import N_COEF, correlation_matrix
 
 G_PIVOT = 15.0
 

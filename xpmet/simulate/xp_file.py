@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from xpmet.simulate.writers import Column, array_strings
-from xpmet.xp import N_COEF
+from xpmet.xp_coefficients import N_COEF
 
 SOLUTION_ID = 4545469030156206080  # the solution_id the real DR3 XP sample rows carry
 _BASIS_ID = {"bp": 56, "rp": 57}

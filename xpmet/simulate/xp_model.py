@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from xpmet.xp import N_COEF
+from xpmet.xp_coefficients import N_COEF
 
 # Wavelength grid (nm) on which SEDs are evaluated; covers both XP bands with margin.
 WAVELENGTH = np.arange(320.0, 1062.0, 2.0)

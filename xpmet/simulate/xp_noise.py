@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xpmet.xp import N_COEF, correlations_from_matrix
+from xpmet.xp_coefficients import N_COEF, correlations_from_matrix
 
 MODEL_PATH = Path(__file__).with_name("data") / "xp_noise_model.npz"
 

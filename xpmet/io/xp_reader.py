@@ -5,7 +5,7 @@ Yields :class:`~xpmet.io.reader.Chunk` s holding the 26 archive columns as numpy
 band all-NaN — written as NULL, never zeros). Flattened user layouts (``bp_coeff_0..54``,
 ``e_bp_coeff_0..54``, as in xp_spectral_lines) are recognised.
 
-    >>> from xpmet.io.xp import read_xp
+    >>> from xpmet.io.xp_reader import read_xp
     >>> for chunk in read_xp("XpContinuousMeanSpectrum_000000-003111.csv.gz"):
     ...     chunk.data["bp_coefficients"].shape
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from xpmet.io.reader import Problem, TableSpec, read_table, source_id_problems
-from xpmet.xp import N_COEF, N_CORR
+from xpmet.xp_coefficients import N_COEF, N_CORR
 
 BANDS = ("bp", "rp")
 CORRELATION_COLUMNS = tuple(f"{b}_coefficient_correlations" for b in BANDS)

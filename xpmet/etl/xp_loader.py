@@ -1,6 +1,6 @@
 """Load Gaia DR3 XP continuous spectra into ``xpmet.xp_continuous`` (``xpmet etl xp``).
 
-    >>> from xpmet.etl.xp import load_xp
+    >>> from xpmet.etl.xp_loader import load_xp
     >>> summary = load_xp(["xp_continuous/"], workers=2, correlations=False)
     >>> print(summary); summary.rows, summary.rows_per_s, [f.error for f in summary.failed]
 
@@ -8,7 +8,7 @@ Every file loads in one transaction (recorded in ``xpmet.etl_load``); files alre
 skipped, ``replace=True`` reloads them. A bad file fails alone: the others still load, and
 ``load_xp`` raises :class:`~xpmet.etl.runner.LoadFailed` at the end (``check=False`` returns the
 summary instead). Correlations can be expanded into covariance matrices with
-:func:`xpmet.xp.covariance_matrix`.
+:func:`xpmet.xp_coefficients.covariance_matrix`.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from functools import partial
 from xpmet.etl import bulk
 from xpmet.etl.runner import LoadSummary, run
 from xpmet.io.pgcopy import Col
-from xpmet.io.xp import CORRELATION_COLUMNS, XP_COLUMNS, XP_SPEC, read_xp
-from xpmet.xp import N_COEF, N_CORR
+from xpmet.io.xp_reader import CORRELATION_COLUMNS, XP_COLUMNS, XP_SPEC, read_xp
+from xpmet.xp_coefficients import N_COEF, N_CORR
 
 TABLE = "xpmet.xp_continuous"
 KIND = "xp"

@@ -20,7 +20,8 @@ pytest.importorskip("hats_import")
 N_STARS = 3000
 
 # nested-pandas (under lsdb) on pandas 3: not ours to fix
-pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")
+pytestmark = [pytest.mark.filterwarnings("ignore:The inplace keyword"),
+              pytest.mark.filterwarnings("ignore:Computing partitions from catalog parquet files")]
 
 
 class BrightOnly(ColourPredictor):
@@ -48,7 +49,8 @@ def exported(sky, tmp_path_factory):
     from xpmet.hats import export_hats
     out = tmp_path_factory.mktemp("hats") / "metallicity"
     # a small threshold: dozens of partitions, so cones cross partition edges
-    r = export_hats(out, sky["first"], workers=1, pixel_threshold=100, progress=False)
+    # a wide margin: hats-import plans a margin at a coarser order, faster than the default 10"
+    r = export_hats(out, sky["first"], workers=1, pixel_threshold=100, margin_arcsec=60, progress=False)
     print(f"\nexport of {r.n_rows} stars into {r.n_partitions} partitions: {r.seconds:.1f} s")
     return r
 
@@ -68,6 +70,7 @@ def test_every_row_and_value_of_the_view_arrives(sky, exported):
     cat = lsdb.open_catalog(exported.path)
     assert cat.hc_structure.catalog_info.catalog_name == f"xpmet_metallicity_model{sky['first']}"
     assert exported.n_partitions > 12 and len(cat.get_healpix_pixels()) == exported.n_partitions
+    assert cat.margin is not None and len(cat.margin.compute()) > 0  # for crossmatches across partition edges
     df = cat.compute().sort_values("source_id")
     view = _view(sky["first"])
     assert exported.n_rows == len(df) == len(view["source_id"]) == N_STARS
@@ -108,9 +111,43 @@ def test_lsdb_cone_search_returns_what_xpmet_query_cone_returns(sky, exported, r
         assert len(want) > 10
 
 
+def _partition_of(pixels, ra, dec):
+    from hats.pixel_math.healpix_shim import radec2pix
+    out = np.full(len(ra), -1)
+    for i, px in enumerate(pixels):
+        out[radec2pix(px.order, ra, dec) == px.pixel] = i
+    assert (out >= 0).all()
+    return out
+
+
+def test_lsdb_crossmatch_finds_neighbours_across_partition_edges(sky, exported):
+    """A target 50" from each star, on the other side of a partition edge where one is that close:
+    only the margin catalogue lets LSDB find those pairs."""
+    import pandas as pd
+    cat = lsdb.open_catalog(exported.path)
+    pixels = cat.get_healpix_pixels()
+    home = _partition_of(pixels, sky["ra"], sky["dec"])
+    ra, dec = sky["ra"].copy(), sky["dec"].copy()
+    step = 50 / 3600
+    for angle in np.radians(np.arange(0, 360, 30)):  # the first direction that leaves the partition
+        d = np.clip(sky["dec"] + step * np.cos(angle), -90, 90)
+        r = (sky["ra"] + step * np.sin(angle) / np.cos(np.radians(d))) % 360
+        move = (_partition_of(pixels, r, d) != home) & (_partition_of(pixels, ra, dec) == home)
+        ra[move], dec[move] = r[move], d[move]
+    crossing = _partition_of(pixels, ra, dec) != home
+    still = ~crossing  # the rest: 50" to the north
+    dec[still] = np.clip(sky["dec"][still] + step, -90, 90)
+    assert crossing.sum() >= 5, crossing.sum()
+    targets = lsdb.from_dataframe(pd.DataFrame({"target": sky["source_id"], "ra": ra, "dec": dec}),
+                                  catalog_name="targets", lowest_order=2, highest_order=2)
+    pairs = targets.crossmatch(cat, radius_arcsec=55, n_neighbors=1, suffix_method="all_columns",
+                               suffixes=("", "_m")).compute()
+    assert len(pairs) == N_STARS and (pairs["target"] == pairs["source_id_m"]).all()
+
+
 def test_units_and_descriptions_travel_as_field_metadata(exported):
     import hats
-    cat = hats.read_hats(exported.path)
+    cat = hats.read_hats(exported.path / exported.catalog_name)
     schema = cat.schema
     assert schema.field("ra").metadata[b"unit"] == b"deg"
     assert schema.field("ra").metadata[b"ucd"].startswith(b"pos.eq.ra")
@@ -124,7 +161,7 @@ def test_cli_refuses_to_overwrite_then_replaces_with_the_newest_model(sky, expor
     out = exported.path
     r = run_cli("export-hats", out, ok=False)
     assert r.exit_code == 1 and "--overwrite" in r.output and len(r.output.strip().splitlines()) == 1
-    r = run_cli("export-hats", out, "--overwrite", "--workers", 1)  # no --model: the newest
+    r = run_cli("export-hats", out, "--overwrite", "--workers", 1, "--margin-arcsec", 0)  # the newest model
     assert f"model {sky['second']}" in r.output
     cat = lsdb.open_catalog(out)
     df = cat.compute()

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 import warnings
@@ -43,6 +44,8 @@ PIXEL_THRESHOLD = 1_000_000
 #: order an export needs is chosen from it; past it, hats-import's default order 10
 DENSITY_ORDER = 7
 FALLBACK_ORDER = 10
+#: the margin catalogue's width: a few times the usual Gaia crossmatch radius
+MARGIN_ARCSEC = 10.0
 #: rows per Parquet part file handed to hats-import: one mapping/splitting task each
 ROWS_PER_PART = 2_000_000
 #: memory one local worker may need (one partition read, sorted and written, plus the libraries)
@@ -232,9 +235,9 @@ def _check_target(out: Path, overwrite: bool) -> bool:
     if not overwrite:
         raise XpmetError(f"{out} already exists: pass --overwrite to replace it")
     # --overwrite deletes a whole folder: only one that an export (or hats-import) wrote
-    if not (out / "hats.properties").is_file():
-        raise XpmetError(f"{out} is not a HATS catalogue (no hats.properties): not replacing it; "
-                         "choose another output folder")
+    if not ((out / "collection.properties").is_file() or (out / "hats.properties").is_file()):
+        raise XpmetError(f"{out} is not a HATS catalogue (no collection.properties or hats.properties): "
+                         "not replacing it; choose another output folder")
     return True
 
 
@@ -267,20 +270,28 @@ def _client(cluster: str | None, workers: int | None, n_parts: int):
 
 
 def _import(parts: list[Path], schema_file: Path, staging: Path, name: str, n_rows: int, *,
-            pixel_threshold: int, highest_order: int, workers: int | None, cluster: str | None,
-            progress: bool, extra_properties: dict) -> Path:
-    """hats-import's catalogue pipeline on the part files; returns the new catalogue's folder."""
+            pixel_threshold: int, highest_order: int, margin_arcsec: float, workers: int | None,
+            cluster: str | None, progress: bool, extra_properties: dict) -> Path:
+    """hats-import's collection pipeline on the part files: the catalogue and its margin; returns
+    the new collection's folder."""
     import dask
-    from hats_import.catalog.arguments import ImportArguments
     from hats_import.catalog.file_readers.parquet import ParquetPyarrowReader
+    from hats_import.collection.arguments import CollectionArguments
     from hats_import.pipeline import pipeline_with_client
     from xpmet.progress import note
 
     try:
-        args = ImportArguments(
+        builder = CollectionArguments(
             output_path=staging / "catalog",
             output_artifact_name=name,
             tmp_dir=staging / "tmp",
+            addl_hats_properties=extra_properties,
+            resume=False,
+            # hats-import's bars redraw with carriage returns: on a terminal only (logs get the notes)
+            progress_bar=progress and sys.stderr.isatty(),
+            simple_progress_bar=True,
+        ).catalog(
+            output_artifact_name=name,
             input_file_list=[str(p) for p in parts],
             file_reader=ParquetPyarrowReader(),
             use_schema_file=str(schema_file),  # keeps the field metadata and nullability in every pixel
@@ -290,11 +301,11 @@ def _import(parts: list[Path], schema_file: Path, staging: Path, name: str, n_ro
             pixel_threshold=int(pixel_threshold),
             highest_healpix_order=int(highest_order),
             expected_total_rows=int(n_rows),
-            addl_hats_properties=extra_properties,
-            resume=False,
-            progress_bar=progress,
-            simple_progress_bar=True,
         )
+        if margin_arcsec > 0:
+            # the stars within margin_arcsec outside each partition: LSDB's crossmatch then finds
+            # neighbours across partition edges
+            builder.add_margin(margin_threshold=float(margin_arcsec), is_default=True)
     except ValueError as e:
         raise XpmetError(f"hats-import refused the arguments: {e}") from None
     # local workers keep their scratch space in the staging folder, removed with it
@@ -302,17 +313,33 @@ def _import(parts: list[Path], schema_file: Path, staging: Path, name: str, n_ro
             _client(cluster, workers, len(parts)) as (client, where):
         if progress:
             note(f"partitioning {n_rows} rows into HEALPix pixels with hats-import on {where}")
+        quiet = _DropMessage("Looking for catalog - found collection")  # hats' check of its own output
+        logging.getLogger().addFilter(quiet)
         try:
-            pipeline_with_client(args, client)
+            pipeline_with_client(builder, client)
+            if progress:
+                note("hats-import done")
         except Exception as e:  # noqa: BLE001  hats-import's own failures, told in one line
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise XpmetError(f"hats-import failed: {type(e).__name__}: {first}") from None
+        finally:
+            logging.getLogger().removeFilter(quiet)
     return staging / "catalog" / name
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return self.text not in record.getMessage()
 
 
 def export_hats(out_dir, model_id=None, *, url=None, overwrite: bool = False, workers: int | None = None,
                 cluster: str | None = None, pixel_threshold: int = PIXEL_THRESHOLD,
-                highest_order: int | None = None, rows_per_part: int = ROWS_PER_PART,
+                highest_order: int | None = None, margin_arcsec: float = MARGIN_ARCSEC,
+                rows_per_part: int = ROWS_PER_PART,
                 progress: bool = True) -> HatsResult:
     """Write the predictions of ``model_id`` (default: the newest model with predictions) with their
     Gaia positions and photometry, as a HATS catalogue in the folder ``out_dir``.
@@ -321,6 +348,9 @@ def export_hats(out_dir, model_id=None, *, url=None, overwrite: bool = False, wo
     address or ``local:N`` instead (remote workers must see ``out_dir``'s file system).
     pixel_threshold: at most this many rows per HEALPix partition; highest_order: the finest
     partition order (default: the lowest at which no pixel exceeds the threshold, see finest_order).
+    margin_arcsec: width of the margin catalogue (neighbours across partition edges) LSDB uses;
+    0 for none. ``out_dir`` becomes a HATS collection: the catalogue and its margin, which
+    lsdb.open_catalog opens together.
     An existing catalogue in ``out_dir`` is replaced only with ``overwrite``.
     """
     _require_hats()
@@ -328,6 +358,8 @@ def export_hats(out_dir, model_id=None, *, url=None, overwrite: bool = False, wo
     start = time.perf_counter()
     if int(pixel_threshold) < 1 or int(rows_per_part) < 1:
         raise XpmetError("pixel_threshold and rows_per_part must be at least 1")
+    if not 0 <= float(margin_arcsec) <= 3600:
+        raise XpmetError(f"margin {margin_arcsec} arcsec: give 0 (no margin) to 3600")
     if highest_order is not None and not 0 <= int(highest_order) <= 19:
         raise XpmetError(f"highest_order {highest_order}: HEALPix orders go from 0 to 19")
     out = Path(out_dir).expanduser().absolute()
@@ -351,7 +383,8 @@ def export_hats(out_dir, model_id=None, *, url=None, overwrite: bool = False, wo
         pq.write_table(arrow_schema().empty_table(), schema_file)
         name = catalog_name(chosen)
         built = _import(got.files, schema_file, staging, name, n_rows, pixel_threshold=pixel_threshold,
-                        highest_order=highest_order, workers=workers, cluster=cluster, progress=progress,
+                        highest_order=highest_order, margin_arcsec=margin_arcsec, workers=workers,
+                        cluster=cluster, progress=progress,
                         extra_properties={
                             "obs_title": f"xpmet metallicities, model {chosen}",
                             "obs_description": "Stellar parameters predicted from Gaia DR3 XP spectra by xpmet "
@@ -362,7 +395,7 @@ def export_hats(out_dir, model_id=None, *, url=None, overwrite: bool = False, wo
                         })
         shutil.rmtree(parts, ignore_errors=True)
         import hats
-        catalog = hats.read_hats(built)
+        catalog = hats.read_hats(built / name)  # the collection's main catalogue
         if catalog.catalog_info.total_rows != n_rows:
             raise XpmetError(f"hats-import wrote {catalog.catalog_info.total_rows} rows of {n_rows}: "
                              "nothing was replaced")

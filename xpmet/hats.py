@@ -1,9 +1,11 @@
 """The predicted metallicities (view ``xpmet.metallicity``, one model) as a HATS catalogue for LSDB.
 
 The view is streamed out of the database with one binary COPY (one snapshot, decoded by numpy
-block by block) into Parquet part files, which hats-import's catalogue pipeline partitions by
-HEALPix on a Dask cluster. Everything is built in a hidden folder next to ``out_dir`` and renamed
-into place at the end, so ``out_dir`` is either the previous catalogue or the complete new one.
+block by block) into Parquet part files, which hats-import's collection pipeline partitions by
+HEALPix on a Dask cluster, with a margin catalogue (the stars just outside each partition) that
+LSDB's crossmatch needs at partition edges. Everything is built in a hidden folder next to
+``out_dir`` and renamed into place at the end, so ``out_dir`` is either the previous export or
+the complete new one.
 
     >>> from xpmet.hats import export_hats
     >>> r = export_hats("metallicity_hats")            # newest model with predictions

@@ -61,7 +61,7 @@ def first_attempt(marker) -> bool:
 @pytest.fixture(scope="module")
 def address(xpmet_home):
     """A LocalCluster of 2 single-threaded worker processes, reached by its scheduler address."""
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                            silence_logs=logging.ERROR)
     yield cluster.scheduler_address
     cluster.close()
@@ -235,6 +235,22 @@ def test_unreachable_scheduler_is_one_line(run_cli, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Dask scheduler"), r.output
     r = run_cli("predict", "--model", tmp_path, "--cluster", "local:two", ok=False)
     assert r.exit_code == 1 and "local:N" in r.output
+
+
+def reporting_task(n, topic=None):
+    from xpmet.distributed import event_reporter
+    report = event_reporter(topic)
+    for _ in range(n):
+        report(10, 1)
+    return n * 10
+
+
+def test_progress_events_reach_the_client_with_lazily_submitted_tasks(address):
+    got = []
+    with open_session(address) as s:
+        out = list(s.map(reporting_task, iter(range(1, 6)), name="progress", on_event=got.append, window=2))
+    assert sorted((i, r, e) for i, r, e in out) == [(i, 10 * i, None) for i in range(1, 6)]
+    assert sum(rows for rows, _ in got) == 150 and len(got) == 15
 
 
 def test_cluster_addresses():

@@ -128,6 +128,9 @@ def cramer_rao(emu_dir, ns, truth_fn):
     from xpmet.ml.normalise import emulator_params
     p = load_predictor(emu_dir)
     arr = truth_fn(ns)
+    star = np.isfinite(arr.labels[:, :3]).all(1)  # the simulated quasars and white dwarfs have no labels
+    full = np.full(len(arr), np.nan)
+    arr = arr.subset(np.flatnonzero(star))
     d = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float64)  # noqa: E731
     params = d(p.norm.params.transform(emulator_params(p.norm, arr.labels, arr.ag)))
     out = []
@@ -136,7 +139,8 @@ def cramer_rao(emu_dir, ns, truth_fn):
         sig = fisher_sigma(p.members64[0], params[sl], d(arr.e[sl]), d(p.norm.x.mean), d(p.norm.x.std),
                            d(arr.corr[sl]), d(arr.std_dev[sl]))
         out.append(sig[:, 2].numpy() * p.norm.params.std[2])
-    return np.concatenate(out)
+    full[star] = np.concatenate(out) if out else []
+    return full
 
 
 def by_g(values, g, edges):
@@ -291,7 +295,7 @@ def run_benchmark(a, work: Path):
     report["feh_by_g"] = rows
     step("emulator fits")
     emu = load_predictor(work / "emulator")
-    sub = ns_corr.subset(slice(0, a.max_fit))
+    sub = ns_corr.subset(np.flatnonzero(np.isfinite(ns_corr.labels[:, 2]))[:a.max_fit])  # stars only
     pe = emu.predict_arrays(sub)
     report["emulator_never_surveyed"] = compute_metrics(pe, sub.labels, sub.label_err, sub.g_mag)
     test = ds.read(h5, "test", correlations=True)

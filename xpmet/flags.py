@@ -66,7 +66,7 @@ LABEL_BITS = {
 #: 90-92 % of all stars).
 PREDICTION_BITS = {
     # a predicted Teff, log g or [Fe/H] beyond the range the training labels span (3rd smallest to
-    # 3rd largest value) by more than its own uncertainty; rare-but-covered labels (very metal-poor
+    # 3rd largest value) by more than twice its uncertainty; rare-but-covered labels (very metal-poor
     # stars inside the range) do not trip it. Flags 0.9 % [0.8-1.6]; 0 % of [Fe/H] < -2 stars inside
     # the training labels' range in Teff, log g and [Fe/H] (9-29 % of those outside it, e.g. blue
     # horizontal-branch stars hotter than any training star)

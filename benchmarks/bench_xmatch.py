@@ -161,7 +161,7 @@ def write_surveys(rng, gaia, n_survey, workdir, declared_ids=True):
 def xmatch_once():
     """run_xmatch, radius 1", keeping one run. The crossmatch lock of the previous run is released
     when its server process exits, which can lag behind the client's close: retry for a few seconds."""
-    from xpmet.crossmatch import XmatchParams, run_xmatch
+    from xpmet.xmatch import XmatchParams, run_xmatch
     from xpmet.errors import XpmetError
     for attempt in range(40):
         try:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from predict_helpers import ColourPredictor
 from test_etl_xp import _first_value, make_bulk
 from xm_helpers import APOGEE, GALAH, GBS, gaia_from_real_samples, insert_gaia
-from xpmet.crossmatch import run_xmatch
+from xpmet.xmatch import run_xmatch
 from xpmet.db.engine import raw_connect
 from xpmet.etl.survey import load_survey_file
 from xpmet.etl.xp_loader import load_xp

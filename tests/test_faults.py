@@ -60,7 +60,7 @@ def sky(tmp_path_factory):
 
 
 def load_sky(engine, sky):
-    from xpmet.crossmatch import run_xmatch
+    from xpmet.xmatch import run_xmatch
     from xpmet.etl.gaia import load_gaia_source
     from xpmet.etl.survey import load_survey_file
     from xpmet.etl.xp_loader import load_xp

@@ -17,7 +17,7 @@ from predict_helpers import ColourPredictor
 from test_etl_xp import _first_value, make_bulk
 from xm_helpers import insert_gaia, write_table
 from xpmet import labels as xlabels
-from xpmet.crossmatch import run_xmatch
+from xpmet.xmatch import run_xmatch
 from xpmet.etl.gaia import load_gaia_source
 from xpmet.etl.survey import load_survey_file
 from xpmet.etl.xp_loader import load_xp

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from xm_helpers import APOGEE, GALAH, GBS, gaia_from_real_samples, insert_gaia, write_table
 from xpmet import labels as xlabels
-from xpmet.crossmatch import run_xmatch
+from xpmet.xmatch import run_xmatch
 from xpmet.errors import XpmetError
 from xpmet.etl.provenance import file_load
 from xpmet.etl.survey import load_survey_file

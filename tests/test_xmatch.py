@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from xm_helpers import APOGEE, GALAH, GBS, gaia_from_real_samples, insert_gaia, read, write_table
-from xpmet.crossmatch import XmatchParams, run_xmatch
+from xpmet.xmatch import XmatchParams, run_xmatch
 from xpmet.flags import XMATCH_BITS
 from xpmet.errors import XpmetError
 from xpmet.etl.survey import load_survey_file
@@ -214,7 +214,7 @@ def test_two_connections_give_the_same_rows_as_one(clean_db, tmp_path):
 def test_explicit_radius_beats_the_descriptor_even_at_the_default_value(clean_db):
     """--radius 1.0 is an explicit choice: it must win over lamost's descriptor radius (2.0)."""
     import json
-    from xpmet.crossmatch import DEFAULT_RADII, survey_parameters
+    from xpmet.xmatch import DEFAULT_RADII, survey_parameters
     from xpmet.db.engine import raw_connect
     from xpmet.etl.descriptor import load_descriptor
     lamost_xm = load_descriptor("lamost").raw["xmatch"]
@@ -248,7 +248,7 @@ def test_candidate_probes_are_index_probes_whatever_the_statistics(clean_db, tmp
     """Every q3c search (both arms, every part) probes the q3c index once per outer row, with the tables
     never analysed (just loaded), or with statistics claiming 10^2 or 10^8 rows: no nested loop that
     evaluates the distance for every (fast mover, survey row) pair, as a fresh database once got."""
-    from xpmet.crossmatch import PARTS, pairs_select
+    from xpmet.xmatch.algorithms import PARTS, algorithm
     from xpmet.db.engine import raw_connect
     rng = np.random.default_rng(3)
     n_g, n_s = 3000, 800
@@ -276,7 +276,7 @@ def test_candidate_probes_are_index_probes_whatever_the_statistics(clean_db, tmp
             for part in PARTS:
                 with c.transaction():
                     c.execute("SET LOCAL enable_seqscan = off")   # as run_xmatch and its worker search
-                    plan = c.execute("EXPLAIN (FORMAT JSON) " + pairs_select(True, part), args).fetchone()[0]
+                    plan = c.execute("EXPLAIN (FORMAT JSON) " + algorithm("propagate").candidates_sql(part), args).fetchone()[0]
                 assert _q3c_plan_problems(plan[0]["Plan"]) == [], (part, stats)
         finally:
             c.execute("ANALYZE xpmet.gaia_source; ANALYZE xpmet.survey_star")  # real statistics back

@@ -139,7 +139,7 @@ class Demo:
                 self.report.counts[f"{name} rows (quality ok)"] = f"{n:,} ({ok:,})"
 
     def crossmatch(self):
-        from xpmet.crossmatch import XmatchParams, run_xmatch
+        from xpmet.xmatch import XmatchParams, run_xmatch
         r = run_xmatch(XmatchParams(), progress=self.progress)
         self.say(f"    {r.version}: {r.n_matched} of {r.n_rows} survey rows matched")
         self.report.counts["survey rows matched to Gaia"] = f"{r.n_matched:,} of {r.n_rows:,}"

@@ -47,7 +47,7 @@ def refresh(reference: str | None = None, engine=None, **options) -> dict:
     changes = {k: v for k, v in {"reference": reference, **options}.items() if v is not None}
     if changes.get("fallback") == "":
         changes["fallback"] = None
-    from xpmet.crossmatch import LOCK_KEY
+    from xpmet.xmatch import LOCK_KEY
     with engine.begin() as c:
         # after a running `xpmet xmatch` (it refreshes the labels itself before it commits)
         c.execute(sa.text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": LOCK_KEY[0], "b": LOCK_KEY[1]})

@@ -1,6 +1,6 @@
 """crossmatch runs and rows, label settings, and the label views (db/sql/labels.sql).
 
-Tables written from the models in xpmet/db/models/crossmatch.py; the views and SQL functions
+Tables written from the models in xpmet/db/models/xmatch.py; the views and SQL functions
 live in db/sql/labels.sql (created here, dropped by db/sql/labels_drop.sql on downgrade).
 
 Revision ID: 0002

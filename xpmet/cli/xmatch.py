@@ -40,7 +40,7 @@ def xmatch(radius, nopm_radius, id_radius, epoch, override, version, keep, no_la
     propagated to each row's epoch; one best neighbour per row with separation, candidate count,
     second-best separation and flags (xpmet.flags.XMATCH_BITS). Then refreshes the labels.
     """
-    from xpmet.crossmatch import XmatchParams, run_xmatch
+    from xpmet.xmatch import XmatchParams, run_xmatch
     p = XmatchParams(radius=radius, nopm_radius=nopm_radius, id_radius=id_radius, epoch=epoch,
                      overrides=_overrides(override), version=version)
     r = run_xmatch(p, keep=keep, progress=True, labels=not no_labels)

@@ -7,5 +7,5 @@ from xpmet.db.models.base import SCHEMA, metadata  # noqa: F401
 from xpmet.db.models import core  # noqa: F401
 from xpmet.db.models.core import (etl_load, gaia_source, models, predictions, survey,  # noqa: F401
                                   survey_star, training_export, xp_continuous)
-from xpmet.db.models import crossmatch  # noqa: F401
-from xpmet.db.models.crossmatch import label_setting, xmatch, xmatch_run  # noqa: F401
+from xpmet.db.models import xmatch as xmatch_models  # noqa: F401
+from xpmet.db.models.xmatch import label_setting, xmatch, xmatch_run  # noqa: F401

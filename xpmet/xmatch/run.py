@@ -1,23 +1,11 @@
-"""Versioned, materialized crossmatch of every survey row to its best Gaia DR3 source (one SQL statement).
+"""A crossmatch run: one versioned, materialized best Gaia DR3 neighbour for every survey row.
 
-Order of evidence, per survey row:
-1. the survey's declared Gaia id (EDR3 = DR3 ids), accepted when the Gaia position propagated to
-   the row's epoch lies within ``id_radius`` (a declared DR2 id is not trusted as a DR3 id: it
-   only breaks ties between positional candidates);
-2. positional candidates: Gaia positions propagated with pmra/pmdec from ref_epoch to the row's
-   epoch, kept within ``radius``; Gaia sources without proper motion are compared at their Gaia
-   position within the wider ``nopm_radius``.
+What is a candidate and which wins is the chosen algorithm's business (:mod:`xpmet.xmatch.algorithms`);
+this module runs it: the parameters per survey, one snapshot for the whole run (REPEATABLE READ,
+exported to a second connection that searches a share of the rows, since q3c's functions are not
+parallel safe), the lock that keeps runs apart, the xmatch_run bookkeeping and pruning.
 
-Set-based: one q3c_join from the survey rows (probing) into gaia_source (indexed) with a radius
-widened by ``pm_cap`` x |epoch - 2016|, a second q3c_join from the few Gaia sources moving faster
-than ``pm_cap`` into survey_star, exact propagated separations computed by the same pass, then a
-window ranking that keeps exactly one best neighbour per row with its candidate count and
-second-best separation. q3c's functions are not parallel safe, so PostgreSQL would run the probes
-on one core: by default a second connection, on the same snapshot, searches a third of the rows
-plus the fast movers and declared ids while the first searches the rest (``workers=1`` turns
-this off; the rows are the same).
-
-    from xpmet.crossmatch import XmatchParams, run_xmatch
+    from xpmet.xmatch import XmatchParams, run_xmatch
     run = run_xmatch(XmatchParams(radius=1.0, overrides={"lamost": {"radius": 3.0}}))
 """
 from __future__ import annotations
@@ -34,9 +22,8 @@ from xpmet import __version__
 from xpmet.db.engine import raw_connect
 from xpmet.errors import XpmetError
 from xpmet.faults import fault
-from xpmet.flags import XMATCH_BITS
+from xpmet.xmatch.algorithms import ALGORITHMS, algorithm
 
-EPOCH_MODES = ("propagate", "gaia")
 #: Radii (arcsec) when neither the command nor the survey's descriptor gives one; nopm_radius None = 2 x radius.
 DEFAULT_RADII = {"radius": 1.0, "nopm_radius": None, "id_radius": 3.0}
 
@@ -51,14 +38,14 @@ class XmatchParams:
     radius: float | None = None          # DEFAULT_RADII["radius"]
     nopm_radius: float | None = None     # default 2 x radius
     id_radius: float | None = None       # DEFAULT_RADII["id_radius"]
-    epoch: str = "propagate"             # or "gaia": compare at Gaia positions (no propagation)
+    epoch: str = "propagate"             # the algorithm (xpmet.xmatch.algorithms.ALGORITHMS): or "gaia"
     pm_cap: float = 50.0                 # faster Gaia sources are searched from the Gaia side
     overrides: dict = field(default_factory=dict)   # survey name -> {radius, nopm_radius, id_radius}
     version: str | None = None
 
     def validate(self):
-        if self.epoch not in EPOCH_MODES:
-            raise XpmetError(f"epoch handling must be one of {EPOCH_MODES}, not {self.epoch!r}")
+        if self.epoch not in ALGORITHMS:
+            raise XpmetError(f"epoch handling must be one of {tuple(ALGORITHMS)}, not {self.epoch!r}")
         for k in ("radius", "nopm_radius", "id_radius", "pm_cap"):
             if getattr(self, k) is not None and not getattr(self, k) > 0:
                 raise XpmetError(f"{k} must be positive, not {getattr(self, k)}")
@@ -117,172 +104,6 @@ def survey_parameters(conn, p: XmatchParams) -> list[tuple]:
             v["nopm_radius"] = 2 * v["radius"]
         out.append((sid, name, float(v["radius"]), float(v["nopm_radius"]), float(v["id_radius"])))
     return out
-
-
-def _bit(name):
-    return 1 << XMATCH_BITS[name]
-
-
-def _separation(propagate: bool) -> tuple[str, str]:
-    """SQL of the separation (arcsec) of survey row s and Gaia source g, and of "g has no proper motion"."""
-    if not propagate:
-        return "q3c_dist(g.ra, g.dec, s.ra, s.dec) * 3600.0", "false"
-    # position of the Gaia source at the survey row's epoch (linear in ra*cos dec, dec; fine away from poles)
-    dt = "(coalesce(s.epoch, 2016.0) - coalesce(g.ref_epoch, 2016.0))"
-    return (f"CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN q3c_dist(g.ra, g.dec, s.ra, s.dec) "
-            f"ELSE q3c_dist(g.ra + g.pmra * {dt} / (3600000.0 * cos(radians(g.dec))), "
-            f"g.dec + g.pmdec * {dt} / 3600000.0, s.ra, s.dec) END * 3600.0",
-            "(g.pmra IS NULL OR g.pmdec IS NULL)")
-
-
-SURVEY_COLS = "s.star_id, s.survey_id, s.ra, s.dec, s.epoch, s.gaia_source_id, s.gaia_release"
-#: Parts of the candidate search (pairs_select): everything on one connection, or split in two.
-PARTS = ("all", "main", "worker")
-
-
-def _pair_cols(propagate: bool) -> str:
-    """Select list of one candidate pair (survey row s, Gaia source g, radii p): separation and id evidence."""
-    sep, nopm = _separation(propagate)
-    return f"""s.star_id, s.survey_id, g.source_id, s.ra IS NULL AS no_position, {sep} AS sep, {nopm} AS no_pm,
-           coalesce(g.source_id = s.gaia_source_id AND s.gaia_release IN ('DR3', 'EDR3'), false) AS declared,
-           coalesce(g.source_id = s.gaia_source_id AND s.gaia_release = 'DR2', false) AS declared_dr2,
-           p.radius, p.nopm_radius, p.id_radius"""
-
-
-def pairs_select(propagate: bool, part: str = "all") -> str:
-    """SELECT of the candidate (survey row, Gaia source) pairs with their exact separations.
-
-    One pass: q3c index probes and declared ids find the candidates, and each arm computes the
-    separation at the row's epoch from the columns it already holds (no second join of the pairs
-    with survey_star or gaia_source). A pair found by two arms appears twice (insert_sql keeps one).
-    ``part`` splits the work over two connections: "main" probes two thirds of the survey rows,
-    "worker" the other third plus the fast movers and declared ids; "all" does everything.
-    Parameters %(pm_cap)s %(max_r)s %(max_dt)s and the per-survey arrays %(sid)s %(radius)s
-    %(nopm_radius)s %(id_radius)s (plain parameters, so that a second connection can run it too).
-    """
-    if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}")
-    cols = _pair_cols(propagate)
-    probe_rows = {"all": "", "main": "AND s.star_id %% 3 <> 0", "worker": "AND s.star_id %% 3 = 0"}[part]
-    arms = []
-    if propagate:
-        search = "(p.radius + %(pm_cap)s * abs(coalesce(s.epoch, 2016.0) - 2016.0) / 1000.0) / 3600.0"
-        # Gaia sources moving faster than pm_cap, and those without proper motion (matched within the
-        # wider nopm_radius), are few: they probe survey_star from the Gaia side instead
-        # (a LATERAL subquery kept apart by OFFSET 0: see the positional arm below)
-        fast_arm = f"""
-      SELECT {cols} FROM xpmet.gaia_source g
-      CROSS JOIN LATERAL (
-        SELECT {SURVEY_COLS} FROM xpmet.survey_star s
-        WHERE q3c_join(g.ra, g.dec, s.ra, s.dec,
-                       CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN %(max_r)s
-                            ELSE %(max_r)s + sqrt(g.pmra * g.pmra + g.pmdec * g.pmdec) * %(max_dt)s / 1000.0 END / 3600.0)
-        OFFSET 0) s
-      JOIN p USING (survey_id)
-      WHERE g.pmra IS NULL OR g.pmdec IS NULL OR g.pmra * g.pmra + g.pmdec * g.pmdec > %(pm_cap)s ^ 2"""
-    else:
-        search = "p.radius / 3600.0"
-        fast_arm = None
-    # Each q3c probe is a LATERAL subquery that OFFSET 0 keeps from being flattened: its only access
-    # paths are the q3c index and a (disabled) sequential scan, so the plan is one index probe per
-    # outer row whatever the statistics say. As a plain join, a table without statistics yet (just
-    # loaded, or analysed in a transaction the other connection cannot see) made the planner scan
-    # all survey rows per fast mover instead: 78 M q3c_sindist calls, 30 s of a 31 s first run.
-    arms.append(f"""
-      SELECT {cols} FROM probe s
-      JOIN p USING (survey_id)
-      CROSS JOIN LATERAL (
-        SELECT g.source_id, g.ra, g.dec, g.pmra, g.pmdec, g.ref_epoch FROM xpmet.gaia_source g
-        WHERE q3c_join(s.ra, s.dec, g.ra, g.dec, s.r)
-        -- no filter on g here: any condition on gaia_source makes the planner drop the q3c index
-        -- (its cost estimates are huge)
-        OFFSET 0) g""")
-    if part != "main":
-        if fast_arm:
-            arms.append(fast_arm)
-        arms.append(f"""
-      SELECT {cols} FROM xpmet.survey_star s
-      JOIN p USING (survey_id)
-      JOIN xpmet.gaia_source g ON g.source_id = s.gaia_source_id""")
-    union = "\n      UNION ALL".join(arms)
-    return f"""
-    WITH p AS (SELECT * FROM unnest(%(sid)s::smallint[], %(radius)s::float8[], %(nopm_radius)s::float8[],
-                                    %(id_radius)s::float8[]) AS p(survey_id, radius, nopm_radius, id_radius)),
-    probe AS MATERIALIZED (  -- the search radius must be known before the index probe into gaia_source
-      SELECT {SURVEY_COLS}, {search} AS r FROM xpmet.survey_star s JOIN p USING (survey_id)
-      WHERE s.ra IS NOT NULL AND s.dec IS NOT NULL {probe_rows}
-    ),
-    cand AS ({union}
-    )
-    SELECT star_id, survey_id, source_id, no_position, sep, no_pm, declared, declared_dr2,
-           sep <= CASE WHEN no_pm THEN nopm_radius ELSE radius END AS within,
-           declared AND (no_position OR sep <= id_radius) AS id_ok
-    FROM cand"""
-
-
-def insert_sql() -> str:
-    """One xmatch row per survey row from the pairs in xm_pair (parameter %(run_id)s)."""
-    b = _bit
-    return f"""
-    WITH judged AS (  -- a pair found by two arms of the candidate search has the same values twice
-      SELECT DISTINCT ON (star_id, source_id) * FROM xm_pair ORDER BY star_id, source_id
-    ),
-    ranked AS (
-      SELECT *, row_number() OVER (PARTITION BY star_id
-                                   ORDER BY (within OR id_ok) DESC, id_ok DESC, (declared_dr2 AND within) DESC,
-                                            sep) AS rk
-      FROM judged
-    ),
-    best AS MATERIALIZED (  -- read twice: by the output rows and by the duplicate-claim count
-      SELECT star_id, min(survey_id) AS survey_id,
-             max(source_id) FILTER (WHERE rk = 1 AND (within OR id_ok)) AS source_id,
-             max(sep) FILTER (WHERE rk = 1 AND (within OR id_ok)) AS separation,
-             bool_or(rk = 1 AND id_ok) AS by_id,
-             bool_or(rk = 1 AND within AND NOT id_ok) AS by_position,
-             bool_or(rk = 1 AND declared_dr2 AND within) AS by_dr2,
-             bool_or(rk = 1 AND no_pm AND (within OR id_ok)) AS no_pm,
-             count(*) FILTER (WHERE within) AS n_candidates,
-             min(sep) FILTER (WHERE within AND rk > 1) AS second_separation,
-             min(sep) FILTER (WHERE within) AS nearest,
-             min(sep) FILTER (WHERE declared) AS id_separation,
-             bool_or(declared AND NOT id_ok) AS id_rejected
-      FROM ranked GROUP BY star_id
-    ),
-    -- Gaia sources claimed by more than one row of a survey (a hash aggregate: cheaper than a
-    -- window over all rows sorted by survey and source)
-    claims AS (
-      SELECT survey_id, source_id FROM best WHERE source_id IS NOT NULL
-      GROUP BY survey_id, source_id HAVING count(*) > 1
-    ),
-    rows AS (
-      SELECT s.star_id, s.survey_id, b.source_id, b.separation, coalesce(b.n_candidates, 0) AS n_candidates,
-             b.second_separation, b.id_separation,
-             CASE WHEN b.source_id IS NULL THEN 'none'
-                  WHEN b.by_id AND b.separation <= b.nearest AND b.n_candidates > 0 THEN 'both'
-                  WHEN b.by_id THEN 'id'
-                  WHEN b.by_dr2 THEN 'both'
-                  ELSE 'position' END AS method,
-             coalesce(b.by_position AND b.n_candidates > 1, false) AS ambiguous,
-             c.source_id IS NOT NULL AS dup,
-             (CASE WHEN coalesce(b.id_rejected, false) THEN {b('id_rejected')} ELSE 0 END
-              | CASE WHEN s.gaia_source_id IS NOT NULL AND s.gaia_release IN ('DR3', 'EDR3')
-                          AND b.id_separation IS NULL THEN {b('id_not_found')} ELSE 0 END
-              | CASE WHEN coalesce(b.no_pm, false) THEN {b('no_pm')} ELSE 0 END
-              | CASE WHEN coalesce(b.by_dr2, false) THEN {b('dr2_id')} ELSE 0 END
-              | CASE WHEN b.by_id AND b.separation > b.nearest THEN {b('id_not_nearest')} ELSE 0 END
-              | CASE WHEN s.ra IS NULL OR s.dec IS NULL THEN {b('no_position')} ELSE 0 END) AS flags
-      FROM xpmet.survey_star s
-      LEFT JOIN best b USING (star_id)
-      LEFT JOIN claims c ON c.survey_id = b.survey_id AND c.source_id = b.source_id
-    )
-    INSERT INTO xpmet.xmatch (run_id, star_id, survey_id, source_id, method, separation, n_candidates,
-                              second_separation, id_separation, ambiguous, duplicate_claim, flags)
-    SELECT %(run_id)s, star_id, survey_id, source_id, method, separation, n_candidates, second_separation,
-           id_separation, ambiguous, dup,
-           flags | CASE WHEN ambiguous THEN {b('ambiguous')} ELSE 0 END
-                 | CASE WHEN dup THEN {b('duplicate_claim')} ELSE 0 END
-    FROM rows
-    """
 
 
 def analyze_if_changed(conn, tables):
@@ -394,20 +215,21 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         args = {"pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt),
                 "sid": [s[0] for s in per_survey], "radius": [s[2] for s in per_survey],
                 "nopm_radius": [s[3] for s in per_survey], "id_radius": [s[4] for s in per_survey]}
-        propagate = p.epoch == "propagate"
+        matcher = algorithm(p.epoch)
+        matcher.validate(p)
         if workers > 1:
             # q3c's functions are not parallel safe, so PostgreSQL runs the probes on one core: a second
             # connection, on this transaction's snapshot, searches a share of the rows at the same time
             worker = _WorkerPairs(url, conn.execute("SELECT pg_export_snapshot()").fetchone()[0],
-                                  pairs_select(propagate, "worker"), args)
+                                  matcher.candidates_sql("worker"), args)
             worker.start()
             try:
-                conn.execute("CREATE TEMP TABLE xm_pair ON COMMIT DROP AS " + pairs_select(propagate, "main"), args)
+                conn.execute("CREATE TEMP TABLE xm_pair ON COMMIT DROP AS " + matcher.candidates_sql("main"), args)
             finally:
                 worker.join()
             worker.copy_into(conn, "xm_pair")
         else:
-            conn.execute("CREATE TEMP TABLE xm_pair ON COMMIT DROP AS " + pairs_select(propagate, "all"), args)
+            conn.execute("CREATE TEMP TABLE xm_pair ON COMMIT DROP AS " + matcher.candidates_sql("all"), args)
         conn.execute("SET LOCAL enable_seqscan = on")
         # the pairs go through an analysed temp table: the planner knows nothing of the q3c join's output
         conn.execute("ANALYZE xm_pair")
@@ -416,7 +238,7 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         bar.set_postfix_str("best neighbours")
         # the planner cannot estimate the rows of the ranking subquery (it assumes 200): hash joins only
         conn.execute("SET LOCAL enable_nestloop = off")
-        conn.execute(insert_sql(), {"run_id": run_id})
+        conn.execute(matcher.best_neighbour_sql(), {"run_id": run_id})
         conn.execute("SET LOCAL enable_nestloop = on")
         lap("best_neighbour_insert")
         bar.update(1)
@@ -438,6 +260,10 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
             lap("labels")
         fault("xmatch_before_commit")
         conn.commit()
+        # unlock before closing: the server process may outlive the client's close by a moment and
+        # hold the lock, refusing a run started right after this one
+        conn.autocommit = True
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", LOCK_KEY)
         lap("finish_and_commit")
     secs = time.perf_counter() - t0
     return XmatchRun(run_id, version, n_rows, n_matched, secs, counts, params_json, stages, loads,

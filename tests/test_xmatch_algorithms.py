@@ -1,0 +1,29 @@
+"""Crossmatch algorithms are small classes chosen by name; both share the evidence and ranking rules."""
+from __future__ import annotations
+
+import pytest
+
+from xpmet.errors import XpmetError
+from xpmet.xmatch import ALGORITHMS, XmatchParams, algorithm
+
+
+def test_algorithms_by_name():
+    assert set(ALGORITHMS) == {"propagate", "gaia"}
+    for name in ALGORITHMS:
+        a = algorithm(name)
+        assert a.name == name and a.description
+        for part in ("all", "main", "worker"):
+            sql = a.candidates_sql(part)
+            assert "q3c_join" in sql and "%(radius)s" in sql
+        assert "INSERT INTO xpmet.xmatch" in a.best_neighbour_sql()
+    with pytest.raises(XpmetError, match="choose one of propagate, gaia"):
+        algorithm("nearest")
+    with pytest.raises(XpmetError, match="must be one of"):
+        XmatchParams(epoch="nearest").validate()
+
+
+def test_only_propagation_searches_from_the_gaia_side():
+    """Fast movers probe survey_star from Gaia only when positions are propagated."""
+    assert "g.pmra * g.pmra + g.pmdec * g.pmdec > %(pm_cap)s" in algorithm("propagate").candidates_sql("worker")
+    assert "%(pm_cap)s" not in algorithm("gaia").candidates_sql("worker")
+    assert algorithm("propagate").candidates_sql("main").count("UNION ALL") == 0

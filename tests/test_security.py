@@ -268,7 +268,8 @@ def test_where_that_sleeps_later_is_stopped_per_chunk(where_sky, monkeypatch):
     """A condition harmless on the sampled stars and slow on the rest meets the per-chunk timeout."""
     import xpmet.predict as p
     from predict_helpers import ColourPredictor
-    monkeypatch.setattr(p, "WHERE_CHUNK_TIMEOUT_MS", 1500)
+    import xpmet.predict.plan
+    monkeypatch.setattr(xpmet.predict.plan, "WHERE_CHUNK_TIMEOUT_MS", 1500)  # read per chunk by the pipeline
     later = int(where_sky["source_id"][p.WHERE_CHECK_SAMPLE + 50])
     with pytest.raises(XpmetError, match=r"took longer than 1.5 s on source_ids \[") as e:
         p.predict(ColourPredictor(), where=f"x.source_id < {later} OR pg_sleep(100) IS NOT NULL",

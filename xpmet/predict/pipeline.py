@@ -1,0 +1,215 @@
+"""One worker's pipeline: a model and two connections predicting one chunk at a time.
+
+Three stages overlap per chunk: a reader thread streams the rows not yet predicted (binary COPY TO,
+an anti-join on the predictions key), this thread runs the model batch by batch, a writer thread
+encodes and writes the results with one binary COPY FROM; the chunk commits all at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from xpmet.db.readonly import reader_connect
+from xpmet.errors import XpmetError
+from xpmet.faults import fault
+from xpmet.io.copyout import RowReader
+from xpmet.io.pgcopy import TRAILER, copy_sql, encode
+from xpmet.predict import plan
+from xpmet.predict.plan import OUTPUTS, PREDICTED, _select, input_columns, where_error
+
+
+def _drop_stale(conn, model_id: int, lo: int, hi: int) -> int:
+    """Delete the model's predictions in [lo, hi) whose XP row was replaced (another load) or is gone,
+    in the chunk's write transaction: the chunk then predicts those stars again (the reader's
+    anti-join matches on load_id too)."""
+    return conn.execute(
+        "DELETE FROM xpmet.predictions p WHERE p.model_id = %s AND p.source_id >= %s AND p.source_id < %s "
+        "AND NOT EXISTS (SELECT 1 FROM xpmet.xp_continuous x WHERE x.source_id = p.source_id "
+        "AND x.load_id = p.load_id)", (model_id, lo, hi)).rowcount
+
+
+def load(model):
+    """A Predictor from a model directory (xpmet.ml.inference.load_predictor; on CUDA when present),
+    or the object itself."""
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.exists():
+            raise XpmetError(f"model directory {path} does not exist (train one with `xpmet train`)")
+        import torch
+
+        from xpmet.ml.inference import load_predictor
+        return load_predictor(path, device="cuda" if torch.cuda.is_available() else "cpu")
+    if not hasattr(model, "predict"):
+        raise XpmetError(f"{model!r} is neither a model directory nor an object with predict()")
+    return model
+
+
+def model_id_for(conn, predictor, model) -> int:
+    """The model_id the predictions are written under: the predictor's own, or a models row for it."""
+    mid = getattr(predictor, "model_id", None)
+    if mid is not None:
+        if not conn.execute("SELECT 1 FROM xpmet.models WHERE model_id = %s", (int(mid),)).fetchone():
+            raise XpmetError(f"the model says it is model_id {mid}, but xpmet.models has no such row; "
+                             "was it trained against another database?")
+        return int(mid)
+    path = str(Path(model).resolve()) if isinstance(model, (str, Path)) else f"python:{type(predictor).__name__}"
+    row = conn.execute("SELECT model_id FROM xpmet.models WHERE path = %s ORDER BY model_id DESC LIMIT 1",
+                       (path,)).fetchone()
+    if row:
+        return row[0]
+    with conn.transaction():
+        return conn.execute(
+            "INSERT INTO xpmet.models (name, kind, path) VALUES (%s, %s, %s) RETURNING model_id",
+            (Path(path).name, getattr(predictor, "kind", None) or "estimator", path)).fetchone()[0]
+
+
+def _outputs(pred: dict, n: int, model_id: int, source_id, load_id) -> dict:
+    """Check the predictor's answer and shape it into the predictions columns."""
+    missing = [k for k in PREDICTED if k not in pred]
+    if missing:
+        raise XpmetError(f"the model's predict() returned no {', '.join(missing)}")
+    out = {"model_id": np.full(n, model_id, dtype=np.int32), "source_id": source_id, "load_id": load_id}
+    for c in OUTPUTS:
+        if c.name not in PREDICTED:
+            continue
+        v = np.asarray(pred[c.name])
+        if v.shape != (n,):
+            raise XpmetError(f"the model's predict() returned {c.name} of shape {v.shape}, expected ({n},)")
+        out[c.name] = v.astype({"f4": np.float32, "i4": np.int32, "bool": bool}[c.type])
+    return out
+
+
+class Worker:
+    """A predictor plus a read connection (COPY TO) and a write connection (COPY FROM)."""
+
+    def __init__(self, predictor, model_id: int, url: str, where, batch: int):
+        from xpmet.db.engine import raw_connect
+        self.predictor, self.model_id, self.where, self.batch = predictor, model_id, where, batch
+        self.inputs = input_columns(getattr(predictor, "needs", None))
+        # The user's --where runs in this connection's COPY: log in as the read-only role for it.
+        self.reader = reader_connect(url) if where else raw_connect(url)
+        self.reader.read_only = True  # the --where expression can read, never write
+        self.writer = raw_connect(url)
+
+    def close(self):
+        self.reader.close()
+        self.writer.close()
+
+    def run_chunk(self, lo: int, hi: int) -> tuple[int, int]:
+        """Predict the missing stars of [lo, hi); returns (rows read, rows written). Retries once
+        when another process wrote part of the chunk meanwhile (the anti-join then skips them)."""
+        for attempt in (1, 2):
+            try:
+                return self._chunk(lo, hi)
+            except psycopg.errors.UniqueViolation:
+                self.writer.rollback()
+                self.reader.rollback()
+                if attempt == 2:
+                    raise XpmetError(f"source_id range [{lo}, {hi}) keeps colliding with predictions written "
+                                     "by another process: is a second `xpmet predict` running for this model?")
+        raise AssertionError("unreachable")
+
+    def _chunk(self, lo, hi):
+        # Three stages overlap: a reader thread streams and decodes the chunk (the server spends
+        # its time in array output), this thread predicts, a writer thread encodes and COPYs.
+        _drop_stale(self.writer, self.model_id, lo, hi)  # before the reader's snapshot: see _drop_stale
+        batches: queue.Queue = queue.Queue(maxsize=3)
+        results: queue.Queue = queue.Queue(maxsize=3)
+        stop = threading.Event()
+        threads = [threading.Thread(target=self._read, args=(lo, hi, batches, stop), daemon=True),
+                   threading.Thread(target=self._write, args=(results, stop), daemon=True)]
+        for t in threads:
+            t.start()
+        read = 0
+        try:
+            while True:
+                item = batches.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                n = len(item["source_id"])
+                load_id = item.pop("load_id")
+                results.put(_outputs(self.predictor.predict(item), n, self.model_id, item["source_id"], load_id))
+                read += n
+            results.put(None)
+            threads[1].join()
+            if self._write_error is not None:
+                raise self._write_error
+            self.writer.commit()  # the chunk becomes visible (and final) all at once
+            fault("predict_after_chunk")
+        except BaseException:
+            stop.set()
+            while any(t.is_alive() for t in threads):  # unblock stages waiting on their queues
+                try:
+                    batches.get_nowait()
+                except queue.Empty:
+                    pass
+                try:
+                    results.put_nowait(None)
+                except queue.Full:
+                    results.get_nowait()
+                for t in threads:
+                    t.join(timeout=0.05)
+            self.writer.rollback()
+            raise
+        finally:
+            for t in threads:
+                t.join()
+        return read, self._written
+
+    def _write(self, results, stop):
+        """Writer thread: one binary COPY FROM for the whole chunk, opened at the first batch."""
+        self._write_error, self._written = None, 0
+        try:
+            with contextlib.ExitStack() as stack:
+                sink = None
+                while True:
+                    data = results.get()
+                    if data is None or stop.is_set():
+                        break
+                    first = sink is None
+                    if first:
+                        cur = stack.enter_context(self.writer.cursor())
+                        sink = stack.enter_context(cur.copy(copy_sql("xpmet.predictions", OUTPUTS)))
+                    sink.write(encode(OUTPUTS, data, header=first, trailer=False))
+                    self._written += len(data["source_id"])  # one COPY: all of them commit, or none
+                if sink is not None:
+                    if stop.is_set():
+                        raise XpmetError("chunk abandoned")  # makes psycopg abort the COPY
+                    sink.write(TRAILER)
+        except BaseException as e:
+            self._write_error = e
+
+    def _read(self, lo, hi, batches, stop):
+        """Reader thread: COPY TO -> batches of at most ``batch`` rows on the queue, then None."""
+        sql = _select(self.inputs, self.model_id, lo, hi, self.where)
+        decoder = RowReader([c for _, c in self.inputs], max_rows=self.batch)
+        try:
+            if self.where:  # a SET LOCAL per chunk: the condition cannot lift it for the next one
+                self.reader.execute(f"SET LOCAL statement_timeout = {int(plan.WHERE_CHUNK_TIMEOUT_MS)}")
+            with self.reader.cursor() as rcur, rcur.copy(f"COPY ({sql}) TO STDOUT (FORMAT binary)") as src:
+                for block in src:
+                    for rows in decoder.feed(block):
+                        batches.put(rows)
+                    if stop.is_set():
+                        self.reader.cancel()
+                        return
+            for rows in decoder.finish():
+                batches.put(rows)
+            batches.put(None)
+        except BaseException as e:  # handed to the main thread, which raises it
+            if self.where and isinstance(e, (psycopg.errors.QueryCanceled, psycopg.errors.InsufficientPrivilege,
+                                             psycopg.errors.DataError)) and not stop.is_set():
+                e = where_error(self.where, e, plan.WHERE_CHUNK_TIMEOUT_MS, f"on source_ids [{lo}, {hi})")
+            batches.put(e)
+        finally:
+            try:
+                self.reader.rollback()  # ends the read-only snapshot so VACUUM is not held back
+            except psycopg.Error:
+                pass

@@ -1,0 +1,148 @@
+"""What a predict run reads, and in which pieces: the input columns a model needs (as fixed-width
+binary COPY columns), the SELECT of one chunk, the chunks themselves (source_id ranges cut at HEALPix
+level-12 pixel edges, so each is a compact patch of sky) and the checks of a user's --where condition.
+"""
+from __future__ import annotations
+
+
+import psycopg
+
+from xpmet.db.models.columns import copy_columns, type_code
+from xpmet.db.models.core import predictions as predictions_table, xp_continuous
+from xpmet.errors import XpmetError
+from xpmet.io.pgcopy import Col
+from xpmet.xp_coefficients import N_COEF, N_CORR
+
+
+#: source_id // 2**35 is the HEALPix level-12 (nested) pixel of a Gaia source.
+LEVEL12_SHIFT = 35
+
+
+#: --where runs as xpmet_reader under these statement timeouts: the check on a sample of stars,
+#: and each chunk's read.
+WHERE_CHECK_TIMEOUT_MS = 5_000
+
+
+WHERE_CHECK_SAMPLE = 100
+
+
+WHERE_CHUNK_TIMEOUT_MS = 300_000
+
+
+#: Batch keys of the inference contract (used when a predictor does not declare ``needs``).
+DEFAULT_NEEDS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "rp_coefficients",
+                 "rp_coefficient_errors", "phot_g_mean_mag", "phot_g_mean_flux", "bp_rp", "parallax"]
+
+
+# Where each input column comes from and how it travels: (table alias, Col, SQL type for NaN fill).
+_SQL_TYPE = {"f8[]": "float8", "f4[]": "real"}
+
+
+_XP_ARRAYS = {f"{b}_{what}": (type_code(xp_continuous.c[f"{b}_{what}"]), n,
+                              _SQL_TYPE[type_code(xp_continuous.c[f"{b}_{what}"])])
+              for b in ("bp", "rp") for what, n in (("coefficients", N_COEF), ("coefficient_errors", N_COEF),
+                                                    ("coefficient_correlations", N_CORR))}
+
+
+#: the predictions table's columns as the COPY writes them (from the table model)
+OUTPUTS = copy_columns(predictions_table)
+
+
+#: what a predictor returns; the rest (model, source, XP load) the pipeline fills in
+PREDICTED = [c.name for c in OUTPUTS if c.name not in ("model_id", "source_id", "load_id")]
+
+
+def input_columns(needs) -> list[tuple[str, Col]]:
+    """(SQL expression, Col) per input column; NULLs become NaN so that every row has one width."""
+    from xpmet.db.models import gaia_source, xp_continuous
+    names = ["source_id", "load_id"] + [n for n in (needs or DEFAULT_NEEDS) if n not in ("source_id", "load_id")]
+    out = []
+    for name in dict.fromkeys(names):
+        if name == "source_id":
+            out.append(("x.source_id", Col("source_id", "i8")))
+        elif name == "load_id":  # the XP load predicted from: written with the prediction
+            out.append(("x.load_id", Col("load_id", "i4")))
+        elif name in _XP_ARRAYS:
+            typ, n, sqltype = _XP_ARRAYS[name]
+            out.append((f"coalesce(x.{name}, array_fill('NaN'::{sqltype}, ARRAY[{n}]))", Col(name, typ, n)))
+        else:
+            table = "x" if name in xp_continuous.c else "g" if name in gaia_source.c else None
+            if table is None:
+                raise XpmetError(f"the model needs column {name!r}, which is neither in xp_continuous nor "
+                                 "in gaia_source")
+            col = (xp_continuous if table == "x" else gaia_source).c[name]
+            if col.type.python_type is bool:
+                raise XpmetError(f"boolean input column {name!r} is not supported")
+            sqltype = "float8" if "DOUBLE" in str(col.type).upper() else "real"
+            out.append((f"coalesce({table}.{name}::{sqltype}, 'NaN')",
+                        Col(name, "f8" if sqltype == "float8" else "f4")))
+    return out
+
+
+def _select(inputs, model_id: int, lo: int, hi: int, where: str | None) -> str:
+    # COPY takes no bind parameters: the only values pasted here are integers we made ourselves
+    # and the user's own --where expression (checked by check_where; both run as xpmet_reader).
+    cond = f"x.source_id >= {int(lo)} AND x.source_id < {int(hi)}"
+    if where:
+        cond += f" AND ({where})"
+    return (f"SELECT {', '.join(e for e, _ in inputs)} FROM xpmet.xp_continuous x "
+            f"LEFT JOIN xpmet.gaia_source g ON g.source_id = x.source_id "
+            f"WHERE {cond} AND NOT EXISTS (SELECT 1 FROM xpmet.predictions p "
+            f"WHERE p.model_id = {int(model_id)} AND p.source_id = x.source_id AND p.load_id = x.load_id) "
+            f"ORDER BY x.source_id")
+
+
+def check_where(conn, where: str | None) -> None:
+    """Fail early, with the server's message, when --where is not a valid condition on x and g.
+
+    ``conn`` logs in as xpmet_reader (xpmet.db.readonly.reader_connect): the condition is evaluated
+    on the first stars under a short statement timeout, so a function the reader may not call, an
+    error at run time or a condition that sleeps fails here, before any work; the transaction is
+    rolled back, so nothing it did (set_config, pg_notify) survives.
+    """
+    if not where:
+        return
+    if ";" in where:
+        raise XpmetError("--where must be one SQL condition (no ';')")
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(f"SET LOCAL statement_timeout = {int(WHERE_CHECK_TIMEOUT_MS)}")
+            conn.execute(f"SELECT ({where})::boolean FROM (SELECT * FROM xpmet.xp_continuous "
+                         f"ORDER BY source_id LIMIT {int(WHERE_CHECK_SAMPLE)}) x "
+                         f"LEFT JOIN xpmet.gaia_source g ON g.source_id = x.source_id").fetchall()
+    except psycopg.Error as e:
+        raise where_error(where, e, WHERE_CHECK_TIMEOUT_MS, f"on {WHERE_CHECK_SAMPLE} stars") from None
+
+
+def where_error(where: str, e: psycopg.Error, timeout_ms: int, what: str) -> XpmetError:
+    """The one-line refusal of a --where the server would not run."""
+    msg = (e.diag.message_primary or str(e)).strip().splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, psycopg.errors.QueryCanceled):
+        return XpmetError(f"--where {where!r} took longer than {timeout_ms / 1000:g} s {what} and was stopped")
+    if isinstance(e, psycopg.errors.InsufficientPrivilege):
+        return XpmetError(f"--where {where!r} was refused: it runs as the read-only role, which may read the "
+                          f"published tables and call side-effect-free functions only ({msg})")
+    return XpmetError(f"--where {where!r} is not a valid condition on x (xp_continuous) and "
+                      f"g (gaia_source): {msg}")
+
+
+def chunk_ranges(conn, rows_per_chunk: int):
+    """Yield [lo, hi) source_id ranges of about rows_per_chunk XP rows, cut at level-12 pixel edges.
+
+    Boundaries come lazily from the primary key (an index-only scan of one chunk each), so the
+    first chunk starts at once even on 219 million rows.
+    """
+    lo = conn.execute("SELECT min(source_id) FROM xpmet.xp_continuous").fetchone()[0]
+    if lo is None:
+        return
+    while True:
+        nxt = conn.execute("SELECT source_id FROM xpmet.xp_continuous WHERE source_id >= %s "
+                           "ORDER BY source_id OFFSET %s LIMIT 1", (lo, rows_per_chunk)).fetchone()
+        if nxt is None:
+            yield lo, 2 ** 63 - 1
+            return
+        hi = (nxt[0] >> LEVEL12_SHIFT) << LEVEL12_SHIFT  # start of the pixel that holds the next row
+        if hi <= lo:  # one dense pixel holds the whole chunk: cut inside it
+            hi = nxt[0]
+        yield lo, hi
+        lo = hi

@@ -253,6 +253,18 @@ def test_progress_events_reach_the_client_with_lazily_submitted_tasks(address):
     assert sum(rows for rows, _ in got) == 150 and len(got) == 15
 
 
+def test_remote_workers_get_a_url_they_can_use(xpmet_home, monkeypatch):
+    from xpmet.db.engine import libpq_url
+    from xpmet.distributed import worker_db_url
+    socket_url = libpq_url()
+    assert worker_db_url(parse_cluster("local:2")) == socket_url
+    assert worker_db_url(parse_cluster("tcp://127.0.0.1:8786")) == socket_url
+    with pytest.raises(XpmetError, match="db start --listen"):  # the test cluster listens on its socket only
+        worker_db_url(parse_cluster("tcp://node17:8786"))
+    monkeypatch.setenv("XPMET_DATABASE_URL", "postgresql://u:p@dbhost:5432/xpmet")
+    assert worker_db_url(parse_cluster("tcp://node17:8786")) == "postgresql://u:p@dbhost:5432/xpmet"
+
+
 def test_cluster_addresses():
     assert parse_cluster("local:3").n == 3 and not parse_cluster("local:3").remote
     assert not parse_cluster("tcp://127.0.0.1:8786").remote and not parse_cluster("localhost:8786").remote

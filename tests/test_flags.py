@@ -42,5 +42,5 @@ def test_label_view_uses_the_rendered_masks(engine):
     import sqlalchemy as sa
     with engine.connect() as c:
         d = c.execute(sa.text("SELECT pg_get_viewdef('xpmet.training_set'::regclass)")).scalar()
-    want = flags.mask(flags.LABEL_BITS, "feh_discordant", "ambiguous_match", "duplicate_claim", "uncalibrated_survey")
+    want = flags.mask(flags.LABEL_BITS, "feh_discordant", "ambiguous_match", "duplicate_claim")
     assert f"label_flags & {want}" in d

@@ -215,8 +215,8 @@ def test_three_surveys_reject_the_discordant_one_and_training_set(clean_db, tmp_
     xlabels.refresh(min_xp_snr=1e9)
     assert rows(clean_db, "SELECT count(*) AS n FROM xpmet.training_set")[0]["n"] == 0
     xlabels.refresh(min_xp_snr=30)
-    # too few shared stars for any zero point: apogee and galah are uncalibrated, so their labels
-    # (flagged uncalibrated_survey) are not on the reference scale and train nothing
+    # too few shared stars for any zero point: the [Fe/H] of apogee and galah is uncalibrated (not
+    # on the reference scale), so the stars they measured train nothing
     xlabels.refresh(min_overlap=1000)
     star = rows(clean_db, "SELECT * FROM xpmet.labels WHERE source_id = 2")[0]
     assert star["label_flags"] & bit("uncalibrated_survey")

@@ -19,7 +19,8 @@ from xpmet.flags import LABEL_BITS  # noqa: F401  (re-exported: xpmet.labels.LAB
 
 #: Documented cuts of xpmet.training_set (see db/sql/labels.sql).
 TRAINING_CUTS = ("feh IS NOT NULL AND feh_err <= label_setting.max_feh_err",
-                 "label_flags has none of feh_discordant, ambiguous_match, duplicate_claim, uncalibrated_survey",
+                 "label_flags has none of feh_discordant, ambiguous_match, duplicate_claim",
+                 "no contributing survey whose [Fe/H] is uncalibrated (survey_zero_point)",
                  "both XP bands present, all 110 coefficient errors finite and > 0",
                  "XP S/N = sqrt(sum over the 110 coefficients of (coef/err)^2) >= label_setting.min_xp_snr",
                  "phot_g_mean_mag known")

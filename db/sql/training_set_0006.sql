@@ -1,8 +1,8 @@
--- xpmet.training_set from migration 0006: a label that an uncalibrated survey (no zero point)
+-- xpmet.training_set from migration 0006: an [Fe/H] that a survey without an [Fe/H] zero point
 -- contributed to is not on the reference scale, so it does not train models.
 -- What the training export reads: labels joined to Gaia photometry and XP coefficients, after the
 -- documented cuts (xpmet.labels.TRAINING_CUTS): [Fe/H] known with feh_err <= max_feh_err; no
--- discordant [Fe/H], ambiguous match, duplicate claim or uncalibrated contributing survey; both XP
+-- discordant [Fe/H], ambiguous match, duplicate claim or survey with an uncalibrated [Fe/H]; both XP
 -- bands with all 110 coefficient errors finite and positive; XP signal-to-noise
 -- sqrt(sum (coef/err)^2) >= min_xp_snr; G known.
 CREATE OR REPLACE VIEW xpmet.training_set AS
@@ -23,7 +23,11 @@ CROSS JOIN LATERAL (
         SELECT * FROM unnest(x.rp_coefficients, x.rp_coefficient_errors)) u(c, e)
 ) q
 WHERE l.feh IS NOT NULL AND l.feh_err <= cfg.max_feh_err
-  AND l.label_flags & {{mask:label.feh_discordant|ambiguous_match|duplicate_claim|uncalibrated_survey}} = 0
+  AND l.label_flags & {{mask:label.feh_discordant|ambiguous_match|duplicate_claim}} = 0
+  -- [Fe/H] from a survey whose [Fe/H] has no zero point is not on the reference scale (an
+  -- uncalibrated [alpha/Fe] or Teff of the same survey does not matter here)
+  AND NOT EXISTS (SELECT 1 FROM xpmet.survey_zero_point z
+                  WHERE z.label = 'feh' AND z.status = 'uncalibrated' AND z.survey = ANY (l.surveys))
   AND x.bp_coefficients IS NOT NULL AND x.rp_coefficients IS NOT NULL
   AND q.errors_ok AND q.xp_snr >= cfg.min_xp_snr
   AND g.phot_g_mean_mag IS NOT NULL;

@@ -1,4 +1,4 @@
-"""training_set leaves out labels an uncalibrated survey contributed to (not on the reference scale).
+"""training_set leaves out [Fe/H] labels a survey without an [Fe/H] zero point contributed to.
 
 The view's text lives in db/sql/training_set_0006.sql; the downgrade restores training_set_0002.sql.
 

@@ -5,12 +5,12 @@ export -> train -> evaluate -> predict -> cone query, then a short report and pl
 in the report comes from the step that produced it; a failing step stops the demo with its error.
 
 The demo never touches your own database: it runs an embedded cluster under OUT/home (the data
-are simulated). Explore it afterwards with  XPMET_HOME=OUT/home xpmet query cone ...
+are simulated) and hands that database's URL to every library call explicitly (the environment
+is left alone). Explore it afterwards with  XPMET_HOME=OUT/home xpmet query cone ...
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -100,9 +100,6 @@ class Demo:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / MARKER).write_text("created by xpmet demo; `xpmet demo` may delete this folder\n")
         self.plots.mkdir()
-        # The demo's own embedded database, whatever the user has configured.
-        os.environ["XPMET_HOME"] = str(self.home)
-        os.environ.pop("XPMET_DATABASE_URL", None)
 
     # -- steps -------------------------------------------------------------------------------
     def simulate(self):
@@ -112,26 +109,32 @@ class Demo:
         self.report.files["simulated sky"] = str(self.sky)
 
     def database(self):
-        from xpmet.db.engine import libpq_url
-        libpq_url()  # starts the demo's embedded cluster, which migrates itself to head
+        # the demo's own embedded database, whatever the user has configured
+        from xpmet.db.cluster import Cluster
+        from xpmet.db.engine import connect, ensure_schema
+        cluster = Cluster(self.home)
+        cluster.start()
+        self.url = cluster.url()
+        ensure_schema(self.url)
+        self.engine = connect(self.url)
         self.report.files["database (XPMET_HOME)"] = str(self.home)
 
     def load_gaia(self):
         from xpmet.etl.gaia import load_gaia_source as load
-        load(self.sky / "gaia_source", progress=self.progress)
+        load(self.sky / "gaia_source", progress=self.progress, url=self.url)
         self.report.counts["Gaia sources"] = self._count("xpmet.gaia_source")
 
     def load_xp(self):
         from xpmet.etl.xp_loader import load_xp as load
         # The estimator the demo trains does not use the correlations: skip them (12x less data).
-        load(self.sky / "xp_continuous", correlations=False, progress=self.progress)
+        load(self.sky / "xp_continuous", correlations=False, progress=self.progress, url=self.url)
         self.report.counts["XP spectra"] = self._count("xpmet.xp_continuous")
 
     def load_surveys(self):
         from xpmet.etl.survey import load_survey as load
         from xpmet.simulate import survey_files
         for name, path in survey_files(self.sky).items():
-            for r in load(name, [path], progress=False):
+            for r in load(name, [path], progress=False, url=self.url):
                 # from the table, not the load result: a file skipped as already loaded reports no rows
                 n, ok = self._survey_rows(name)
                 state = "already loaded, skipped" if r.skipped else "loaded"
@@ -140,24 +143,24 @@ class Demo:
 
     def crossmatch(self):
         from xpmet.xmatch import XmatchParams, run_xmatch
-        r = run_xmatch(XmatchParams(), progress=self.progress)
+        r = run_xmatch(XmatchParams(), url=self.url, progress=self.progress)
         self.say(f"    {r.version}: {r.n_matched} of {r.n_rows} survey rows matched")
         self.report.counts["survey rows matched to Gaia"] = f"{r.n_matched:,} of {r.n_rows:,}"
 
     def labels(self):
         from xpmet.labels import refresh, zero_points
-        s = refresh("gbs")
+        s = refresh("gbs", engine=self.engine)
         self.report.counts["stars with homogenised labels"] = int(s["n_labels"])
         self.report.counts["training_set rows"] = self._count("xpmet.training_set")
         injected = json.loads((self.sky / "survey_truth.json").read_text())
-        for z in zero_points():
+        for z in zero_points(self.engine):
             if z["label"] == "feh":
                 z = dict(z, injected=injected.get(z["survey"], {}).get("offset", {}).get("feh"))
                 self.report.zero_points.append(z)
 
     def export(self):
         from xpmet.ml.export import ExportOptions, export
-        res = export(self.out / "train.h5", ExportOptions(seed=self.seed), progress=self.progress)
+        res = export(self.out / "train.h5", ExportOptions(seed=self.seed), progress=self.progress, url=self.url)
         for k, v in res["n_by_split"].items():
             self.report.counts[f"exported {k}"] = int(v)
         self.report.files["training data (HDF5)"] = str(res["path"])
@@ -166,13 +169,13 @@ class Demo:
         from xpmet.ml.train import TrainConfig, train
         cfg = TrainConfig(kind="estimator", hidden=(64, 64), epochs=self.epochs, batch_size=128, lr=3e-3,
                           patience=10, seed=self.seed, device="auto", name="demo-estimator")
-        self.model = Path(train(self.out / "train.h5", self.out / "model", cfg))
+        self.model = Path(train(self.out / "train.h5", self.out / "model", cfg, url=self.url))
         self.report.files["model"] = str(self.model)
 
     def evaluate(self):
         from xpmet.ml.evaluate import evaluate
         res = evaluate(self.model, self.out / "train.h5", self.sky / "truth.fits", self.plots / "evaluation",
-                       max_truth=5000)
+                       max_truth=5000, url=self.url)
         for name, key in (("test split vs survey labels", "test"), ("test split vs truth", "test_vs_truth"),
                           ("never-surveyed stars vs truth", "never_surveyed")):
             m = res.get(key, {}).get("overall", {}).get("feh")
@@ -183,7 +186,7 @@ class Demo:
 
     def predict(self):
         from xpmet.predict import predict
-        r = predict(self.model, progress=self.progress)
+        r = predict(self.model, progress=self.progress, url=self.url)
         self.say(f"    model {r.model_id}: {r.written:,} predictions ({r.rows_per_second:,.0f} stars/s)")
         self.report.counts["predictions written"] = r.written
         self.report.counts["predictions recommended"] = self._count(
@@ -194,7 +197,7 @@ class Demo:
     def cone(self):
         from xpmet import query
         ra, dec = self._busiest_field()
-        t = query.cone(ra, dec, 5.0, recommended=True)
+        t = query.cone(ra, dec, 5.0, recommended=True, url=self.url)
         path = query.write_table(t, self.out / "cone.ecsv", overwrite=True)
         self.say(f"    cone of 5 deg around (RA {ra:.2f}, Dec {dec:.2f}): {len(t)} recommended stars -> {path}")
         if len(t):
@@ -207,19 +210,19 @@ class Demo:
     # -- helpers -----------------------------------------------------------------------------
     def _survey_rows(self, name) -> tuple[int, int]:
         from xpmet.db.engine import raw_connect
-        with raw_connect() as c:
+        with raw_connect(self.url) as c:
             n, ok = c.execute("SELECT count(*), count(*) FILTER (WHERE ss.quality_ok) FROM xpmet.survey_star ss "
                               "JOIN xpmet.survey s USING (survey_id) WHERE s.name = %s", (name,)).fetchone()
         return int(n), int(ok)
 
     def _count(self, table, where="true"):
         from xpmet.db.engine import raw_connect
-        with raw_connect() as c:
+        with raw_connect(self.url) as c:
             return int(c.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0])
 
     def _metallicity(self):
         from xpmet.db.engine import raw_connect
-        with raw_connect() as c:
+        with raw_connect(self.url) as c:
             rows = c.execute("SELECT source_id, ra, dec, feh, recommended, l, b FROM xpmet.metallicity").fetchall()
         cols = list(zip(*rows))
         self.galactic = (np.array(cols[5], float), np.array(cols[6], float))
@@ -275,7 +278,6 @@ class Demo:
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> Report:
-        saved = {k: os.environ.get(k) for k in ("XPMET_HOME", "XPMET_DATABASE_URL")}
         try:
             return self._run()
         finally:
@@ -283,12 +285,6 @@ class Demo:
             demo_db = Cluster(self.home)
             if demo_db.initialised():
                 demo_db.stop()  # leave no server running; any xpmet command restarts it
-            # a notebook that ran the demo keeps talking to its own database afterwards
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def _run(self) -> Report:
         self.step("prepare the demo folder", self.prepare)

@@ -451,13 +451,14 @@ def load_survey_file(descriptor, path, replace: bool = False, url: str | None = 
 
 
 def load_survey(descriptor, paths, replace: bool = False, progress: bool = True,
-                check: bool = True, cluster: str | None = None) -> list[SurveyLoad]:
+                check: bool = True, cluster: str | None = None, url: str | None = None) -> list[SurveyLoad]:
     """Load several files of one survey, each in its own transaction.
 
     A file that fails (bad input, database error, anything) fails alone: its result carries a
     one-line ``error`` and the other files still load. Then ``check`` raises one XpmetError naming
     the failed files; ``check=False`` returns every result instead. ``cluster``: a Dask scheduler
-    address or ``local:N`` (xpmet.distributed), one task per file.
+    address or ``local:N`` (xpmet.distributed), one task per file. ``url``: the database (default:
+    the configured one).
     """
     from xpmet.progress import progress_bar
     from xpmet.etl.runner import error_line
@@ -476,12 +477,12 @@ def load_survey(descriptor, paths, replace: bool = False, progress: bool = True,
             # absolute paths and the URL resolved here: workers may run elsewhere
             items = [(i, Path(p).resolve()) for i, p in enumerate(paths)]
             for (i, p), res, err in session.map(survey_task, items, name=f"etl-survey-{d.name}",
-                                                args=(d, replace, session.db_url())):
+                                                args=(d, replace, session.db_url(url))):
                 results[i] = res[1] if err is None else SurveyLoad(p, d.name, error=error_line(p, err))
                 bar.update(1)
         else:
             for i, p in enumerate(paths):
-                results[i] = survey_task(d, replace, None, (i, p))[1]
+                results[i] = survey_task(d, replace, url, (i, p))[1]
                 bar.update(1)
     finally:
         bar.close()

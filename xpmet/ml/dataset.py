@@ -204,14 +204,14 @@ def _rows_to_batch(rows, names) -> dict:
     return out
 
 
-def read_db(source_ids, correlations: bool = False, chunk: int = 20000) -> XPArrays:
+def read_db(source_ids, correlations: bool = False, chunk: int = 20000, url: str | None = None) -> XPArrays:
     """XP spectra + Gaia photometry of the given sources straight from the database (no labels)."""
     from xpmet.db.engine import raw_connect
     cols = _DB_COLUMNS + (", x.bp_coefficient_correlations, x.rp_coefficient_correlations" if correlations else "")
     names = [c.strip().split(".")[1] for c in cols.split(",")]
     ids = np.unique(np.asarray(source_ids, np.int64))
     parts = []
-    with raw_connect() as conn:
+    with raw_connect(url) as conn:
         for i in range(0, len(ids), chunk):
             rows = conn.execute(f"SELECT {cols} FROM xpmet.xp_continuous x JOIN xpmet.gaia_source g "
                                 "USING (source_id) WHERE x.source_id = ANY(%s) ORDER BY x.source_id",

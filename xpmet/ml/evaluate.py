@@ -112,19 +112,19 @@ def truth_labels(truth: dict, source_ids) -> np.ndarray:
     return out
 
 
-def never_surveyed(truth: dict, max_stars: int | None = 20000, seed: int = 0) -> ds.XPArrays:
+def never_surveyed(truth: dict, max_stars: int | None = 20000, seed: int = 0, url: str | None = None) -> ds.XPArrays:
     """The never-surveyed XP stars of a simulation, read from the database, with the true labels."""
     sel = np.flatnonzero(truth["has_xp"] & ~truth["surveyed"])
     if max_stars and len(sel) > max_stars:
         sel = np.sort(np.random.default_rng(seed).choice(sel, max_stars, replace=False))
-    arr = ds.read_db(truth["source_id"][sel])
+    arr = ds.read_db(truth["source_id"][sel], url=url)
     arr.labels = truth_labels(truth, arr.source_id)
     arr.label_err = np.zeros_like(arr.labels)
     return arr
 
 
 def evaluate(model_dir, data_path, truth_path=None, out_dir=None, emulator_dir=None,
-             max_truth: int | None = 20000, plots: bool = True) -> dict:
+             max_truth: int | None = 20000, plots: bool = True, url: str | None = None) -> dict:
     """Metrics (and plots) of a model on the test split of DATA.h5 and, with truth, on never-surveyed stars.
 
     Writes ``evaluation.json`` and plots into ``out_dir`` (default: MODEL_DIR/evaluation).
@@ -142,7 +142,7 @@ def evaluate(model_dir, data_path, truth_path=None, out_dir=None, emulator_dir=N
         truth = read_truth(truth_path)
         tl = truth_labels(truth, test.source_id)
         result["test_vs_truth"] = compute_metrics(p_test, tl, np.zeros_like(tl), test.g_mag)
-        ns = never_surveyed(truth, max_truth)
+        ns = never_surveyed(truth, max_truth, url=url)
         p_ns = pred.predict_arrays(ns)
         result["never_surveyed"] = compute_metrics(p_ns, ns.labels, ns.label_err, ns.g_mag)
         sets["never_surveyed"] = (ns, p_ns, ns.labels)

@@ -321,7 +321,7 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
         tmp.unlink(missing_ok=True)
     fault("export_before_register")
     _register(out, ",".join(sorted(meta_seen["xmatch_version"])), ",".join(sorted(meta_seen["reference"])),
-              sum(w.counts.values()), opt, stale)
+              sum(w.counts.values()), opt, stale, url)
     return {"path": str(out), "n_by_split": w.counts, "rows_cut_by_coef_error": n_cut, "labels_stale": stale}
 
 
@@ -372,10 +372,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _register(out: Path, xmatch_version: str, reference: str, n_rows: int, opt: ExportOptions, stale):
+def _register(out: Path, xmatch_version: str, reference: str, n_rows: int, opt: ExportOptions, stale, url=None):
     """One xpmet.training_export row: `xpmet xmatch --keep` keeps the crossmatch runs exports cite."""
     from xpmet.db.engine import raw_connect
-    with raw_connect() as conn:
+    with raw_connect(url) as conn:
         conn.execute("INSERT INTO xpmet.training_export (path, xmatch_version, reference, n_rows, options, "
                      "xpmet_version) VALUES (%s, %s, %s, %s, %s, %s)",
                      (str(out.resolve()), xmatch_version or None, reference or None, n_rows,

@@ -252,7 +252,7 @@ def _prepare(data_path, out: Path, config: TrainConfig, resume: bool, label_over
 
 def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = False, register: bool = True,
           label_override=None, progress: bool = True, on_epoch=None, nproc: int = 1,
-          dist_timeout: float = dist.DEFAULT_TIMEOUT, threads: int = 0) -> Path:
+          dist_timeout: float = dist.DEFAULT_TIMEOUT, threads: int = 0, url: str | None = None) -> Path:
     """Train a model on DATA.h5 into OUT_DIR; returns the model directory.
 
     ``on_epoch(member, epoch, train_loss, valid_loss)`` is called after each epoch's checkpoint,
@@ -262,6 +262,7 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
     (WORLD_SIZE etc. in the environment) joins its job. Every rank trains the same model (DDP) on
     its own shard of the training rows with ``batch_size / world`` rows per step; only rank 0
     writes OUT_DIR and registers the model. ``threads``: torch CPU threads per process (0: leave).
+    ``url``: the database the model is registered in (default: the configured one).
 
     >>> from xpmet.ml.train import train, TrainConfig
     >>> train("data.h5", "models/est", TrainConfig(kind="estimator", epochs=50))
@@ -276,25 +277,26 @@ def train(data_path, out_dir, config: TrainConfig | None = None, resume: bool = 
                                 (config.device == "auto" and torch.cuda.is_available())):
             threads = max(1, (os.cpu_count() or 1) // nproc)  # N processes x all cores thrash
         dist.launch(_train_worker, (data_path, out, config, resume, register, label_override, progress,
-                                    on_epoch, dist_timeout, threads), nproc)
+                                    on_epoch, dist_timeout, threads, url), nproc)
         return out
     if threads:
         torch.set_num_threads(threads)
     ctx = dist.setup(config.device, pick_device, dist_timeout)
     with dist.waiting(ctx.rank, dist_timeout) if ctx.active else contextlib.nullcontext():
-        result = _train(ctx, data_path, out, config, resume, register, label_override, progress, on_epoch)
+        result = _train(ctx, data_path, out, config, resume, register, label_override, progress, on_epoch, url)
     # only on success: a failing rank keeps its connections until it has reported its error, so its
     # peers' "connection closed" comes after the cause is on record (the launcher names the cause)
     dist.cleanup(ctx)
     return result
 
 
-def _train_worker(data_path, out, config, resume, register, label_override, progress, on_epoch, timeout, threads):
-    train(data_path, out, config, resume, register, label_override, progress, on_epoch, 1, timeout, threads)
+def _train_worker(data_path, out, config, resume, register, label_override, progress, on_epoch, timeout, threads,
+                  url=None):
+    train(data_path, out, config, resume, register, label_override, progress, on_epoch, 1, timeout, threads, url)
 
 
 def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume, register, label_override,
-           progress, on_epoch) -> Path:
+           progress, on_epoch, url=None) -> Path:
     ckpt_path = out / "checkpoint.pt"
     device = ctx.device
     seed_everything(config.seed)
@@ -412,7 +414,7 @@ def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume,
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_float))
     fault("train_before_register")
     if register:
-        model_id = register_model(out, cfg, metrics, fp)
+        model_id = register_model(out, cfg, metrics, fp, url)
         fault("train_after_register")
         (out / "model.json").write_text(json.dumps({"model_id": model_id}))
     ckpt_path.unlink(missing_ok=True)
@@ -501,7 +503,7 @@ def validation_sums(model, trainer: Trainer, t: Tensors, batch: int) -> tuple[fl
     return tot, n
 
 
-def register_model(out: Path, cfg: dict, metrics: dict, fingerprint: str) -> int:
+def register_model(out: Path, cfg: dict, metrics: dict, fingerprint: str, url: str | None = None) -> int:
     """Insert the model into xpmet.models; returns its model_id."""
     import sqlalchemy as sa
     import xpmet
@@ -510,7 +512,7 @@ def register_model(out: Path, cfg: dict, metrics: dict, fingerprint: str) -> int
                   config=_finite(json.loads(json.dumps(cfg, default=str))),
                   metrics=_finite(json.loads(json.dumps(metrics, default=_json_float))),
                   data_fingerprint=fingerprint, xpmet_version=__version__)
-    with xpmet.connect().begin() as c:
+    with xpmet.connect(url).begin() as c:
         if cfg.get("run_id"):  # killed after registering, then resumed: the row this run already wrote
             mid = c.execute(sa.text("SELECT model_id FROM xpmet.models WHERE config ->> 'run_id' = :r"),
                             {"r": cfg["run_id"]}).scalar()

@@ -1,12 +1,12 @@
-"""``xpmet etl``: the group; its commands live in etl_gaia.py (gaia-source, xp) and etl_survey.py (survey)."""
+"""``xpmet etl``: the group; its commands live in etl_gaia_source.py, etl_xp.py and etl_survey.py."""
 import click
 
 from xpmet.cli import LazyGroup
 
 COMMANDS = {
-    "gaia-source": ("xpmet.cli.etl_gaia:gaia_source", "Gaia DR3 gaia_source files (bulk CSV.gz, archive CSV/FITS/VOTable)."),
+    "gaia-source": ("xpmet.cli.etl_gaia_source:gaia_source", "Gaia DR3 gaia_source files (bulk CSV.gz, archive CSV/FITS/VOTable)."),
     "survey": ("xpmet.cli.etl_survey:survey", "Survey catalogues (FITS, CSV, ECSV, VOTable) through a descriptor."),
-    "xp": ("xpmet.cli.etl_gaia:xp", "Gaia DR3 XP continuous spectra (bulk ECSV.gz, archive, DataLink)."),
+    "xp": ("xpmet.cli.etl_xp:xp", "Gaia DR3 XP continuous spectra (bulk ECSV.gz, archive, DataLink)."),
 }
 
 

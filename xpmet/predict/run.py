@@ -164,6 +164,9 @@ def predict(model, *, where: str | None = None, batch: int = 4096, workers: int 
                               initargs=(ChunkJob(model, model_id, url, where, batch, token), threads)) as pool:
                     for read, written in pool.imap_unordered(_run_in_worker, chunks):
                         done(read, written)
+            if not where:  # every XP star has its prediction: xpmet.metallicity may show this model now
+                ctl.execute("UPDATE xpmet.models SET predictions_complete_at = now() WHERE model_id = %s",
+                            (model_id,))
         finally:
             bar.close()
             ctl.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, model_id))

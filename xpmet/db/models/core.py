@@ -147,6 +147,8 @@ models = sa.Table(
     sa.Column("metrics", JSONB),
     sa.Column("data_fingerprint", sa.Text),
     sa.Column("xpmet_version", sa.Text),
+    sa.Column("predictions_complete_at", sa.DateTime(timezone=True),
+              comment="when a predict run last covered every XP star (no --where)"),
     comment="Trained models registered by xpmet train",
 )
 

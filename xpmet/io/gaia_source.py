@@ -8,23 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from xpmet.db.models.columns import type_code
+from xpmet.db.models.core import gaia_source as gaia_source_table
 from xpmet.io.reader import Problem, TableSpec, read_table, source_id_problems
 
-_F8 = ("ref_epoch", "ra", "dec", "parallax", "pmra", "pmdec", "phot_g_mean_flux", "phot_bp_mean_flux",
-       "phot_rp_mean_flux", "l", "b")
-_F4 = ("ra_error", "dec_error", "parallax_error", "pmra_error", "pmdec_error", "ruwe", "phot_g_mean_flux_error",
-       "phot_g_mean_mag", "phot_bp_mean_flux_error", "phot_bp_mean_mag", "phot_rp_mean_flux_error",
-       "phot_rp_mean_mag", "phot_bp_rp_excess_factor", "bp_rp", "radial_velocity", "radial_velocity_error",
-       "teff_gspphot", "logg_gspphot", "mh_gspphot", "ag_gspphot", "ebpminrp_gspphot")
-
-#: the gaia_source columns xpmet stores, in table order
-GAIA_COLUMNS = ["source_id", "ref_epoch", "ra", "ra_error", "dec", "dec_error", "parallax", "parallax_error",
-                "pmra", "pmra_error", "pmdec", "pmdec_error", "ruwe", "phot_g_mean_flux",
-                "phot_g_mean_flux_error", "phot_g_mean_mag", "phot_bp_mean_flux", "phot_bp_mean_flux_error",
-                "phot_bp_mean_mag", "phot_rp_mean_flux", "phot_rp_mean_flux_error", "phot_rp_mean_mag",
-                "phot_bp_rp_excess_factor", "bp_rp", "radial_velocity", "radial_velocity_error",
-                "has_xp_continuous", "l", "b", "teff_gspphot", "logg_gspphot", "mh_gspphot", "ag_gspphot",
-                "ebpminrp_gspphot"]
+#: the gaia_source columns xpmet stores, in table order, and their types: from the table model
+GAIA_COLUMNS = [c.name for c in gaia_source_table.columns if c.name != "load_id"]
+_TYPES = {c.name: type_code(c) for c in gaia_source_table.columns if c.name != "load_id"}
 
 #: every column of the Gaia DR3 gaia_source table (bulk files carry all 152): not reported as unknown
 DR3_COLUMNS = frozenset((
@@ -63,7 +53,6 @@ DR3_COLUMNS = frozenset((
     "ebpminrp_gspphot", "ebpminrp_gspphot_lower", "ebpminrp_gspphot_upper", "libname_gspphot",
 ))
 
-_TYPES = {c: "f8" for c in _F8} | {c: "f4" for c in _F4} | {"source_id": "i8", "has_xp_continuous": "bool"}
 
 
 def check_gaia(data: dict) -> list[Problem]:

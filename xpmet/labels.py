@@ -35,6 +35,26 @@ def label_settings(engine=None) -> dict:
     return {k: row[k] for k in SETTINGS}
 
 
+#: a refresh waits at most this long for a lock (a reader it could not clear out of the way)
+REFRESH_LOCK_TIMEOUT = "60s"
+# REFRESH MATERIALIZED VIEW needs an exclusive lock, so one open reader transaction on the label views
+# would hold every refresh (and then every reader queued behind it) hostage: read-only sessions
+# holding locks on them are ended first, where this role may signal them.
+_CLEAR_READERS = """
+SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a
+WHERE a.usename = %(reader)s AND a.pid <> pg_backend_pid()
+  AND a.pid IN (SELECT pid FROM pg_locks
+                WHERE relation IN ('xpmet.labels'::regclass, 'xpmet.survey_zero_point'::regclass))
+  AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       OR pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'))"""
+
+
+def _prepare_refresh(execute) -> None:
+    from xpmet.db.readonly import READER
+    execute(f"SET LOCAL lock_timeout = '{REFRESH_LOCK_TIMEOUT}'", None)
+    execute(_CLEAR_READERS, {"reader": READER})
+
+
 def refresh(reference: str | None = None, engine=None, **options) -> dict:
     """Set the reference scale (a survey name) and other options, then recompute the label views.
 
@@ -63,6 +83,7 @@ def refresh(reference: str | None = None, engine=None, **options) -> dict:
         if changes:
             sets = ", ".join(f"{k} = :{k}" for k in changes)
             c.execute(sa.text(f"UPDATE xpmet.label_setting SET {sets}, updated_at = now() WHERE id = 1"), changes)
+        _prepare_refresh(lambda q, p: c.execute(sa.text(q.replace("%(reader)s", ":reader")), p or {}))
         c.execute(sa.text("SELECT xpmet.refresh_labels()"))
         ref = c.execute(sa.text("SELECT reference FROM xpmet.label_setting")).scalar()
         n_labels = c.execute(sa.text("SELECT count(*) FROM xpmet.labels")).scalar()
@@ -76,6 +97,7 @@ def refresh_on(conn) -> dict:
     """Refresh the label views inside the caller's open psycopg transaction (run_xmatch: the labels
     then commit together with the crossmatch they are built from); returns refresh()'s summary."""
     conn.execute("INSERT INTO xpmet.label_setting (id) VALUES (1) ON CONFLICT DO NOTHING")
+    _prepare_refresh(conn.execute)
     conn.execute("SELECT xpmet.refresh_labels()")
     ref = conn.execute("SELECT reference FROM xpmet.label_setting WHERE id = 1").fetchone()[0]
     n_labels = conn.execute("SELECT count(*) FROM xpmet.labels").fetchone()[0]

@@ -313,3 +313,37 @@ def test_survey_xmatch_and_predict_killed_then_rerun_equals_clean(clean_db, sky,
     clean = predict(Clean(), chunk_rows=40, progress=False)
     assert q(clean_db, PRED_CHECKSUM, m=mid) == q(clean_db, PRED_CHECKSUM, m=clean.model_id)
     assert q(clean_db, "SELECT count(*) FROM xpmet.predictions WHERE model_id = :m", m=mid) == 180
+
+
+GAIA_CHECKSUM = ("SELECT count(*) || ':' || md5(string_agg(concat_ws('|', source_id, ra, dec, pmra, pmdec, "
+                 "phot_g_mean_mag, bp_rp, ruwe), ',' ORDER BY source_id)) FROM xpmet.gaia_source")
+
+
+def test_gaia_source_and_label_refresh_killed_then_rerun_equals_clean(clean_db, sky):
+    files = sorted((sky / "gaia_source").glob("*.csv.gz"))
+    load_gaia_source([str(f) for f in files], progress=False)
+    want = q(clean_db, GAIA_CHECKSUM)
+    from conftest import truncate_all
+    truncate_all(clean_db)
+    # etl gaia-source killed before its first commit: nothing visible, no provenance; the re-run loads all
+    r = cli("etl", "gaia-source", *files, "--no-progress", env={"XPMET_FAULT": "before_commit:1"})
+    assert r.returncode == EXIT_CODE
+    assert q(clean_db, "SELECT count(*) FROM xpmet.gaia_source") == 0
+    assert q(clean_db, "SELECT count(*) FROM xpmet.etl_load") == 0
+    assert cli("etl", "gaia-source", *files, "--no-progress").returncode == 0
+    assert q(clean_db, GAIA_CHECKSUM) == want
+    assert q(clean_db, "SELECT count(*) FROM xpmet.etl_load WHERE status = 'done'") == len(files)
+    # xpmet labels killed before its commit: the label views and settings stay as they were
+    for name, path in survey_files(sky).items():
+        assert cli("etl", "survey", name, path).returncode == 0
+    run_xmatch(labels=False)
+    xlabels.refresh(reference="apogee")
+    before = labels_of(clean_db)
+    r = cli("labels", "--reference", "gbs", env={"XPMET_FAULT": "labels_before_commit"})
+    assert r.returncode == EXIT_CODE
+    assert q(clean_db, "SELECT reference FROM xpmet.label_setting") == "apogee"
+    assert_same_labels(labels_of(clean_db), before)
+    assert cli("labels", "--reference", "gbs").returncode == 0
+    killed_then_rerun = labels_of(clean_db)
+    xlabels.refresh(reference="gbs")   # an undisturbed refresh
+    assert_same_labels(labels_of(clean_db), killed_then_rerun)

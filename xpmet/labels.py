@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from xpmet.db.engine import connect
 from xpmet.errors import XpmetError
+from xpmet.faults import fault
 from xpmet.flags import LABEL_BITS  # noqa: F401  (re-exported: xpmet.labels.LABEL_BITS)
 
 #: Documented cuts of xpmet.training_set (see db/sql/labels.sql).
@@ -88,6 +89,7 @@ def refresh(reference: str | None = None, engine=None, **options) -> dict:
         ref = c.execute(sa.text("SELECT reference FROM xpmet.label_setting")).scalar()
         n_labels = c.execute(sa.text("SELECT count(*) FROM xpmet.labels")).scalar()
         status = dict(c.execute(sa.text("SELECT status, count(*) FROM xpmet.survey_zero_point GROUP BY status")).all())
+        fault("labels_before_commit")
     if ref not in names:
         status["warning"] = f"reference {ref!r} is not loaded: every survey is uncalibrated"
     return {"reference": ref, "n_labels": n_labels, "zero_points": status}

@@ -157,11 +157,15 @@ def test_units_and_descriptions_travel_as_field_metadata(exported):
     assert str(cat.catalog_info.extra_dict().get("xpmet_model_id")) == str(exported.model_id)
 
 
-def test_cli_refuses_to_overwrite_then_replaces_with_the_newest_model(sky, exported, run_cli, tmp_path):
+def test_cli_refuses_to_overwrite_then_replaces_with_another_model(sky, exported, run_cli, tmp_path):
     out = exported.path
     r = run_cli("export-hats", out, ok=False)
     assert r.exit_code == 1 and "--overwrite" in r.output and len(r.output.strip().splitlines()) == 1
-    r = run_cli("export-hats", out, "--overwrite", "--workers", 1, "--margin-arcsec", 0)  # the newest model
+    # without --model: the catalogue's model, i.e. the newest whose predictions are complete (the
+    # second model predicted the bright stars only), as xpmet.metallicity shows
+    r = run_cli("export-hats", tmp_path / "default", "--workers", 1, "--margin-arcsec", 0)
+    assert f"model {sky['first']}" in r.output
+    r = run_cli("export-hats", out, "--overwrite", "--model", sky["second"], "--workers", 1, "--margin-arcsec", 0)
     assert f"model {sky['second']}" in r.output
     cat = lsdb.open_catalog(out)
     df = cat.compute()

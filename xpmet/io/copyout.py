@@ -116,3 +116,16 @@ class RowReader:
             raise XpmetError(f"the COPY stream ended early ({len(self.buf)} stray bytes after "
                              f"{self.n_rows} rows); nothing of it was used")
         return out
+
+
+def select_arrays(conn, select_sql: str, params, cols: list[Col], max_rows: int = 65536):
+    """The rows of ``select_sql`` as dicts of numpy arrays, block by block, through one binary COPY:
+    xpmet's one path from the database to numpy (predict, evaluation, exports). Every row must have
+    one width (xpmet.db.models.columns.fixed_width_columns makes the SELECT list so)."""
+    import psycopg
+    query = psycopg.ClientCursor(conn).mogrify(select_sql, params) if params else select_sql
+    reader = RowReader(cols, max_rows=max_rows)
+    with conn.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT (FORMAT binary)") as cp:
+        for block in cp:
+            yield from reader.feed(block)
+    yield from reader.finish()

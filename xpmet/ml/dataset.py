@@ -178,9 +178,15 @@ def fingerprint(path) -> str:
     return h.hexdigest()
 
 
-_DB_COLUMNS = ("x.source_id, x.bp_coefficients, x.bp_coefficient_errors, x.rp_coefficients, "
-               "x.rp_coefficient_errors, x.bp_standard_deviation, x.rp_standard_deviation, "
-               "g.phot_g_mean_flux, g.phot_g_mean_mag, g.bp_rp, g.ag_gspphot, g.ruwe, g.phot_bp_rp_excess_factor")
+#: what read_db reads of each source (fixed-width forms: xpmet.db.models.columns.fixed_width_columns)
+DB_COLUMNS = ("source_id", "bp_coefficients", "bp_coefficient_errors", "rp_coefficients", "rp_coefficient_errors",
+              "bp_standard_deviation", "rp_standard_deviation", "phot_g_mean_flux", "phot_g_mean_mag", "bp_rp",
+              "ag_gspphot", "ruwe", "phot_bp_rp_excess_factor")
+
+
+def float64_batch(batch: dict) -> dict:
+    """source_id as int64, every other column as float64 (the arrays the models are fed)."""
+    return {k: np.asarray(v, np.int64 if k == "source_id" else np.float64) for k, v in batch.items()}
 
 
 def _rows_to_batch(rows, names) -> dict:
@@ -205,19 +211,21 @@ def _rows_to_batch(rows, names) -> dict:
 
 
 def read_db(source_ids, correlations: bool = False, chunk: int = 20000, url: str | None = None) -> XPArrays:
-    """XP spectra + Gaia photometry of the given sources straight from the database (no labels)."""
+    """XP spectra + Gaia photometry of the given sources straight from the database (no labels),
+    through the one database-to-numpy path (binary COPY, xpmet.io.copyout.select_arrays)."""
     from xpmet.db.engine import raw_connect
-    cols = _DB_COLUMNS + (", x.bp_coefficient_correlations, x.rp_coefficient_correlations" if correlations else "")
-    names = [c.strip().split(".")[1] for c in cols.split(",")]
+    from xpmet.db.models.columns import fixed_width_columns
+    from xpmet.io.copyout import select_arrays
+    names = DB_COLUMNS + (("bp_coefficient_correlations", "rp_coefficient_correlations") if correlations else ())
+    cols = fixed_width_columns(names)
     ids = np.unique(np.asarray(source_ids, np.int64))
     parts = []
     with raw_connect(url) as conn:
         for i in range(0, len(ids), chunk):
-            rows = conn.execute(f"SELECT {cols} FROM xpmet.xp_continuous x JOIN xpmet.gaia_source g "
-                                "USING (source_id) WHERE x.source_id = ANY(%s) ORDER BY x.source_id",
-                                (ids[i:i + chunk].tolist(),)).fetchall()
-            if rows:
-                parts.append(from_batch(_rows_to_batch(rows, names)))
+            sql = (f"SELECT {', '.join(e for e, _ in cols)} FROM xpmet.xp_continuous x "
+                   "JOIN xpmet.gaia_source g USING (source_id) WHERE x.source_id = ANY(%s) ORDER BY x.source_id")
+            for batch in select_arrays(conn, sql, (ids[i:i + chunk].tolist(),), [c for _, c in cols], max_rows=chunk):
+                parts.append(from_batch(float64_batch(batch)))
     if not parts:
         raise XpmetError("none of the requested sources has an XP spectrum in the database; "
                          "load them with `xpmet etl xp`.")

@@ -50,7 +50,9 @@ from xpmet import __version__
 from xpmet.progress import progress_bar
 from xpmet.errors import XpmetError
 from xpmet.faults import fault
-from xpmet.ml.dataset import LAYOUT_VERSION, SPLITS, _rows_to_batch
+from xpmet.db.models.columns import fixed_width_columns
+from xpmet.io.copyout import select_arrays
+from xpmet.ml.dataset import LAYOUT_VERSION, SPLITS, _rows_to_batch, float64_batch
 from xpmet.ml.normalise import LABELS, g_flux
 from xpmet.xp_coefficients import N_COEF, N_CORR
 
@@ -388,17 +390,17 @@ def _write_noise_sample(conn, f: h5py.File, opt: ExportOptions):
     if not opt.noise_sample or not n_all:
         return
     frac = min(1.0, opt.noise_sample / n_all)
-    rows = conn.execute(
-        "SELECT x.source_id, x.bp_coefficient_errors, x.rp_coefficient_errors, g.phot_g_mean_flux, "
-        "g.phot_g_mean_mag FROM xpmet.xp_continuous x JOIN xpmet.gaia_source g USING (source_id) "
-        "WHERE x.bp_coefficient_errors IS NOT NULL AND x.rp_coefficient_errors IS NOT NULL "
-        "AND (hashint8(x.source_id # %s) & 1048575) < %s LIMIT %s",
-        (opt.seed, int(frac * 1048576) + 1, opt.noise_sample)).fetchall()
-    if not rows:
+    cols = fixed_width_columns(("source_id", "bp_coefficient_errors", "rp_coefficient_errors",
+                                "phot_g_mean_flux", "phot_g_mean_mag"))
+    sql = (f"SELECT {', '.join(e for e, _ in cols)} FROM xpmet.xp_continuous x "
+           "JOIN xpmet.gaia_source g USING (source_id) "
+           "WHERE x.bp_coefficient_errors IS NOT NULL AND x.rp_coefficient_errors IS NOT NULL "
+           "AND (hashint8(x.source_id # %s) & 1048575) < %s LIMIT %s")
+    blocks = [float64_batch(b) for b in select_arrays(conn, sql, (opt.seed, int(frac * 1048576) + 1, opt.noise_sample),
+                                                      [c for _, c in cols], max_rows=opt.noise_sample)]
+    if not blocks:
         return
-    b = _rows_to_batch(rows, ["source_id", "bp_coefficient_errors", "rp_coefficient_errors",
-                              "phot_g_mean_flux", "phot_g_mean_mag"])
-    write_noise_group(f, b)
+    write_noise_group(f, {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]})
 
 
 def write_noise_group(f: h5py.File, b: dict):

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import psycopg
 
-from xpmet.db.models.columns import copy_columns, type_code
-from xpmet.db.models.core import predictions as predictions_table, xp_continuous
+from xpmet.db.models.columns import copy_columns, fixed_width_columns
+from xpmet.db.models.core import predictions as predictions_table
 from xpmet.errors import XpmetError
 from xpmet.io.pgcopy import Col
-from xpmet.xp_coefficients import N_COEF, N_CORR
 
 
 #: source_id // 2**35 is the HEALPix level-12 (nested) pixel of a Gaia source.
@@ -34,16 +33,6 @@ DEFAULT_NEEDS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "rp_co
                  "rp_coefficient_errors", "phot_g_mean_mag", "phot_g_mean_flux", "bp_rp", "parallax"]
 
 
-# Where each input column comes from and how it travels: (table alias, Col, SQL type for NaN fill).
-_SQL_TYPE = {"f8[]": "float8", "f4[]": "real"}
-
-
-_XP_ARRAYS = {f"{b}_{what}": (type_code(xp_continuous.c[f"{b}_{what}"]), n,
-                              _SQL_TYPE[type_code(xp_continuous.c[f"{b}_{what}"])])
-              for b in ("bp", "rp") for what, n in (("coefficients", N_COEF), ("coefficient_errors", N_COEF),
-                                                    ("coefficient_correlations", N_CORR))}
-
-
 #: the predictions table's columns as the COPY writes them (from the table model)
 OUTPUTS = copy_columns(predictions_table)
 
@@ -53,30 +42,13 @@ PREDICTED = [c.name for c in OUTPUTS if c.name not in ("model_id", "source_id", 
 
 
 def input_columns(needs) -> list[tuple[str, Col]]:
-    """(SQL expression, Col) per input column; NULLs become NaN so that every row has one width."""
-    from xpmet.db.models import gaia_source, xp_continuous
+    """(SQL expression, Col) per input column (source_id and the XP load first); NULLs become NaN so
+    that every row has one width."""
     names = ["source_id", "load_id"] + [n for n in (needs or DEFAULT_NEEDS) if n not in ("source_id", "load_id")]
-    out = []
-    for name in dict.fromkeys(names):
-        if name == "source_id":
-            out.append(("x.source_id", Col("source_id", "i8")))
-        elif name == "load_id":  # the XP load predicted from: written with the prediction
-            out.append(("x.load_id", Col("load_id", "i4")))
-        elif name in _XP_ARRAYS:
-            typ, n, sqltype = _XP_ARRAYS[name]
-            out.append((f"coalesce(x.{name}, array_fill('NaN'::{sqltype}, ARRAY[{n}]))", Col(name, typ, n)))
-        else:
-            table = "x" if name in xp_continuous.c else "g" if name in gaia_source.c else None
-            if table is None:
-                raise XpmetError(f"the model needs column {name!r}, which is neither in xp_continuous nor "
-                                 "in gaia_source")
-            col = (xp_continuous if table == "x" else gaia_source).c[name]
-            if col.type.python_type is bool:
-                raise XpmetError(f"boolean input column {name!r} is not supported")
-            sqltype = "float8" if "DOUBLE" in str(col.type).upper() else "real"
-            out.append((f"coalesce({table}.{name}::{sqltype}, 'NaN')",
-                        Col(name, "f8" if sqltype == "float8" else "f4")))
-    return out
+    try:
+        return fixed_width_columns(names)
+    except XpmetError as e:
+        raise XpmetError(f"the model needs {e}") from None
 
 
 def _select(inputs, model_id: int, lo: int, hi: int, where: str | None) -> str:

@@ -2,6 +2,7 @@
 
     copy_columns(predictions)                    # every column, in table order, as pgcopy.Col
     copy_columns(gaia_source, exclude={"load_id"})
+    fixed_width_columns(["source_id", "bp_coefficients", "phot_g_mean_mag"])   # for COPY ... TO
 """
 from __future__ import annotations
 
@@ -40,3 +41,33 @@ def numpy_dtype(column: sa.Column) -> str:
     """The numpy dtype string of a scalar model column."""
     code = type_code(column)
     return {"bool": "bool", "text": "object"}.get(code, code)
+
+
+_SQL_ARRAY = {"f8[]": "float8", "f4[]": "real"}
+
+
+def fixed_width_columns(names) -> list[tuple[str, Col]]:
+    """(SQL expression, Col) per column of xp_continuous (alias x) or gaia_source (alias g), in a form
+    every row has the same width in: NULL scalars become NaN, a NULL array a row of NaN. What
+    :func:`xpmet.io.copyout.select_arrays` decodes."""
+    from xpmet.db.models.core import N_COEF, N_CORR, gaia_source, xp_continuous
+    from xpmet.errors import XpmetError
+    out = []
+    for name in dict.fromkeys(names):
+        if name in ("source_id", "load_id"):
+            out.append((f"x.{name}", Col(name, type_code(xp_continuous.c[name]))))
+        elif name.endswith(("_coefficients", "_coefficient_errors", "_coefficient_correlations")):
+            typ = type_code(xp_continuous.c[name])
+            n = N_CORR if name.endswith("correlations") else N_COEF
+            out.append((f"coalesce(x.{name}, array_fill('NaN'::{_SQL_ARRAY[typ]}, ARRAY[{n}]))", Col(name, typ, n)))
+        else:
+            table = "x" if name in xp_continuous.c else "g" if name in gaia_source.c else None
+            if table is None:
+                raise XpmetError(f"column {name!r}, which is neither in xp_continuous nor in gaia_source")
+            col = (xp_continuous if table == "x" else gaia_source).c[name]
+            typ = type_code(col)
+            if typ not in ("f4", "f8"):
+                raise XpmetError(f"column {name!r}, which is not a float column (type {typ})")
+            sqltype = "float8" if typ == "f8" else "real"
+            out.append((f"coalesce({table}.{name}::{sqltype}, 'NaN')", Col(name, typ)))
+    return out

@@ -10,7 +10,6 @@ import pytest
 from predict_helpers import ColourPredictor, insert_sky
 from xpmet import query
 from xpmet.db.engine import raw_connect
-from xpmet.errors import XpmetError
 from xpmet.predict import predict
 from xpmet.query import METALLICITY_COLUMNS
 

@@ -18,10 +18,14 @@ the known logg and [M/H] biases) and Pristine (CSV, photometric [Fe/H] only).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xpmet.simulate import galaxy
+
+if TYPE_CHECKING:  # annotations only: the writers import astropy when they run
+    from astropy.table import Table
 
 SENTINEL = -9999.0
 LABELS = ("teff", "logg", "feh", "alpha_fe")

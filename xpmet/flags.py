@@ -61,14 +61,14 @@ LABEL_BITS = {
 #: Prediction quality bits (xpmet.ml.inference sets them; thresholds are constants there). "Flags:"
 #: the share of genuine stars each bit flags, median [range] over seeds 7, 8, 9 of
 #: ``benchmarks/bench_train.py --n-stars 8000 --only flags`` (SIMULATED sky, default single-model
-#: estimator, ~5,800 never-surveyed stars scored per seed; the same runs flag 99.3-100 % of the
-#: 136 injected quasars and white dwarfs, and recommend 87-90 % of [Fe/H] < -2 stars against
-#: 90-92 % of all stars).
+#: estimator, ~5,800 never-surveyed stars scored per seed; the same runs flag 100 % of the 136
+#: injected quasars and white dwarfs, and recommend 87-89 % of [Fe/H] < -2 stars against 92 % of
+#: all stars).
 PREDICTION_BITS = {
     # a predicted Teff, log g or [Fe/H] beyond the range the training labels span (3rd smallest to
     # 3rd largest value) by more than twice its uncertainty; rare-but-covered labels (very metal-poor
-    # stars inside the range) do not trip it. Flags 0.9 % [0.8-1.6]; 0 % of [Fe/H] < -2 stars inside
-    # the training labels' range in Teff, log g and [Fe/H] (9-29 % of those outside it, e.g. blue
+    # stars inside the range) do not trip it. Flags 1.2 % [0.7-1.3]; 0 % of [Fe/H] < -2 stars inside
+    # the training labels' range in Teff, log g and [Fe/H] (19-54 % of those outside it, e.g. blue
     # horizontal-branch stars hotter than any training star)
     "out_of_training_range": 0,
     # S/N of the whole spectrum, sqrt(sum (c/e)^2) over the 110 coefficients, below LOW_SNR = 300:
@@ -79,12 +79,12 @@ PREDICTION_BITS = {
     # emulator: reduced chi2 > POOR_FIT_CHI2; ensemble: members disagree by > POOR_FIT_SPREAD sigma;
     # single estimator: [Fe/H] moves by more than POOR_FIT_SENSITIVITY x its stated uncertainty when
     # the coefficients move by their errors (first-order propagation through the network): the
-    # stated uncertainty cannot be trusted (z-spread 4.1 where it fired, 1.6 elsewhere). Flags 0 % [0-1.8]
+    # stated uncertainty cannot be trusted (z-spread 4.1 where it fired, 1.6 elsewhere). Flags 0 % [0-0]
     "poor_fit": 3,
     # the spectrum is unlike the training spectra (xpmet.ml.ood: residual from the training stars'
     # principal components, or distance within them, far beyond the training stars' 99th
-    # percentile): quasars, white dwarfs, hot stars, blends. Flags 0.6 % [0.4-0.9] of stars (0-1.1 %
-    # of [Fe/H] < -2 stars) and 99.3-100 % of the quasars and white dwarfs on its own
+    # percentile): quasars, white dwarfs, hot stars, blends. Flags 0.3 % [0.1-0.3] of stars (0 % of
+    # [Fe/H] < -2 stars) and 100 % of the quasars and white dwarfs on its own
     "unlike_training": 4,
     # G outside the magnitudes the model was trained on (training split; fainter down to the
     # augmentation's target magnitudes when spectra were degraded). Flags 0 % (stars predicted lie

@@ -122,7 +122,8 @@ def prediction_rows(sid, model_id):
             "teff": f4(rng.uniform(4000, 7000, n)), "teff_err": f4(np.full(n, 80)), "logg": f4(rng.uniform(1, 5, n)),
             "logg_err": f4(np.full(n, 0.1)), "feh": f4(rng.normal(-0.3, 0.5, n)), "feh_err": f4(np.full(n, 0.1)),
             "alpha_fe": f4(np.full(n, 0.1)), "alpha_fe_err": f4(np.full(n, 0.05)), "fit_stat": f4(np.ones(n)),
-            "quality_flags": np.zeros(n, np.int32), "recommended": np.ones(n, bool)}
+            "quality_flags": np.zeros(n, np.int32), "recommended": np.ones(n, bool),
+            "load_id": np.ones(n, np.int32)}  # predictions record the XP load they came from
 
 
 # -- measurements -------------------------------------------------------------------------------

@@ -50,10 +50,11 @@ WHERE a.usename = %(reader)s AND a.pid <> pg_backend_pid()
        OR pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'))"""
 
 
-def _prepare_refresh(execute) -> None:
+def _prepare_refresh(conn) -> None:
+    """In the refresh's transaction (a psycopg connection): bound the lock wait, clear readers."""
     from xpmet.db.readonly import READER
-    execute(f"SET LOCAL lock_timeout = '{REFRESH_LOCK_TIMEOUT}'", None)
-    execute(_CLEAR_READERS, {"reader": READER})
+    conn.execute(f"SET LOCAL lock_timeout = '{REFRESH_LOCK_TIMEOUT}'")
+    conn.execute(_CLEAR_READERS, {"reader": READER})
 
 
 def refresh(reference: str | None = None, engine=None, **options) -> dict:
@@ -84,7 +85,7 @@ def refresh(reference: str | None = None, engine=None, **options) -> dict:
         if changes:
             sets = ", ".join(f"{k} = :{k}" for k in changes)
             c.execute(sa.text(f"UPDATE xpmet.label_setting SET {sets}, updated_at = now() WHERE id = 1"), changes)
-        _prepare_refresh(lambda q, p: c.execute(sa.text(q.replace("%(reader)s", ":reader")), p or {}))
+        _prepare_refresh(c.connection.driver_connection)  # the same transaction, through psycopg
         c.execute(sa.text("SELECT xpmet.refresh_labels()"))
         ref = c.execute(sa.text("SELECT reference FROM xpmet.label_setting")).scalar()
         n_labels = c.execute(sa.text("SELECT count(*) FROM xpmet.labels")).scalar()
@@ -99,7 +100,7 @@ def refresh_on(conn) -> dict:
     """Refresh the label views inside the caller's open psycopg transaction (run_xmatch: the labels
     then commit together with the crossmatch they are built from); returns refresh()'s summary."""
     conn.execute("INSERT INTO xpmet.label_setting (id) VALUES (1) ON CONFLICT DO NOTHING")
-    _prepare_refresh(conn.execute)
+    _prepare_refresh(conn)
     conn.execute("SELECT xpmet.refresh_labels()")
     ref = conn.execute("SELECT reference FROM xpmet.label_setting WHERE id = 1").fetchone()[0]
     n_labels = conn.execute("SELECT count(*) FROM xpmet.labels").fetchone()[0]

@@ -36,36 +36,22 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cluster import server_cpu  # noqa: E402  (one way of counting the server's CPU)
+
 FULL_XP = 219_000_000
 FULL_SOURCES = 1_811_709_771
 #: survey rows of the catalogues xpmet ships descriptors for, roughly (LAMOST DR8 LRS ~7 M, GSP-Spec
 #: 5.6 M, APOGEE DR17 0.73 M, GALAH DR3 0.59 M, RAVE DR6 0.5 M, SEGUE 0.4 M, Gaia-ESO 0.1 M):
 #: survey loads, the crossmatch, export and training scale with it, not with the XP stars
 FULL_SURVEY_ROWS = 15_000_000
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 def server_cpu_seconds(data_dir: Path) -> float:
-    """CPU time of the cluster so far: the postmaster (with its reaped children) and live backends."""
+    """CPU time of the cluster so far (bench_cluster.server_cpu: the postmaster, its reaped and live
+    backends)."""
     pid_file = data_dir / "postmaster.pid"
-    if not pid_file.exists():
-        return 0.0
-    master = int(pid_file.read_text().split()[0])
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(entry), int(fields[1])
-        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        if pid == master:
-            total += utime + stime + cutime + cstime
-        elif ppid == master:
-            total += utime + stime
-    return total / CLK
+    return server_cpu(int(pid_file.read_text().split()[0])) if pid_file.exists() else 0.0
 
 
 class Stage:
@@ -90,11 +76,19 @@ class Rehearsal:
         self.env.pop("XPMET_DATABASE_URL", None)
         self.stages: list[Stage] = []
 
-    def data_dir(self) -> Path:
-        out = subprocess.run([sys.executable, "-m", "xpmet", "db", "status"], env=self.env,
-                             capture_output=True, text=True).stdout
-        cluster = next(line.split(None, 1)[1] for line in out.splitlines() if line.startswith("cluster"))
-        return Path(cluster.strip()) / "data"
+    def start_database(self):
+        """Start the rehearsal's cluster; its data folder and URL are asked once."""
+        def xpmet(*args):
+            return subprocess.run([sys.executable, "-m", "xpmet", *args], env=self.env, check=True,
+                                  capture_output=True, text=True).stdout
+        xpmet("db", "start")
+        cluster = next(line.split(None, 1)[1] for line in xpmet("db", "status").splitlines()
+                       if line.startswith("cluster"))
+        self.data = Path(cluster.strip()) / "data"
+        self.url = xpmet("db", "url").strip()
+
+    def count(self, sql) -> int:
+        return int(subprocess.run(["psql", "-Atc", sql, self.url], capture_output=True, text=True).stdout.strip() or 0)
 
     def fixed(self, *args, dask=False):
         """The CPU of the last stage's command run again (everything already done: files skipped,
@@ -111,7 +105,7 @@ class Rehearsal:
         if dask and self.cluster:
             cmd += ["--cluster", self.cluster]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        s0 = server_cpu_seconds(self.data_dir())
+        s0 = server_cpu_seconds(self.data)
         t0 = time.perf_counter()
         r = subprocess.run(cmd, env=self.env, cwd=self.work, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -119,7 +113,7 @@ class Rehearsal:
             sys.exit(f"{name}: {' '.join(cmd)} exited {r.returncode}\n{r.stderr[-2000:]}")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         client = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        server = server_cpu_seconds(self.data_dir()) - s0
+        server = server_cpu_seconds(self.data) - s0
         stage = Stage(name, rows() if callable(rows) else rows, wall, client, server, after.ru_maxrss / 1024)
         self.stages.append(stage)
         if quiet:
@@ -129,13 +123,6 @@ class Rehearsal:
               f"client {d['client_cpu_s_per_row'] * 1e3:7.3f} ms/row  server {d['server_cpu_s_per_row'] * 1e3:7.3f} ms/row",
               flush=True)
         return r.stdout
-
-
-def count(env, sql) -> int:
-    out = subprocess.run(["psql", "-Atc", sql, subprocess.run(
-        [sys.executable, "-m", "xpmet", "db", "url"], env=env, capture_output=True, text=True).stdout.strip()],
-        capture_output=True, text=True)
-    return int(out.stdout.strip() or 0)
 
 
 def projection(stages: list[Stage], n_xp: int, n_sources: int, n_survey: int, nodes: int, cores: int,
@@ -181,9 +168,9 @@ def main(argv=None):
         subprocess.run([sys.executable, "-m", "xpmet", "simulate", work / "sky", "--n-stars", str(a.n_stars),
                         "--seed", "1", "--overwrite"], env=rh.env, check=True, capture_output=True)
         print(f"simulate       {a.n_stars:>10,d} XP stars in {time.perf_counter() - t0:.0f} s (not a pipeline stage)")
-        subprocess.run([sys.executable, "-m", "xpmet", "db", "start"], env=rh.env, check=True, capture_output=True)
+        rh.start_database()
         sky = work / "sky"
-        rh.run("etl gaia", lambda: count(rh.env, "SELECT count(*) FROM xpmet.gaia_source"),
+        rh.run("etl gaia", lambda: rh.count("SELECT count(*) FROM xpmet.gaia_source"),
                "etl", "gaia-source", sky / "gaia_source", dask=True)
         n_sources = rh.stages[-1].rows
         rh.fixed("etl", "gaia-source", sky / "gaia_source", dask=True)
@@ -192,11 +179,11 @@ def main(argv=None):
         from xpmet.simulate import survey_files
         for name, path in survey_files(sky).items():
             rows = f"SELECT count(*) FROM xpmet.survey_star JOIN xpmet.survey USING (survey_id) WHERE name = '{name}'"
-            rh.run(f"etl {name}", lambda sql=rows: count(rh.env, sql), "etl", "survey", name, path, dask=True)
+            rh.run(f"etl {name}", lambda sql=rows: rh.count(sql), "etl", "survey", name, path, dask=True)
             rh.fixed("etl", "survey", name, path, dask=True)
-        survey_rows = count(rh.env, "SELECT count(*) FROM xpmet.survey_star")
+        survey_rows = rh.count("SELECT count(*) FROM xpmet.survey_star")
         rh.run("xmatch+labels", survey_rows, "xmatch")
-        n_train = count(rh.env, "SELECT count(*) FROM xpmet.training_set")
+        n_train = rh.count("SELECT count(*) FROM xpmet.training_set")
         rh.run("export", n_train, "export", work / "train.h5", dask=True)
         rh.run("train", n_train, "train", work / "train.h5", "--out", work / "model", "--epochs", a.epochs,
                "--threads", 1)

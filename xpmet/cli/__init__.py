@@ -89,6 +89,7 @@ def _fail(message: str):
 
 #: name -> ("module:attribute", one-line summary shown by `xpmet --help`)
 COMMANDS = {
+    "clean": ("xpmet.cli.clean:clean_cmd", "Drop training stars whose XP photometry contradicts their labels."),
     "db": ("xpmet.cli.db:db", "The database: start, stop, status, url, migrate."),
     "demo": ("xpmet.cli.demo:demo", "The whole system end to end on a SIMULATED sky, in its own database."),
     "etl": ("xpmet.cli.etl:etl", "Load Gaia sources, XP spectra and survey catalogues."),

@@ -82,11 +82,12 @@ def from_batch(batch: dict) -> XPArrays:
 
 
 def read(path, split: str | None = None, correlations: bool = False, limit: int | None = None,
-         rows: np.ndarray | None = None) -> XPArrays:
+         rows: np.ndarray | None = None, cleaned: bool = True) -> XPArrays:
     """Read one split ('train', 'valid', 'test') or all rows of a training file.
 
     ``rows``: sorted file row numbers to read instead of a split (one rank's shard); blocks
-    without any of them are not read.
+    without any of them are not read. ``cleaned``: leave out the train/valid rows that
+    ``xpmet clean`` dropped (/cleaning/keep, :mod:`xpmet.ml.cleaning`); False reads them too.
     """
     path = Path(path)
     if not path.exists():
@@ -112,7 +113,7 @@ def read(path, split: str | None = None, correlations: bool = False, limit: int 
                 keep[:] = False
                 keep[rows[lo:hi] - start] = True
             elif split is not None:
-                keep = f["split"][sl] == SPLITS[split]
+                keep = _in_split(f, split, sl, cleaned)
             if not keep.any():
                 continue
             b = {"source_id": f["source_id"][sl][keep]}
@@ -138,10 +139,18 @@ def read(path, split: str | None = None, correlations: bool = False, limit: int 
     return out.subset(slice(0, limit)) if limit else out
 
 
-def split_rows(path, split: str) -> np.ndarray:
+def split_rows(path, split: str, cleaned: bool = True) -> np.ndarray:
     """File row numbers of one split, in file order (the order :func:`read` returns them)."""
     with h5py.File(path, "r") as f:
-        return np.flatnonzero(f["split"][:] == SPLITS[split])
+        return np.flatnonzero(_in_split(f, split, slice(None), cleaned))
+
+
+def _in_split(f, split: str, sl: slice, cleaned: bool) -> np.ndarray:
+    """Rows f[sl] of the split, less the train/valid rows `xpmet clean` dropped (when cleaned)."""
+    sel = f["split"][sl] == SPLITS[split]
+    if cleaned and split != "test" and "cleaning/keep" in f:
+        sel &= f["cleaning/keep"][sl]
+    return sel
 
 
 def attributes(path) -> dict:

@@ -30,8 +30,11 @@ def synthetic_photometry(bp, bp_err, rp, rp_err, bp_corr=None, rp_corr=None, bp_
                          bands=tuple(BANDS)) -> dict:
     """Magnitudes and their 1-sigma errors for raw coefficient arrays (n,55).
 
-    Correlations (n,1485) default to zero (diagonal covariance) and standard deviations to 1
-    (the DR3 errors already include them). Rows with a missing band give NaN.
+    Correlations (n,1485) default to zero (diagonal covariance); standard deviations (n,) to 1
+    where absent or not positive. They do not change the result: GaiaXPy divides the errors by
+    them to build the covariance and multiplies the propagated flux errors back, so its errors
+    treat the published coefficient errors as already including the standard deviation.
+    Rows with a missing band give NaN.
     Returns {band: mag (n,), band + "_err": mag error (n,)}.
     """
     from gaiaxpy import PhotometricSystem, generate
@@ -47,6 +50,10 @@ def synthetic_photometry(bp, bp_err, rp, rp_err, bp_corr=None, rp_corr=None, bp_
         """Rows idx of a, or a constant (only as many rows as are sent to GaiaXPy) when a is None."""
         return list(np.full((len(idx), *tail), fill) if a is None else np.asarray(a, np.float64)[idx])
 
+    def sd(a):
+        """A missing (NaN) or non-positive standard deviation would make GaiaXPy drop the band."""
+        return pick(None if a is None else np.where(np.asarray(a, np.float64) > 0, a, 1.0), 1.0)
+
     df = pd.DataFrame({
         "source_id": np.arange(len(idx), dtype=np.int64),
         "bp_coefficients": list(bp[idx]), "bp_coefficient_errors": list(np.asarray(bp_err, np.float64)[idx]),
@@ -54,7 +61,7 @@ def synthetic_photometry(bp, bp_err, rp, rp_err, bp_corr=None, rp_corr=None, bp_
         "bp_coefficient_correlations": pick(bp_corr, 0.0, (N_CORR,)),
         "rp_coefficient_correlations": pick(rp_corr, 0.0, (N_CORR,)),
         "bp_n_parameters": N_COEF, "rp_n_parameters": N_COEF,
-        "bp_standard_deviation": pick(bp_sd, 1.0), "rp_standard_deviation": pick(rp_sd, 1.0),
+        "bp_standard_deviation": sd(bp_sd), "rp_standard_deviation": sd(rp_sd),
     })
     systems = sorted({BANDS[b][0] for b in bands})
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -120,3 +120,26 @@ def photometry(arrays, path):
         ax2.set_ylabel("Δ mag")
         ax2.legend(fontsize=7)
     _save(fig, path)
+
+
+def cleaning_histogram(residual, dropped_in, thresholds, bands, path):
+    """Per band: the first iteration's normalised residuals (kept and dropped stars) and each iteration's cut."""
+    fig, axes = _subplots(1, len(bands), figsize=(5 * len(bands), 4), squeeze=False)
+    for j, (ax, b) in enumerate(zip(axes[0], bands)):
+        z = residual[0][:, j]
+        ok = np.isfinite(z)
+        lo, hi = np.nanpercentile(z[ok], [0.5, 99.5]) if ok.any() else (-1, 1)
+        span = max(hi - lo, 1e-6)
+        bins = np.linspace(lo - 0.3 * span, hi + 0.3 * span, 60)
+        zc = np.clip(z, bins[0], bins[-1])  # outliers piled up at the edges, not lost
+        ax.hist(zc[ok & (dropped_in == 0)], bins=bins, histtype="stepfilled", alpha=0.6, label="kept")
+        ax.hist(zc[ok & (dropped_in > 0)], bins=bins, histtype="stepfilled", alpha=0.8, color="C3", label="dropped")
+        for it, cut in enumerate(thresholds):
+            for v in cut[j]:
+                ax.axvline(v, color="k", ls="--" if it else "-", lw=1, alpha=1.0 / (1 + it))
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{b}: (emulated − observed) / σ")
+        ax.set_ylabel("stars")
+        ax.set_title(f"cuts: iteration 1 (solid) … {len(thresholds)}")
+        ax.legend(fontsize=7)
+    _save(fig, path)

@@ -1,11 +1,12 @@
 """Every bitmask xpmet stores, in one place: bit numbers, what each means, and the SQL they render into.
 
-Four families, one per column:
+Five families, one per column:
 
 - ``SURVEY_QUALITY_BITS``: ``survey_star.quality_flags`` (set by the survey loader);
 - ``XMATCH_BITS``: ``xmatch.flags`` (set by the crossmatch);
 - ``LABEL_BITS``: ``labels.label_flags`` (set by the label views);
 - ``PREDICTION_BITS``: ``predictions.quality_flags`` (set by inference; ``recommended`` = none set).
+- ``EXTERNAL_PHOT_BITS``: ``external_photometry.phot_flags`` (set by that view).
 
 The SQL files under db/sql/ never spell a bit number: they write ``{{bit:label.feh_discordant}}``
 (the bit number) or ``{{mask:label.feh_discordant|ambiguous_match}}`` (the OR of the values), and
@@ -99,8 +100,23 @@ PREDICTION_BITS = {
     "bp_rp_excess": 7,
 }
 
+#: ``external_photometry.phot_flags`` (the view, db/sql/external_photometry.sql, reads the catalogues'
+#: own flags and the Gaia best-neighbour counts). A band that is an upper limit has no magnitude there.
+EXTERNAL_PHOT_BITS = {
+    "tmass_j_poor": 0,          # 2MASS ph_qual of the band is not A, B or C (S/N < 5, or no reliable error)
+    "tmass_h_poor": 1,
+    "tmass_ks_poor": 2,
+    "tmass_contaminated": 3,    # 2MASS cc_flg is not 0 in J, H or Ks (persistence, diffraction spike, confusion)
+    "tmass_shared": 4,          # number_of_mates > 0: other Gaia sources share this 2MASS source (blend)
+    "w1_poor": 5,               # AllWISE ph_qual of the band is not A or B (S/N < 3)
+    "w2_poor": 6,
+    "allwise_contaminated": 7,  # AllWISE cc_flags is not 0 in W1 or W2 (spike, persistence, halo, ghost)
+    "allwise_shared": 8,        # number_of_mates > 0 for the AllWISE neighbour
+}
+
 FAMILIES = {"survey_quality": SURVEY_QUALITY_BITS, "xmatch": XMATCH_BITS, "label": LABEL_BITS,
-            "prediction": PREDICTION_BITS}
+            "prediction": PREDICTION_BITS,
+            "external_photometry": EXTERNAL_PHOT_BITS}
 
 
 def mask(bits: dict[str, int], *names: str) -> int:

@@ -1,8 +1,8 @@
-"""Files shipped inside the package: the Alembic migrations, the SQL they apply, the survey descriptors.
+"""Files shipped inside the package: the Alembic migrations, the SQL they apply, the survey and photometry descriptors.
 
-In the repository they live at the top (migrations/, db/sql/, etl/surveys/, as the design card
+In the repository they live at the top (migrations/, db/sql/, etl/surveys/, etl/photometry/, as the design card
 lays out); pyproject.toml maps them into the package (xpmet.migrations, xpmet.sql,
-xpmet.survey_descriptors), so a wheel carries them and an editable install finds them in place.
+xpmet.survey_descriptors, xpmet.photometry_descriptors), so a wheel carries them and an editable install finds them in place.
 They are always found through the import system, never through the checkout's path.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 MIGRATIONS = "xpmet.migrations"
 SQL = "xpmet.sql"
 SURVEY_DESCRIPTORS = "xpmet.survey_descriptors"
+PHOTOMETRY_DESCRIPTORS = "xpmet.photometry_descriptors"
 
 
 def _directory(package: str) -> Path:
@@ -40,3 +41,12 @@ def survey_descriptor(name: str) -> Traversable:
 
 def survey_descriptor_names() -> list[str]:
     return sorted(p.name[:-5] for p in files(SURVEY_DESCRIPTORS).iterdir() if p.name.endswith(".toml"))
+
+
+def photometry_descriptor(name: str) -> Traversable:
+    """etl/photometry/<name>.toml (may not exist: check .is_file())."""
+    return files(PHOTOMETRY_DESCRIPTORS).joinpath(f"{name}.toml")
+
+
+def photometry_descriptor_names() -> list[str]:
+    return sorted(p.name[:-5] for p in files(PHOTOMETRY_DESCRIPTORS).iterdir() if p.name.endswith(".toml"))

@@ -1,0 +1,1 @@
+"""Photometry descriptors (one TOML per catalogue or best-neighbour file kind), shipped as xpmet.photometry_descriptors."""

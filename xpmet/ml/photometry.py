@@ -26,6 +26,20 @@ BANDS = {
 _MAG_PER_FLUX = 2.5 / np.log(10)
 
 
+@contextlib.contextmanager
+def _quiet():
+    """GaiaXPy's progress bars off xpmet's output: some write to the ``sys.stdout`` their module
+    imported (``from sys import stdout``), which ``redirect_stdout`` cannot reach."""
+    from gaiaxpy.generator import multi_synthetic_photometry_generator as gen
+    sink, old = io.StringIO(), getattr(gen, "stdout", None)
+    gen.stdout = sink
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        gen.stdout = old
+
+
 def synthetic_photometry(bp, bp_err, rp, rp_err, bp_corr=None, rp_corr=None, bp_sd=None, rp_sd=None,
                          bands=tuple(BANDS)) -> dict:
     """Magnitudes and their 1-sigma errors for raw coefficient arrays (n,55).
@@ -64,8 +78,7 @@ def synthetic_photometry(bp, bp_err, rp, rp_err, bp_corr=None, rp_corr=None, bp_
         "bp_standard_deviation": sd(bp_sd), "rp_standard_deviation": sd(rp_sd),
     })
     systems = sorted({BANDS[b][0] for b in bands})
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        # GaiaXPy prints progress to stdout; keep xpmet's output clean
+    with _quiet():
         res = generate(df, photometric_system=[getattr(PhotometricSystem, s) for s in systems],
                        save_file=False, error_correction=False)
     res = res.sort_values("source_id")

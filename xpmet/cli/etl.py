@@ -5,6 +5,7 @@ from xpmet.cli import LazyGroup
 
 COMMANDS = {
     "gaia-source": ("xpmet.cli.etl_gaia_source:gaia_source", "Gaia DR3 gaia_source files (bulk CSV.gz, archive CSV/FITS/VOTable)."),
+    "photometry": ("xpmet.cli.etl_photometry:photometry", "2MASS and AllWISE photometry with the Gaia best-neighbour files that join it."),
     "survey": ("xpmet.cli.etl_survey:survey", "Survey catalogues (FITS, CSV, ECSV, VOTable) through a descriptor."),
     "xp": ("xpmet.cli.etl_xp:xp", "Gaia DR3 XP continuous spectra (bulk ECSV.gz, archive, DataLink)."),
 }

@@ -16,7 +16,9 @@ Layout (all datasets have one row per star, gzip + shuffle, chunked by CHUNK row
     /xp/rp_coefficient_correlations
     /phot/<col>                        f8 (n,): ra, dec, phot_g_mean_mag, phot_bp_mean_mag,
                                        phot_rp_mean_mag, bp_rp, phot_g_mean_flux, parallax,
-                                       parallax_error, ag_gspphot (NaN = NULL)
+                                       parallax_error, ag_gspphot (NaN = NULL); and from the view
+                                       external_photometry tmass_j, tmass_h, tmass_ks, w1, w2 with
+                                       their _err (NaN: not loaded, no best neighbour, upper limit)
     /labels/<label>, <label>_err       f4 (n,): teff, logg, feh, alpha_fe (NaN = unknown)
     /labels/n_surveys, label_flags     int32 (n,)
     /labels/surveys                    utf-8 string (n,): comma-separated survey names
@@ -51,6 +53,7 @@ from xpmet.progress import progress_bar
 from xpmet.errors import XpmetError
 from xpmet.faults import fault
 from xpmet.db.models.columns import fixed_width_columns
+from xpmet.db.models.photometry import EXTERNAL_PHOT
 from xpmet.io.copyout import select_arrays
 from xpmet.ml.dataset import LAYOUT_VERSION, SPLITS, _rows_to_batch, float64_batch
 from xpmet.ml.normalise import LABELS, g_flux
@@ -58,8 +61,9 @@ from xpmet.xp_coefficients import N_COEF, N_CORR
 
 CHUNK = 4096
 FETCH = 20000
-PHOT = ("ra", "dec", "phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag", "bp_rp", "phot_g_mean_flux",
-        "parallax", "parallax_error", "ag_gspphot")
+GAIA_PHOT = ("ra", "dec", "phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag", "bp_rp", "phot_g_mean_flux",
+             "parallax", "parallax_error", "ag_gspphot")
+PHOT = GAIA_PHOT + EXTERNAL_PHOT  # /phot/<name>: training_set's Gaia columns, then xpmet.external_photometry's
 XP = ("bp_coefficients", "bp_coefficient_errors", "rp_coefficients", "rp_coefficient_errors")
 STD = ("bp_standard_deviation", "rp_standard_deviation")
 CORR = ("bp_coefficient_correlations", "rp_coefficient_correlations")
@@ -114,7 +118,8 @@ def assign_split(source_id, fractions: dict, seed: int) -> np.ndarray:
 
 
 def _query(opt: ExportOptions, bounds: tuple[int, int] | None = None):
-    cols = (["t.source_id"] + [f"t.{c}" for c in PHOT] + [f"t.{c}" for c in XP] + [f"x.{c}" for c in STD]
+    cols = (["t.source_id"] + [f"t.{c}" for c in GAIA_PHOT] + [f"e.{c}" for c in EXTERNAL_PHOT]
+            + [f"t.{c}" for c in XP] + [f"x.{c}" for c in STD]
             + [f"t.{l}{s}" for l in LABELS for s in ("", "_err")] + [f"t.{c}" for c in META])
     if opt.correlations:
         cols += [f"x.{c}" for c in CORR]
@@ -136,6 +141,7 @@ def _query(opt: ExportOptions, bounds: tuple[int, int] | None = None):
         where.append("t.source_id >= %s AND t.source_id < %s")
         params += [int(bounds[0]), int(bounds[1])]
     sql = (f"SELECT {', '.join(cols)} FROM xpmet.training_set t JOIN xpmet.xp_continuous x USING (source_id) "
+           "LEFT JOIN xpmet.external_photometry e USING (source_id) "
            f"WHERE {' AND '.join(where)} ORDER BY t.source_id")
     if opt.limit:
         sql += f" LIMIT {int(opt.limit)}"

@@ -9,6 +9,7 @@ Pipeline (each stage in its own module):
   xp_noise coefficient errors, correlations (templates) and correlated noise, fitted on real DR3 data
   gaia_source / xp_file / writers   the two Gaia bulk file types, streamed file by file
   surveys  APOGEE, GALAH, LAMOST, GBS views in native layouts; truth.fits; survey_truth.json
+  photometry  2MASS PSC and AllWISE files with the Gaia DR3 best-neighbour files that join them
   plots    Kiel diagram, [Fe/H] histogram, sky map
 Memory is bounded by the largest file (``rows_per_file`` sources), not by n_stars.
 """
@@ -26,7 +27,8 @@ __all__ = ["simulate", "survey_files", "DEFAULT_SURVEYS"]
 
 from xpmet.simulate.surveys import DEFAULT_SURVEYS, survey_files  # noqa: E402
 
-_OUTPUTS = ("SIMULATED.txt", "gaia_source", "xp_continuous", "surveys", "truth.fits", "survey_truth.json", "plots")
+_OUTPUTS = ("SIMULATED.txt", "gaia_source", "xp_continuous", "surveys", "photometry", "truth.fits",
+            "survey_truth.json", "plots")
 
 
 def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS, *,
@@ -118,6 +120,8 @@ def simulate(outdir, n_stars: int = 2000, seed: int = 1, surveys=DEFAULT_SURVEYS
         survey_truth[name] = sv.describe(spec, obs, filename)
         observed_by[obs.star] |= 1 << bit
     truth_cols["surveys"] = _survey_lists(observed_by, list(surveys))
+    from xpmet.simulate.photometry import write_photometry  # an eighth seed child: the first seven stay as they were
+    write_photometry(np.random.default_rng(root.spawn(1)[0]), truth_cols, outdir / "photometry")
     _write_truth(truth_cols, outdir / "truth.fits")
     (outdir / "survey_truth.json").write_text(json.dumps(survey_truth, indent=2, default=_json_default) + "\n")
     params = dict(n_stars=n_stars, seed=seed, surveys=list(surveys), faint_ratio=faint_ratio,

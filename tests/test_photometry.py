@@ -1,0 +1,191 @@
+"""`xpmet etl photometry`: 2MASS / AllWISE files and Gaia best-neighbour files into the real database,
+the view xpmet.external_photometry, and the export's /phot/ columns."""
+from __future__ import annotations
+
+import gzip
+
+import h5py
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from astropy.table import Table
+
+from xpmet.db.models.photometry import EXTERNAL_PHOT
+from xpmet.simulate import survey_files
+from xpmet.simulate.photometry import ALLWISE_BN_DIR, ALLWISE_BN_FILE, TMASS_BN_DIR, TMASS_BN_FILE
+
+
+@pytest.fixture(scope="module")
+def sky(tmp_path_factory):
+    from xpmet.simulate import simulate
+    out = tmp_path_factory.mktemp("phot-sky") / "sim"
+    simulate(out, n_stars=700, seed=21, faint_ratio=0.5, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(sky, engine, run_cli):
+    """Gaia sources, XP spectra, surveys and the crossmatch of the simulated sky; photometry not yet."""
+    from conftest import truncate_all
+    truncate_all(engine)
+    run_cli("etl", "gaia-source", sky / "gaia_source")
+    run_cli("etl", "xp", sky / "xp_continuous")
+    for name, path in survey_files(sky).items():
+        run_cli("etl", "survey", name, path)
+    run_cli("xmatch")
+    yield sky
+    truncate_all(engine)
+
+
+def _rows(engine, sql):
+    with engine.connect() as c:
+        return c.execute(sa.text(sql)).fetchall()
+
+
+def _expected(tmass_csv, allwise_csv, ph) -> dict:
+    """source_id -> (J, J err, ..., W2 err) joined here in Python from the files themselves."""
+    out = {}
+    for cat, bn, bands in ((tmass_csv, TMASS_BN_DIR + "/" + TMASS_BN_FILE, ("j", "h", "ks")),
+                           (allwise_csv, ALLWISE_BN_DIR + "/" + ALLWISE_BN_FILE, ("w1", "w2"))):
+        t = Table.read(cat, format="ascii.csv")
+        by = {str(d).lstrip("J"): i for i, d in enumerate(t["designation"])}
+        b = Table.read(ph / bn, format="ascii.ecsv")
+        tmass = cat == tmass_csv
+        for sid, ext in zip(b["source_id"], b["original_ext_source_id"]):
+            i = by.get(str(ext).lstrip("J"))
+            if i is None:  # the catalogue row was not loaded
+                continue
+            vals = []
+            for band in bands:
+                m, e = (f"{band}_m", f"{band}_msigcom") if tmass else (f"{band}mpro", f"{band}sigmpro")
+                err = np.nan if np.ma.is_masked(t[e][i]) else float(t[e][i])
+                vals += [np.nan if np.isnan(err) else float(t[m][i]), err]
+            row = out.setdefault(int(sid), [np.nan] * 10)
+            row[slice(0, 6) if tmass else slice(6, 10)] = vals
+    return out
+
+
+def test_shipped_descriptors_parse_and_a_bad_one_is_named(tmp_path):
+    from xpmet.errors import XpmetError
+    from xpmet.etl.photometry import load_catalogue, shipped
+    assert {"tmass", "allwise", "tmass_best_neighbour", "allwise_best_neighbour"} <= set(shipped())
+    assert load_catalogue("tmass").best_neighbour == "tmass_best_neighbour"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ntable = "photometry_tmass"\nkey = "designation"\n[columns]\nj_mag = ["j"]\n')
+    with pytest.raises(XpmetError, match=r"bad.toml.*j_mag.*not columns of xpmet.photometry_tmass"):
+        load_catalogue(bad)
+
+
+def test_load_join_reload_and_export(loaded, engine, run_cli, tmp_path):
+    ph = loaded / "photometry"
+    # before any photometry: the export has the columns, all NaN
+    run_cli("export", tmp_path / "before.h5", "--noise-sample", 0)
+    with h5py.File(tmp_path / "before.h5", "r") as f:
+        for c in EXTERNAL_PHOT:
+            assert f[f"phot/{c}"].shape == f["source_id"].shape and np.isnan(f[f"phot/{c}"][:]).all(), c
+
+    # a 2MASS file without every fifth row: those stars keep their best neighbour but find no photometry
+    psc = Table.read(ph / "tmass_psc.csv", format="ascii.csv")
+    psc.remove_rows(slice(0, None, 5))
+    psc.write(tmp_path / "psc.csv", format="ascii.csv")
+    r = run_cli("etl", "photometry", "tmass", tmp_path / "psc.csv", "-b", ph / TMASS_BN_DIR / TMASS_BN_FILE)
+    assert "rows of tmass" in r.output and "rows of tmass_best_neighbour" in r.output
+    run_cli("etl", "photometry", "allwise", ph / "allwise.csv", "--best-neighbour", ph / ALLWISE_BN_DIR / ALLWISE_BN_FILE)
+    counts = dict(_rows(engine, "SELECT 'tm', count(*) FROM xpmet.photometry_tmass UNION ALL "
+                                "SELECT 'aw', count(*) FROM xpmet.photometry_allwise UNION ALL "
+                                "SELECT 'tb', count(*) FROM xpmet.tmass_best_neighbour UNION ALL "
+                                "SELECT 'ab', count(*) FROM xpmet.allwise_best_neighbour"))
+    assert counts["tm"] == len(psc) > 100
+    assert counts["ab"] == len(Table.read(ph / ALLWISE_BN_DIR / ALLWISE_BN_FILE, format="ascii.ecsv")) > 100
+
+    # idempotent: the same files again are skipped, nothing doubles
+    r = run_cli("etl", "photometry", "tmass", tmp_path / "psc.csv", "-b", ph / TMASS_BN_DIR / TMASS_BN_FILE)
+    assert r.output.count("already loaded") == 2
+    assert _rows(engine, "SELECT count(*) FROM xpmet.photometry_tmass")[0][0] == counts["tm"]
+
+    # the view agrees with a join done here from the files
+    want = _expected(tmp_path / "psc.csv", ph / "allwise.csv", ph)
+    got = {r[0]: np.array(r[1:], float) for r in
+           _rows(engine, f"SELECT source_id, {', '.join(EXTERNAL_PHOT)} FROM xpmet.external_photometry")}
+    assert set(got) == set(want)
+    for sid, row in want.items():
+        np.testing.assert_allclose(np.nan_to_num(got[sid], nan=-1), np.nan_to_num(np.array(row), nan=-1),
+                                   atol=1e-3, err_msg=str(sid))
+    # blends are flagged: number_of_mates > 0 <=> the tmass_shared bit
+    from xpmet.flags import EXTERNAL_PHOT_BITS as B
+    rows = _rows(engine, "SELECT tmass_number_of_mates, phot_flags FROM xpmet.external_photometry "
+                         "WHERE tmass_designation IS NOT NULL")
+    assert any(m > 0 for m, _ in rows)
+    assert all(bool(f >> B["tmass_shared"] & 1) == (m > 0) for m, f in rows)
+    # upper limits (no error) give no magnitude but a 'poor' bit
+    assert _rows(engine, "SELECT count(*) FROM xpmet.external_photometry WHERE tmass_ks IS NULL AND "
+                         f"tmass_designation IS NOT NULL AND (phot_flags >> {B['tmass_ks_poor']}) & 1 = 0")[0][0] == 0
+    # the reader may query the view and the tables
+    assert _rows(engine, "SELECT bool_and(has_table_privilege('xpmet_reader', c, 'SELECT')) FROM unnest(ARRAY["
+                         "'xpmet.external_photometry', 'xpmet.photometry_tmass', 'xpmet.allwise_best_neighbour']) c"
+                 )[0][0] is True
+
+    # the export carries the columns, NaN where a star has no neighbour
+    run_cli("export", tmp_path / "after.h5", "--noise-sample", 0)
+    with h5py.File(tmp_path / "after.h5", "r") as f:
+        sids = f["source_id"][:]
+        phot = np.column_stack([f[f"phot/{c}"][:] for c in EXTERNAL_PHOT])
+    assert all(s in want for s in sids)  # the labelled stars are bright: all have AllWISE photometry
+    expect = np.array([want[s] for s in sids])
+    assert np.isnan(expect[:, 0]).any() and (~np.isnan(expect[:, 0])).any()  # some lack 2MASS (rows left out)
+    np.testing.assert_allclose(np.nan_to_num(phot, nan=-1), np.nan_to_num(expect, nan=-1), atol=1e-3)
+
+
+def _csv(path, header, rows):
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+HEADER = "designation,ra,dec,j_m,j_msigcom,h_m,h_msigcom,ks_m,ks_msigcom,ph_qual,cc_flg"
+
+
+def test_bad_input_is_one_line_naming_file_and_row(clean_db, run_cli, tmp_path):
+    good = "00000001+0000001,0.1,0.1,12.0,0.02,11.5,0.02,11.4,0.02,AAA,000"
+    cases = {
+        "not_a_number.csv": ([good, "00000002+0000002,0.2,0.2,abc,0.02,11.5,0.02,11.4,0.02,AAA,000"],
+                             r"not_a_number.csv, row 1, column j_m: value 'abc' is not a number"),
+        "duplicate.csv": ([good, good], r"duplicate.csv, row 1, column designation: designation 00000001\+0000001 appears twice"),
+        "bad_dec.csv": (["00000003+0000003,0.3,95.0,12,0.02,11,0.02,11,0.02,AAA,000"],
+                        r"bad_dec.csv, row 0, column dec: dec = 95.0 is outside"),
+        "no_designation.csv": ([",0.4,0.4,12,0.02,11,0.02,11,0.02,AAA,000"], r"no_designation.csv, row 0"),
+    }
+    for name, (rows, pattern) in cases.items():
+        r = run_cli("etl", "photometry", "tmass", _csv(tmp_path / name, HEADER, rows), ok=False)
+        assert r.exit_code != 0 and "Traceback" not in r.output
+        failed = [ln for ln in r.output.splitlines() if ln.startswith("FAILED")]
+        assert len(failed) == 1, r.output
+        import re
+        assert re.search(pattern, failed[0]), failed[0]
+    # a truncated gzip best-neighbour file
+    bn = tmp_path / "tmasspscxscBestNeighbour0001.csv.gz"
+    body = gzip.compress(b"source_id,original_ext_source_id,angular_distance\n" + b"1,00000001+0000001,0.1\n" * 500)
+    bn.write_bytes(body[: len(body) // 2])
+    r = run_cli("etl", "photometry", "tmass", "-b", bn, ok=False)
+    assert r.exit_code != 0 and "Traceback" not in r.output and f"FAILED {bn}" in r.output
+    with clean_db.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM xpmet.photometry_tmass")).scalar() == 0
+
+
+def test_sentinels_prefixes_and_rows_from_two_files(clean_db, run_cli, tmp_path):
+    a = _csv(tmp_path / "a.csv", HEADER, ["2MASS J00000001+0000001,0.1,0.1,-9999,0.02,NaN,0.02,11.4,,AAU,000",
+                                          "00000002+0000002,0.2,0.2,12.0,0.02,11.5,0.02,11.4,0.03,AAA,c00"])
+    r = run_cli("etl", "photometry", "tmass", a)
+    assert "stored as NULL: j_m 1" in r.output
+    with clean_db.connect() as c:
+        row = c.execute(sa.text("SELECT j_m, h_m, ks_m, ks_msigcom FROM xpmet.photometry_tmass "
+                                "WHERE designation = '00000001+0000001'")).fetchone()
+    assert row[0] is None and row[1] is None and row[2] == pytest.approx(11.4) and row[3] is None
+    # the same designation from another file: an error naming the first file; --replace: the new row wins
+    b = _csv(tmp_path / "b.csv", HEADER, ["00000002+0000002,0.2,0.2,13.0,0.02,11.5,0.02,11.4,0.03,AAA,000"])
+    r = run_cli("etl", "photometry", "tmass", b, ok=False)
+    assert r.exit_code != 0 and "00000002+0000002 is already loaded from" in r.output and str(a) in r.output
+    run_cli("etl", "photometry", "tmass", b, "--replace")
+    with clean_db.connect() as c:
+        assert c.execute(sa.text("SELECT j_m FROM xpmet.photometry_tmass WHERE designation = '00000002+0000002'")
+                         ).scalar() == pytest.approx(13.0)
+        assert c.execute(sa.text("SELECT count(*) FROM xpmet.photometry_tmass")).scalar() == 2

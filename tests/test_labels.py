@@ -58,15 +58,16 @@ def test_real_apogee_galah_overlap_one_label_per_star(clean_db, tmp_path):
     xlabels.refresh(reference="gbs", fallback="apogee")
     after = {(z["survey"], z["label"]): z for z in xlabels.zero_points()}
     # GBS has no alpha_fe: without a fallback nobody's alpha_fe is calibrated; with APOGEE as the
-    # fallback, APOGEE's scale is used and GALAH is put on it through their shared stars
+    # fallback, APOGEE's scale is used and GALAH is put on it through their shared stars (the joint
+    # calibration: status calibrated, on APOGEE)
     assert before[("apogee", "alpha_fe")]["status"] == before[("galah", "alpha_fe")]["status"] == "uncalibrated"
     assert after[("apogee", "alpha_fe")]["status"] == "fallback_scale"
     g, direct = after[("galah", "alpha_fe")], zp[("galah", "alpha_fe")]   # direct: APOGEE as the reference
-    assert g["status"] == "via_fallback" and g["calibrated_on"] == "apogee" and g["n_stars"] == direct["n_stars"] >= 10
-    assert g["zero_point"] == pytest.approx(direct["zero_point"]) and g["zero_point"] != 0
+    assert g["status"] == "calibrated" and g["calibrated_on"] == "apogee" and g["n_stars"] == direct["n_stars"] >= 10
+    assert g["zero_point"] == pytest.approx(direct["zero_point"], abs=1e-6) and g["zero_point"] != 0
     cal = rows(clean_db, "SELECT value, raw_value, calibration FROM xpmet.calibrated_measurement "
                          "WHERE survey = 'galah' AND label = 'alpha_fe'")
-    assert len(cal) > 1000 and {r["calibration"] for r in cal} == {"via_fallback"}
+    assert len(cal) > 1000 and {r["calibration"] for r in cal} == {"calibrated"}
     np.testing.assert_allclose([r["raw_value"] - r["value"] for r in cal], g["zero_point"], atol=1e-5)
 
 
@@ -88,7 +89,7 @@ def test_injected_offsets_are_recovered(clean_db, tmp_path):
     gbs_i = np.arange(0, 80)                      # benchmark stars
     apo_i = np.arange(0, 1000)                    # APOGEE covers the benchmarks
     gal_i = np.arange(400, 1000)                  # GALAH overlaps APOGEE only
-    gal_i = np.append(gal_i, [5])                 # ... and one benchmark star (too few for a direct zero point)
+    gal_i = np.append(gal_i, [5])                 # ... and one benchmark star: calibrated through APOGEE
     apo_off = {"teff": 40.0, "logg": -0.08, "feh": 0.07, "alpha_fe": 0.03}
     gal_off = {"teff": -70.0, "logg": 0.1, "feh": -0.12, "alpha_fe": -0.04}
     noise = {"gbs": {"teff": 25, "logg": 0.03, "feh": 0.04}, "apogee": {"teff": 60, "logg": 0.06, "feh": 0.04,
@@ -131,14 +132,14 @@ def test_injected_offsets_are_recovered(clean_db, tmp_path):
     zp = {(z["survey"], z["label"]): z for z in xlabels.zero_points()}
     for lab in ("teff", "logg", "feh"):
         z = zp[("apogee", lab)]
-        assert z["status"] == "calibrated" and z["n_stars"] == 80
+        assert z["status"] == "calibrated" and z["n_shared_with_reference"] == 80 and z["n_stars"] >= 600
         assert abs(z["zero_point"] - apo_off[lab]) < 3 * z["zero_point_err"], (lab, z)
     for lab in ("teff", "logg", "feh", "alpha_fe"):
         z = zp[("galah", lab)]
-        assert z["status"] == "via_fallback" and z["calibrated_on"] == "apogee"
-        assert z["n_shared_with_reference"] == (0 if lab == "alpha_fe" else 1)
+        assert z["status"] == "calibrated" and z["calibrated_on"] == ("apogee" if lab == "alpha_fe" else "gbs")
+        assert z["n_shared_with_reference"] == (601 if lab == "alpha_fe" else 1)
         want = gal_off[lab] - (apo_off[lab] if lab == "alpha_fe" else 0)  # no benchmark alpha: APOGEE's scale
-        if lab == "feh":   # the zero point is the offset at the pivot (mean of the shared stars)
+        if lab == "feh":   # the zero point is the mean offset over the shared stars
             want += gal_trend * (np.mean(truth["feh"][gal_i]) + 0.5)
         assert abs(z["zero_point"] - want) < 3 * z["zero_point_err"], (lab, z)
     assert zp[("apogee", "alpha_fe")]["status"] == "fallback_scale"   # no benchmark alpha_fe
@@ -153,16 +154,17 @@ def test_injected_offsets_are_recovered(clean_db, tmp_path):
     bad = [r for r in lab if r["source_id"] == ids[gal_i[outlier]]][0]
     assert bad["label_flags"] & bit("feh_discordant")
     assert sum(1 for r in lab if r["label_flags"] & bit("feh_discordant")) < 10
-    # GALAH's [Fe/H] offset has a trend (slope gal_trend per dex): fitted on 600 stars and removed
+    # GALAH's [Fe/H] offset has a trend (slope gal_trend per dex of the true value): fitted on 600
+    # stars and removed
     z = zp[("galah", "feh")]
-    want = gal_trend / (1 + gal_trend)        # the slope against GALAH's own (offset) values
-    assert z["slope"] != 0 and abs(z["slope"] - want) < 3 * z["slope_err"], z
+    assert z["slope"] != 0 and abs(z["slope"] - gal_trend) < 3 * z["slope_err"], z
     cal = rows(clean_db, "SELECT source_id, value FROM xpmet.calibrated_measurement "
                          "WHERE survey = 'galah' AND label = 'feh'")
     t = truth["feh"][np.array([r["source_id"] for r in cal]) - 1000]
     r = np.array([r["value"] for r in cal]) - t
     ok = np.abs(r) < 0.5
-    assert abs(np.polyfit(t[ok], r[ok], 1)[0]) < 0.02 and abs(np.mean(r[ok])) < 0.02
+    # (a piecewise-linear model: its slope is known to the knots' errors, not to a line's)
+    assert abs(np.polyfit(t[ok], r[ok], 1)[0]) < max(0.02, 3 * z["slope_err"]) and abs(np.mean(r[ok])) < 0.02
 
 
 def test_three_surveys_reject_the_discordant_one_and_training_set(clean_db, tmp_path):
@@ -271,4 +273,5 @@ def test_simulator_offsets_recovered_within_uncertainty(clean_db, simulated_sky)
     # alpha_fe: the benchmark stars have none, so GALAH is put on APOGEE's scale
     z = zp[("galah", "alpha_fe")]
     want = truth["galah"]["offset"]["alpha_fe"] - truth["apogee"]["offset"]["alpha_fe"]
-    assert z["status"] == "via_fallback" and abs(z["zero_point"] - want) < 3 * z["zero_point_err"], z
+    assert z["status"] == "calibrated" and z["calibrated_on"] == "apogee"
+    assert abs(z["zero_point"] - want) < 3 * z["zero_point_err"], z

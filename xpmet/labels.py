@@ -1,9 +1,10 @@
-"""Homogenised survey labels: choose the reference scale and refresh the SQL label views.
+"""Homogenised survey labels: choose the reference scale, fit the calibration, refresh the views.
 
-The work is SQL (db/sql/labels.sql): survey_zero_point (per survey and label, against the
-reference survey, falling back on a chosen survey for surveys without overlap) -> labels (one
-row per Gaia source) -> training_set (what the export reads). This module sets the one row of
-xpmet.label_setting and refreshes the materialized views.
+xpmet.calibration fits every survey's scale jointly over the overlap network (table
+survey_calibration, shown by the view survey_zero_point); the SQL views apply it
+(db/sql/calibration_0008.sql): calibrated_measurement -> labels (one row per Gaia source) ->
+training_set (what the export reads). This module sets the one row of xpmet.label_setting, fits,
+and refreshes the materialized view, in one transaction.
 
     import xpmet.labels
     xpmet.labels.refresh(reference="gbs", fallback="apogee")
@@ -57,6 +58,14 @@ def _prepare_refresh(conn) -> None:
     conn.execute(_CLEAR_READERS, {"reader": READER})
 
 
+def _refresh(conn) -> None:
+    """Fit the calibration and refresh the label views in the caller's psycopg transaction."""
+    from xpmet import calibration
+    _prepare_refresh(conn)
+    calibration.refresh_on(conn)
+    conn.execute("SELECT xpmet.refresh_labels()")
+
+
 def refresh(reference: str | None = None, engine=None, **options) -> dict:
     """Set the reference scale (a survey name) and other options, then recompute the label views.
 
@@ -85,8 +94,7 @@ def refresh(reference: str | None = None, engine=None, **options) -> dict:
         if changes:
             sets = ", ".join(f"{k} = :{k}" for k in changes)
             c.execute(sa.text(f"UPDATE xpmet.label_setting SET {sets}, updated_at = now() WHERE id = 1"), changes)
-        _prepare_refresh(c.connection.driver_connection)  # the same transaction, through psycopg
-        c.execute(sa.text("SELECT xpmet.refresh_labels()"))
+        _refresh(c.connection.driver_connection)  # the same transaction, through psycopg
         ref = c.execute(sa.text("SELECT reference FROM xpmet.label_setting")).scalar()
         n_labels = c.execute(sa.text("SELECT count(*) FROM xpmet.labels")).scalar()
         status = dict(c.execute(sa.text("SELECT status, count(*) FROM xpmet.survey_zero_point GROUP BY status")).all())
@@ -100,8 +108,7 @@ def refresh_on(conn) -> dict:
     """Refresh the label views inside the caller's open psycopg transaction (run_xmatch: the labels
     then commit together with the crossmatch they are built from); returns refresh()'s summary."""
     conn.execute("INSERT INTO xpmet.label_setting (id) VALUES (1) ON CONFLICT DO NOTHING")
-    _prepare_refresh(conn)
-    conn.execute("SELECT xpmet.refresh_labels()")
+    _refresh(conn)
     ref = conn.execute("SELECT reference FROM xpmet.label_setting WHERE id = 1").fetchone()[0]
     n_labels = conn.execute("SELECT count(*) FROM xpmet.labels").fetchone()[0]
     status = dict(conn.execute("SELECT status, count(*) FROM xpmet.survey_zero_point GROUP BY status").fetchall())
@@ -118,7 +125,8 @@ def status(engine=None) -> dict:
 
 
 def zero_points(engine=None) -> list[dict]:
-    """The rows of xpmet.survey_zero_point (survey, label, status, zero_point, error, trend, N)."""
+    """The rows of xpmet.survey_zero_point (survey, label, status, zero_point, error, trend, N, and
+    the fitted model: knots, offsets, offset_errs, err_scale, error_floor_fitted, ...)."""
     with (engine or connect()).connect() as c:
         return [dict(r) for r in c.execute(sa.text(
             "SELECT * FROM xpmet.survey_zero_point ORDER BY survey, label")).mappings()]

@@ -9,4 +9,5 @@ from xpmet.db.models.core import (etl_load, gaia_source, models, predictions, su
                                   survey_star, training_export, xp_continuous)
 from xpmet.db.models import xmatch as xmatch_models  # noqa: F401
 from xpmet.db.models.xmatch import label_setting, xmatch, xmatch_run  # noqa: F401
+from xpmet.db.models.calibration import survey_calibration  # noqa: F401
 from xpmet.db.models import photometry as photometry_models  # noqa: F401

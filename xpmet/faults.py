@@ -4,7 +4,8 @@ no cleanup, like a kill) the Nth time it reaches ``fault(point)`` (N=1 when omit
 Points: ``before_commit`` / ``after_commit`` (each file load, xpmet.etl.provenance), ``after_file``
 (the loader run, after each file's result), ``xmatch_before_commit``, ``predict_after_chunk``,
 ``export_after_block``, ``export_before_register``, ``train_after_epoch``, ``train_after_weights``,
-``train_before_register``, ``train_after_register``.
+``train_before_register``, ``train_after_register``, ``clean_before_close`` (the cleaned copy
+half-written), ``clean_before_replace`` (written, not yet renamed over the training file).
 Unset in normal use: one dictionary lookup per call.
 """
 from __future__ import annotations

@@ -189,3 +189,76 @@ def test_sentinels_prefixes_and_rows_from_two_files(clean_db, run_cli, tmp_path)
         assert c.execute(sa.text("SELECT j_m FROM xpmet.photometry_tmass WHERE designation = '00000002+0000002'")
                          ).scalar() == pytest.approx(13.0)
         assert c.execute(sa.text("SELECT count(*) FROM xpmet.photometry_tmass")).scalar() == 2
+
+
+def test_migration_round_trip(engine):
+    """This migration alone: down to its parent and up again; the tables match the models."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from xpmet.db import migrate
+    from xpmet.db.engine import libpq_url
+    from xpmet.db.models import metadata
+    mine = next(s for s in ScriptDirectory.from_config(migrate.alembic_config()).walk_revisions()
+                if s.path.endswith("_external_photometry.py"))
+    names = {"photometry_tmass", "photometry_allwise", "tmass_best_neighbour", "allwise_best_neighbour",
+             "external_photometry"}
+    migrate.downgrade(libpq_url(), mine.down_revision)
+    try:
+        left = {r[0] for r in _rows(engine, "SELECT relname FROM pg_class WHERE relnamespace = 'xpmet'::regnamespace")}
+        assert not names & left
+    finally:
+        migrate.upgrade(libpq_url(), "head")
+    with engine.connect() as c:
+        ctx = MigrationContext.configure(c, opts={"include_schemas": True, "include_object": migrate.include_object,
+                                                  "compare_type": True, "version_table_schema": "xpmet"})
+        diff = [d for d in compare_metadata(ctx, metadata) if any(n in str(d) for n in names)]
+        assert diff == [], diff
+        q3c = set(c.execute(sa.text("SELECT indexname FROM pg_indexes WHERE schemaname = 'xpmet' "
+                                    "AND indexdef LIKE '%q3c_ang2ipix%'")).scalars())
+    assert {"ix_photometry_tmass_q3c", "ix_photometry_allwise_q3c"} <= q3c
+
+
+def _neighbour_values(sky, truth_ids, cat, bn, column):
+    t = Table.read(sky / "photometry" / cat, format="ascii.csv")
+    b = Table.read(sky / "photometry" / bn, format="ascii.ecsv")
+    value = dict(zip(np.asarray(t["designation"]).astype(str), np.ma.filled(t[column].astype(float), np.nan)))
+    ext = dict(zip(np.asarray(b["source_id"]), np.asarray(b["original_ext_source_id"]).astype(str)))
+    return np.array([value.get(ext.get(s, ""), np.nan) for s in truth_ids])
+
+
+def test_simulated_photometry_is_like_real_stars_and_deterministic(sky, tmp_path):
+    """Colours against real APOGEE x 2MASS x AllWISE dwarfs (tests/data/photometry) per M_G bin; depth;
+    errors growing with magnitude; the same seed writes the same files."""
+    import pandas as pd
+    from conftest import DATA
+    truth = Table.read(sky / "truth.fits")
+    ids = np.asarray(truth["source_id"])
+    tm = (("tmass_psc.csv", TMASS_BN_DIR + "/" + TMASS_BN_FILE))
+    aw = (("allwise.csv", ALLWISE_BN_DIR + "/" + ALLWISE_BN_FILE))
+    j, j_err = (_neighbour_values(sky, ids, *tm, c) for c in ("j_m", "j_msigcom"))
+    ks, ks_err = (_neighbour_values(sky, ids, *tm, c) for c in ("ks_m", "ks_msigcom"))
+    w1, w2, w2_err = (_neighbour_values(sky, ids, *aw, c) for c in ("w1mpro", "w2mpro", "w2sigmpro"))
+    g = np.asarray(truth["phot_g_mean_mag"])
+    mg = g - 5 * np.log10(np.asarray(truth["distance_pc"]) / 10) - np.asarray(truth["ag"])
+    ok = ((np.asarray(truth["source_class"]).astype(str) == "star") & np.isfinite(j_err) & np.isfinite(w2_err)
+          & (np.asarray(truth["a0"]) < 0.3))
+    real = pd.read_csv(DATA / "photometry" / "ingot_colours.csv")
+    for lo, hi in ((3.5, 5.5), (5.5, 7.5)):
+        r = real[(real.M_G > lo) & (real.M_G < hi)]
+        s = ok & (mg > lo) & (mg < hi)
+        assert s.sum() > 30
+        for name, real_c, sim_c, tol in (("G-J", r.phot_g_mean_mag - r.Jmag, g - j, 0.12),
+                                         ("J-W1", r.Jmag - r.w1, j - w1, 0.12), ("W1-W2", r.w1 - r.w2, w1 - w2, 0.03)):
+            assert abs(np.median(real_c) - np.median(sim_c[s])) < tol, (name, lo, hi)
+    # depth: every XP star with Ks < 13.5 is in the PSC; detected Ks (S/N >= 3) end by ~15.6
+    det = np.isfinite(ks_err)
+    assert np.isfinite(ks[np.asarray(truth["has_xp"]) & (ks < 13.5)]).all()
+    assert np.percentile(ks[det], 95) < 15.6 and np.median(ks_err[det & (ks < 11)]) < np.median(ks_err[det & (ks > 13.5)])
+    # deterministic for the seed
+    from xpmet.simulate import simulate
+    a, b = (simulate(tmp_path / n, n_stars=40, seed=5, progress=False) / "photometry" for n in ("a", "b"))
+    for rel in ("tmass_psc.csv", "allwise.csv", f"{TMASS_BN_DIR}/{TMASS_BN_FILE}", f"{ALLWISE_BN_DIR}/{ALLWISE_BN_FILE}"):
+        read = gzip.open if rel.endswith(".gz") else open
+        with read(a / rel, "rb") as fa, read(b / rel, "rb") as fb:
+            assert fa.read() == fb.read(), rel

@@ -1,37 +1,49 @@
-"""Ingest benchmark of ``xpmet etl xp`` over ``xpmet simulate`` output, with baselines measured in the same run.
+"""Busy CPU-seconds and wall time of ``xpmet etl xp`` against ``gzip -dc`` of the same files, in the same run.
 
-    .venv/bin/python benchmarks/bench_ingest.py --rows 200000 --files 8
+    .venv/bin/python benchmarks/bench_ingest.py --rows 60000 --files 12 --repeats 3
 
 Steps:
 1. ``xpmet simulate`` a small sky (``--sim-stars`` XP sources, with correlations) unless ``--sim-dir``
    points at one. Simulating 200,000 XP sources takes far longer than loading them, so the
    simulated XP rows are replicated under shifted source_ids (each copy keeps the simulated
    row's text, gzip level 6; see :func:`replicate`) into ``--files`` files totalling ``--rows`` rows.
-2. Baselines: ``gzip -dc FILE > /dev/null`` of every file, and a bare binary COPY of the
-   already-parsed and already-encoded rows (one transaction per file, into xpmet.xp_continuous
-   with its primary key, and into a copy of the table without any index).
-3. ``xpmet etl xp`` (subprocess, fresh tables each time) with 1 and 2 workers, with and without
-   ``--no-correlations``; median of ``--repeats`` runs; peak RSS of the loading processes.
-Prints rows/s, MB/s of compressed input, ratios against the baselines and the projected time
-for all 219 million Gaia DR3 XP rows; writes JSON to benchmarks/results/.
-The machine is shared: figures are noisy, rerun before trusting a small difference.
+2. A throw-away embedded cluster (``--home``), so other work on the machine's default database is
+   neither touched nor billed.
+3. Baselines: ``gzip -dc FILES > /dev/null`` (its CPU-seconds from getrusage), and a bare binary COPY of
+   already-parsed, already-encoded rows into xpmet.xp_continuous (the server's CPU for it: its floor).
+4. ``xpmet etl xp`` (the CLI in a subprocess, empty tables each time) with each ``--workers`` count, with
+   and without ``--no-correlations``; then once more with every file already loaded (all skipped): the
+   command's fixed cost (start-up, imports, hashing).
+Busy CPU-seconds are counted for everything the load makes busy: the CLI and its worker processes
+(getrusage of waited-for children) plus the PostgreSQL server (postmaster, backends, WAL writer,
+checkpointer: benchmarks/bench_cluster.py's ``server_cpu``). Efficiency = gzip's CPU / the load's CPU
+for the same rows (the target is >= 0.5). Medians of ``--repeats`` runs; JSON to benchmarks/results/.
+The machine may be shared: wall times are noisy, CPU-seconds much less so.
 """
 from __future__ import annotations
 
 import argparse
 import gzip
 import json
+import os
+import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_cluster import server_cpu  # noqa: E402
 
 ALL_XP_ROWS = 219_197_643  # Gaia DR3 sources with XP continuous spectra
+XPMET = [sys.executable, "-m", "xpmet"]
 
 
 def simulate(outdir: Path, n_stars: int, seed: int) -> Path:
@@ -83,15 +95,22 @@ def replicate(xp_dir: Path, outdir: Path, rows: int, files: int, level: int = 6)
     return out
 
 
-def gunzip_baseline(files) -> float:
-    t0 = time.perf_counter()
-    for f in files:
-        subprocess.run(f"gzip -dc '{f}' > /dev/null", shell=True, check=True)
-    return time.perf_counter() - t0
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
-def copy_baseline(files, correlations=True) -> dict:
-    """Seconds of binary COPY of pre-parsed, pre-encoded rows: into xp_continuous (PK) and an index-free copy."""
+def gunzip_baseline(files) -> dict:
+    """Wall and busy CPU-seconds of one ``gzip -dc`` over every file (output to /dev/null)."""
+    c0, t0 = children_cpu(), time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        subprocess.run(["gzip", "-dc", *map(str, files)], stdout=null, check=True)
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": children_cpu() - c0}
+
+
+def copy_baseline(files, postmaster, correlations=True) -> dict:
+    """Wall and server CPU-seconds of a bare binary COPY of pre-parsed, pre-encoded rows (one transaction
+    per file into xpmet.xp_continuous with its primary key): what the server spends at the least."""
     from xpmet.db.engine import raw_connect
     from xpmet.etl.xp_loader import TABLE, copy_columns
     from xpmet.io.pgcopy import copy_sql, encode
@@ -99,74 +118,85 @@ def copy_baseline(files, correlations=True) -> dict:
     import numpy as np
     cols = copy_columns(correlations)
     reset_tables()
-    t_pk = t_nopk = 0.0
+    wall = server = 0.0
     with raw_connect() as conn:
         load_id = conn.execute("INSERT INTO xpmet.etl_load (kind, path, size_bytes, sha256, status) "
                                "VALUES ('bench', 'bench', 0, 'bench', 'running') RETURNING load_id").fetchone()[0]
-        conn.execute("CREATE TEMP TABLE xp_noindex (LIKE xpmet.xp_continuous)")
         conn.commit()
         for f in files:
             parts = []
             for chunk in read_xp(f, correlations=correlations):
                 data = dict(chunk.data, load_id=np.full(chunk.n, load_id, np.int32))
-                parts.append(encode([c for c in cols if c.name in data], data))
-            for table in (TABLE, "xp_noindex"):
-                t0 = time.perf_counter()
-                with conn.cursor() as cur:
-                    for p in parts:
-                        with cur.copy(copy_sql(table, [c for c in cols])) as cp:
-                            cp.write(p)
-                conn.commit()
-                dt = time.perf_counter() - t0
-                if table == TABLE:
-                    t_pk += dt
-                else:
-                    t_nopk += dt
-            del parts
-            conn.execute(f"TRUNCATE {TABLE}, xp_noindex")
+                parts.append(encode(cols, data))
+            s0, t0 = server_cpu(postmaster), time.perf_counter()
+            with conn.cursor() as cur:
+                for p in parts:
+                    with cur.copy(copy_sql(TABLE, cols)) as cp:
+                        cp.write(p)
             conn.commit()
+            wall += time.perf_counter() - t0
+            server += server_cpu(postmaster) - s0
+            del parts
+        conn.execute(f"TRUNCATE {TABLE}")
         conn.execute("DELETE FROM xpmet.etl_load WHERE kind = 'bench'")
         conn.commit()
-    return {"copy_pk_s": t_pk, "copy_noindex_s": t_nopk}
+    return {"wall_s": wall, "server_cpu_s": server}
 
 
 def reset_tables():
     from xpmet.db.engine import raw_connect
     with raw_connect() as conn:
-        conn.execute("TRUNCATE xpmet.xp_continuous")
+        conn.execute("TRUNCATE xpmet.xp_continuous CASCADE")
         conn.execute("DELETE FROM xpmet.etl_load WHERE kind = 'xp'")
         conn.commit()
         conn.autocommit = True
         conn.execute("CHECKPOINT")  # do not bill the next run for the previous run's dirty pages
 
 
-def etl_run(files, workers: int, correlations: bool) -> dict:
-    """One ``xpmet etl xp`` run in a child process: wall seconds and peak RSS (VmHWM, max over its processes;
-    getrusage would report the benchmark's own peak, inherited through fork)."""
-    reset_tables()
-    cmd = [sys.executable, "-c",
-           "import resource, sys, json; from xpmet.etl.xp_loader import load_xp; "
-           f"s = load_xp(sys.argv[1:], workers={workers}, correlations={correlations}, progress=False); "
-           "from xpmet.etl.bulk import peak_rss_mb; "
-           "r = max(s.peak_rss_mb or 0, peak_rss_mb() or 0); "
-           "print(json.dumps({'rows': s.rows, 'seconds': s.seconds, 'maxrss_kb': r * 1024}))"] + [str(f) for f in files]
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+# Runs the CLI and reports its (and its workers') CPU and peak memory: a small wrapper process, so the
+# peak is not the benchmark's own (inherited through fork) and the wrapper's start-up is not counted.
+WRAPPER = ("import json, resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+           "r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+           "print(json.dumps({'rc': p.returncode, 'out': p.stdout + p.stderr, 'cpu_s': r.ru_utime + r.ru_stime, "
+           "'maxrss_mb': r.ru_maxrss / 1024}))")
+
+
+def etl_run(files, workers: int, correlations: bool, postmaster: int, reset: bool = True) -> dict:
+    """One ``xpmet etl xp`` (CLI subprocess): wall, client+workers CPU, server CPU, peak RSS per process."""
+    if reset:
+        reset_tables()
+    cmd = XPMET + ["etl", "xp", *map(str, files), "--no-progress", "--workers", str(workers)]
+    cmd += [] if correlations else ["--no-correlations"]
+    s0, t0 = server_cpu(postmaster), time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
-    res = json.loads(out.strip().splitlines()[-1])
-    res["wall"] = wall
-    return res
+    server = server_cpu(postmaster) - s0
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    if res["rc"]:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{res['out']}")
+    summary = res["out"].strip().splitlines()[0]
+    rows = int(summary.split(";")[1].split()[0].replace(",", ""))
+    return {"rows": rows, "wall_s": wall, "client_cpu_s": res["cpu_s"], "server_cpu_s": server,
+            "maxrss_mb": res["maxrss_mb"]}
+
+
+def _median(runs, keys):
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=200_000, help="XP rows in the benchmark files")
-    ap.add_argument("--files", type=int, default=8, help="number of files the rows are split into")
+    ap.add_argument("--rows", type=int, default=60_000, help="XP rows in the benchmark files")
+    ap.add_argument("--files", type=int, default=12, help="number of files the rows are split into")
     ap.add_argument("--sim-stars", type=int, default=1000, help="XP sources to simulate before replication")
     ap.add_argument("--sim-dir", type=Path, help="existing `xpmet simulate` output to use")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "results" / "ingest-data")
-    ap.add_argument("--repeats", type=int, default=1, help="runs per configuration (median reported)")
-    ap.add_argument("--workers", default="1,2", help="worker counts to measure")
+    ap.add_argument("--home", type=Path, help="XPMET_HOME of the benchmark's embedded cluster "
+                    "(default: a throw-away one, removed at the end)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per configuration (medians reported)")
+    ap.add_argument("--workers", default="1", help="worker counts to measure, e.g. 1,2")
+    ap.add_argument("--no-copy-baseline", action="store_true", help="skip the bare COPY baseline")
+    ap.add_argument("--only-correlations", action="store_true", help="skip the --no-correlations runs")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     args = ap.parse_args()
 
@@ -175,46 +205,66 @@ def main():
     files = replicate(xp_dir, args.workdir / f"xp-{args.rows}-{args.files}", args.rows, args.files)
     mb = sum(f.stat().st_size for f in files) / 1e6
     rows = args.rows
-    print(f"{rows:,} XP rows in {len(files)} files, {mb:,.0f} MB compressed (simulated rows, replicated)")
+    print(f"{rows:,} XP rows in {len(files)} files, {mb:,.0f} MB compressed (simulated rows, replicated); "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
 
-    res = {"rows": rows, "files": len(files), "mb": mb, "runs": {}}
-    res["gunzip_s"] = statistics.median(gunzip_baseline(files) for _ in range(args.repeats))
-    for corr in (True, False):
-        tag = "corr" if corr else "nocorr"
-        cb = copy_baseline(files, corr)
-        res[f"copy_{tag}"] = cb
-        for w in [int(x) for x in args.workers.split(",")]:
-            runs = [etl_run(files, w, corr) for _ in range(args.repeats)]
-            assert all(r["rows"] == rows for r in runs), runs
-            res["runs"][f"{tag}-w{w}"] = {"seconds": statistics.median(r["seconds"] for r in runs),
-                                          "maxrss_mb": max(r["maxrss_kb"] for r in runs) / 1024}
-    reset_tables()
+    home = args.home or Path(tempfile.mkdtemp(prefix="xpmet-bench-ingest-"))
+    os.environ["XPMET_HOME"] = str(home)
+    os.environ.pop("XPMET_DATABASE_URL", None)
+    from xpmet.db.cluster import Cluster
+    from xpmet.db.engine import raw_connect
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # a killed benchmark still stops its cluster
+    try:
+        subprocess.run(XPMET + ["db", "start"], check=True, capture_output=True, cwd=ROOT)
+        with raw_connect() as c:
+            data_dir = c.execute("SHOW data_directory").fetchone()[0]
+        postmaster = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
+        res = {"rows": rows, "files": len(files), "mb": mb, "load_average": os.getloadavg()[0], "runs": {}}
+        res["gzip"] = _median([gunzip_baseline(files) for _ in range(args.repeats)], ("wall_s", "cpu_s"))
+        keys = ("wall_s", "client_cpu_s", "server_cpu_s", "cpu_s")
+        for corr in (True,) if args.only_correlations else (True, False):
+            tag = "corr" if corr else "nocorr"
+            if not args.no_copy_baseline:
+                res[f"copy_{tag}"] = copy_baseline(files, postmaster, corr)
+            for w in [int(x) for x in args.workers.split(",")]:
+                runs = [etl_run(files, w, corr, postmaster) for _ in range(args.repeats)]
+                assert all(r["rows"] == rows for r in runs), runs
+                for r in runs:
+                    r["cpu_s"] = r["client_cpu_s"] + r["server_cpu_s"]
+                res["runs"][f"{tag}-w{w}"] = dict(_median(runs, keys), maxrss_mb=max(r["maxrss_mb"] for r in runs),
+                                                  each=runs)
+            skipped = etl_run(files, 1, corr, postmaster, reset=False)  # every file already loaded
+            res[f"fixed_{tag}"] = {k: skipped[k] for k in ("wall_s", "client_cpu_s", "server_cpu_s")}
+        reset_tables()
+    finally:
+        subprocess.run(XPMET + ["db", "stop"], capture_output=True, cwd=ROOT)
+        if not args.home:
+            Cluster(home).destroy()
 
-    g = rows / res["gunzip_s"]
-    print(f"\nbaseline gzip -dc > /dev/null : {g:10,.0f} rows/s  {mb / res['gunzip_s']:7.1f} MB/s")
-    for corr in (True, False):
+    g = res["gzip"]
+    print(f"\ngzip -dc > /dev/null         : {g['wall_s']:6.1f} s wall {g['cpu_s']:6.1f} busy CPU-s "
+          f"({1e3 * g['cpu_s'] / rows:.3f} CPU-ms/row)")
+    for corr in (True,) if args.only_correlations else (True, False):
         tag = "corr" if corr else "nocorr"
-        cb = res[f"copy_{tag}"]
-        c_pk, c_no = rows / cb["copy_pk_s"], rows / cb["copy_noindex_s"]
-        print(f"\n{'with' if corr else 'without'} correlations ({'--no-correlations' if not corr else 'default'}):")
-        print(f"baseline bare binary COPY     : {c_pk:10,.0f} rows/s  (into the table with its PK; "
-              f"{c_no:,.0f} rows/s without any index)")
-        lower = min(g, c_pk)
-        one = None
+        print(f"\n{'with' if corr else 'without'} correlations ({'default' if corr else '--no-correlations'}):")
+        if f"copy_{tag}" in res:
+            cb = res[f"copy_{tag}"]
+            print(f"bare binary COPY (pre-parsed): {cb['wall_s']:6.1f} s wall, server {cb['server_cpu_s']:6.1f} CPU-s")
         for key, r in res["runs"].items():
             if not key.startswith(tag + "-"):
                 continue
             w = int(key.split("-w")[1])
-            rate = rows / r["seconds"]
-            one = rate if w == 1 else one
-            extra = f"  {rate / one:4.2f}x one worker" if w > 1 and one else ""
-            print(f"xpmet etl xp --workers {w}      : {rate:10,.0f} rows/s  {mb / r['seconds']:7.1f} MB/s  "
-                  f"{rate / lower:4.2f}x lower baseline{extra}  peak RSS {r['maxrss_mb']:,.0f} MB/process  "
-                  f"219M rows: {ALL_XP_ROWS / rate / 86400:5.1f} days")
+            print(f"xpmet etl xp --workers {w}     : {r['wall_s']:6.1f} s wall {rows / r['wall_s']:7,.0f} rows/s; "
+                  f"busy CPU-s client+workers {r['client_cpu_s']:5.1f} + server {r['server_cpu_s']:5.1f} = "
+                  f"{r['cpu_s']:5.1f} ({1e3 * r['cpu_s'] / rows:.3f} CPU-ms/row) -> {g['cpu_s'] / r['cpu_s']:.2f}x "
+                  f"gzip's efficiency, {g['wall_s'] / r['wall_s']:.2f}x its wall; peak RSS {r['maxrss_mb']:,.0f} "
+                  f"MB/process; 219M rows: {ALL_XP_ROWS * r['cpu_s'] / rows / 3600:,.0f} core-hours")
+        fx = res[f"fixed_{tag}"]
+        print(f"fixed cost (every file skipped): {fx['client_cpu_s']:.1f} client CPU-s, {fx['wall_s']:.1f} s wall")
     out = ROOT / "benchmarks" / "results" / f"ingest-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
-    print(f"\n(noisy: shared 2-core machine; gzip level 6; PostgreSQL on the same cores) -> {out}")
+    print(f"\n(medians of {args.repeats}; gzip level 6; PostgreSQL on the same cores) -> {out}")
     if not args.keep:
         shutil.rmtree(args.workdir / f"xp-{args.rows}-{args.files}", ignore_errors=True)
 

@@ -214,6 +214,32 @@ def test_array_parser_rejects_bad_rows():
         assert e.value.rows[0] == row
 
 
+def test_blocks_cut_at_line_ends_read_like_one_block(tmp_path):
+    """The text is parsed in line-aligned blocks: any block size gives the same rows and row numbers."""
+    from xpmet.io.xp_reader import read_xp
+    f = make_bulk(tmp_path / "b.csv.gz", range(1, 31))
+
+    def rows(block_bytes):
+        chunks = list(read_xp(f, block_bytes=block_bytes))
+        firsts = [c.first_row for c in chunks]
+        return firsts, {k: np.concatenate([c.data[k] for c in chunks]) for k in chunks[0].data}
+    firsts, whole = rows(1 << 24)
+    small_firsts, small = rows(50_000)  # a row is ~35 kB: blocks of one or two rows
+    assert firsts == [1] and len(small_firsts) > 10 and small_firsts[0] == 1
+    for k, v in whole.items():
+        assert np.asarray(v).tobytes() == np.asarray(small[k]).tobytes(), k
+    header_only = make_bulk(tmp_path / "h.csv.gz", [])
+    assert sum(c.n for c in read_xp(header_only)) == 0
+
+
+def test_cut_line_in_a_later_block_names_its_data_row(tmp_path):
+    from xpmet.errors import BadInput
+    from xpmet.io.xp_reader import read_xp
+    f = make_bulk(tmp_path / "cut.csv.gz", range(1, 31), mutate=lambda k, ln: ln[:200] if k == 22 else ln)
+    with pytest.raises(BadInput, match=r"cut.csv.gz: row 23 has \d+ fields, the header has 26"):
+        list(read_xp(f, block_bytes=100_000))
+
+
 def test_detect_by_content_not_name(tmp_path):
     f = tmp_path / "spectra.dat"
     f.write_bytes((XP / "XP_CONTINUOUS_RAW.fits").read_bytes())

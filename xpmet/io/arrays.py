@@ -1,27 +1,27 @@
 """Vectorised parsing of Gaia's array strings ("[v1,v2,...]" in ECSV, "(v1, v2, ...)" in archive CSV).
 
 A column of array strings arrives as one Arrow binary array: an offsets buffer and one contiguous
-data buffer. Instead of splitting per row, the whole data buffer is rewritten with
-``bytes.translate`` (separators and closing brackets -> newline, opening brackets and blanks
-deleted) into a one-number-per-line text that Arrow's CSV reader converts to float64 in C++
-(correctly rounded, like Python's ``float``). Measured here on XP correlations: ~200 MB/s of text,
-4.5x ``np.fromstring(sep=' ')``. Per-row value counts come from comma positions in the original
-buffer, so a row of the wrong length is caught and named even when the total happens to match.
+data buffer. Instead of splitting per row, the positions of the separators (brackets and commas,
+found with numpy in one pass) become the offsets of a second Arrow string array laid over the
+same data buffer: element 2k is the k-th number, element 2k+1 the separator after it, marked
+NULL. Arrow's cast to float64 then parses every number in C++ (correctly rounded, like Python's
+``float``) without copying or rewriting the text. Measured here on XP correlations: ~19 ns per
+value, 1.8x the earlier ``bytes.translate`` + CSV-reader path. Blanks after commas (archive CSV)
+are deleted first. Per-row value counts come from comma positions, so a row of the wrong length
+is caught and named even when the total happens to match.
 
 Values are parsed to float64 and then cast, as astropy does for ECSV ``float32[null]`` columns,
 so float32 results are bit-identical to astropy's reading.
 """
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
+import pyarrow.compute as pc
 
-_TO_LINES = bytes.maketrans(b",])", b"\n\n\n")
-_DELETE = b"[( \t"
+_BLANKS = b" \t"
 _OPEN = np.frombuffer(b"[(", np.uint8)
 _CLOSE = np.frombuffer(b"])", np.uint8)
 
@@ -60,68 +60,91 @@ def parse_array_column(col: pa.Array, length: int, dtype=np.float64) -> np.ndarr
     not a number). ``dtype`` float32 rounds from float64, as astropy does.
     """
     offsets, data, valid = _buffers(col)
-    n = len(offsets) - 1
-    out = np.full((n, length), np.nan, dtype=dtype)
+    out = _parse(data, offsets, valid, length, dtype)
+    if out is None and _has_blanks(data, offsets):  # archive CSV: "(1.0, 2.0)"
+        data, offsets = _without_blanks(data, offsets)
+        out = _parse(data, offsets, valid, length, dtype)
+    if out is None:
+        raise ArrayParseError(_first_unparsable(data, offsets, _rows(offsets, valid)),
+                              "array holds a value that is not a number")
+    return out
+
+
+def _rows(offsets, valid):
+    """Rows holding an array: not NULL, not empty, not "[]" / "()" (how some writers spell a missing band)."""
     lens = np.diff(offsets)
-    valid &= lens > 0
-    # "[]" / "()" is how some writers spell a missing band
-    valid &= lens != 2
-    rows = np.flatnonzero(valid)
+    return np.flatnonzero(valid & (lens > 0) & (lens != 2))
+
+
+def _parse(data, offsets, valid, length, dtype):
+    """The (n, length) array, or None when some value is not a number; raises for bad brackets or counts."""
+    n = len(offsets) - 1
+    rows = _rows(offsets, valid)
     if rows.size == 0:
-        return out
+        return np.full((n, length), np.nan, dtype=dtype)
     starts, ends = offsets[rows], offsets[rows + 1]
     bad = ~np.isin(data[starts], _OPEN) | ~np.isin(data[ends - 1], _CLOSE)
     if bad.any():
         raise ArrayParseError(rows[bad], "array value must be enclosed in [...] or (...)")
     lo, hi = int(offsets[0]), int(offsets[-1])
-    seg = data[lo:hi]
-    commas = np.flatnonzero(seg == 44) + lo
+    commas = np.flatnonzero(data[lo:hi] == 44) + lo
+    if rows.size < n and (np.diff(offsets)[rows].sum() < hi - lo):  # bytes behind NULL entries: drop their commas
+        holder = np.zeros(n, bool)
+        holder[rows] = True
+        commas = commas[holder[np.searchsorted(offsets, commas, side="right") - 1]]
     counts = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
     wrong = counts != length
     if wrong.any():
         raise ArrayParseError(rows[wrong], f"array has {counts[wrong][0]} values, expected {length}")
-    # invalid rows (NULL or "[]") may still hold bytes; parse only the valid rows' bytes
-    if rows.size == n:
-        text = seg.tobytes()
-    else:
-        text = b"".join(data[s:e].tobytes() for s, e in _runs(starts, ends))
-    values = _parse_lines(text.translate(_TO_LINES, _DELETE), rows.size * length)
+    values = _parse_numbers(data, starts, commas, ends, length)
     if values is None:
-        raise ArrayParseError(_first_unparsable(data, starts, ends, rows), "array holds a value that is not a number")
-    out[rows] = values.reshape(rows.size, length).astype(dtype, copy=False)
+        return None
+    if rows.size == n:
+        return values.astype(dtype)
+    out = np.full((n, length), np.nan, dtype=dtype)
+    out[rows] = values
     return out
 
 
-def _runs(starts, ends):
-    """Merge adjacent [start, end) byte ranges so the join touches few pieces (missing bands are rare)."""
-    brk = np.flatnonzero(starts[1:] != ends[:-1]) + 1
-    first = np.concatenate([[0], brk])
-    last = np.concatenate([brk - 1, [len(starts) - 1]])
-    return zip(starts[first].tolist(), ends[last].tolist())
+def _has_blanks(data, offsets) -> bool:
+    seg = data[int(offsets[0]):int(offsets[-1])]
+    return bool(((seg == 32) | (seg == 9)).any())
 
 
-def _parse_lines(text: bytes, expected: int):
-    """float64 values of a one-number-per-line text, or None when any line is empty or not a number."""
+def _without_blanks(data: np.ndarray, offsets: np.ndarray):
+    """(data, offsets) with blanks and tabs deleted."""
+    blank = (data == 32) | (data == 9)
+    before = np.concatenate([[0], np.cumsum(blank, dtype=np.int64)])
+    return data[~blank], offsets - before[offsets]
+
+
+def _parse_numbers(data, starts, commas, ends, length):
+    """(rows, length) float64 from the text between the separators, or None when any is not a number."""
+    sep = np.empty((starts.size, length + 1), np.int64)
+    sep[:, 0] = starts
+    sep[:, 1:-1] = commas.reshape(starts.size, length - 1)
+    sep[:, -1] = ends - 1
+    # element 2k: number k (after its separator up to the next one); element 2k+1: the separator, NULL
+    bounds = np.empty((starts.size, length, 2), np.int64 if data.size >= 2 ** 31 else np.int32)
+    bounds[:, :, 0] = sep[:, :-1] + 1
+    bounds[:, :, 1] = sep[:, 1:]
+    m = bounds.size - 1
+    validity = np.full((m + 7) // 8, 0x55, np.uint8)
+    kind = pa.large_binary() if bounds.dtype == np.int64 else pa.binary()
+    text = pa.Array.from_buffers(kind, m, [pa.py_buffer(validity), pa.py_buffer(bounds), pa.py_buffer(data)])
     try:
-        tab = pacsv.read_csv(
-            io.BytesIO(text),
-            read_options=pacsv.ReadOptions(column_names=["v"], use_threads=False, block_size=1 << 26),
-            parse_options=pacsv.ParseOptions(ignore_empty_lines=False, quote_char=False),
-            convert_options=pacsv.ConvertOptions(column_types={"v": pa.float64()}, null_values=[""],
-                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
+        parsed = pc.cast(text, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    col = tab.column(0)
-    if len(col) != expected or col.null_count:
-        return None
-    return col.to_numpy()
+    return np.frombuffer(parsed.buffers()[1], np.float64, m)[0::2].reshape(starts.size, length)
 
 
 _NUMBER = re.compile(rb"^[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|nan|NaN|inf|Infinity|-?inf)$")
 
 
-def _first_unparsable(data, starts, ends, rows):
+def _first_unparsable(data, offsets, rows):
     """Error path only: the rows whose text does not parse (per-row Python is fine here)."""
+    starts, ends = offsets[rows], offsets[rows + 1]
     bad = []
     for s, e, r in zip(starts.tolist(), ends.tolist(), rows.tolist()):
         body = data[s + 1:e - 1].tobytes().replace(b" ", b"")

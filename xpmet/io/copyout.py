@@ -40,45 +40,45 @@ class RowReader:
         self.cols = cols
         self.dtype = row_dtype(cols)
         self.max_rows = max_rows
-        self.buf = bytearray()
+        # libpq hands over one row per block: keep the blocks (no copy) and join them once per
+        # batch, which numpy then reads in place.
+        self.parts: list = []
+        self.size = 0
         self.header_done = False
-        self.ended = False
         self.n_rows = 0
 
     def feed(self, block) -> list[dict]:
         """Append a block; return complete rows once max_rows of them are buffered (then in
-        pieces of max_rows). libpq hands over one row per block, so decoding waits for many."""
-        self.buf += block
-        if not self.header_done and not self._header():
-            return []
-        if len(self.buf) < self.max_rows * self.dtype.itemsize:
+        pieces of max_rows)."""
+        self.parts.append(block)
+        self.size += len(block)
+        if self.size < self.max_rows * self.dtype.itemsize + (0 if self.header_done else len(HEADER)):
             return []
         return self._decode(final=False)
 
-    def _header(self) -> bool:
-        if len(self.buf) < 19:
-            return False
-        if bytes(self.buf[:11]) != SIGNATURE:
-            raise XpmetError("the server's COPY output is not in PostgreSQL binary format")
-        ext = struct.unpack(">i", self.buf[15:19])[0]
-        if len(self.buf) < 19 + ext:
-            return False
-        del self.buf[:19 + ext]
-        self.header_done = True
-        return True
-
     def _decode(self, final: bool) -> list[dict]:
-        width = self.dtype.itemsize
-        out = []
+        data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        pos, out, width = 0, [], self.dtype.itemsize
+        if not self.header_done:
+            if len(data) < 19:
+                return out
+            if bytes(memoryview(data)[:11]) != SIGNATURE:
+                raise XpmetError("the server's COPY output is not in PostgreSQL binary format")
+            pos = 19 + struct.unpack(">i", memoryview(data)[15:19])[0]
+            if len(data) < pos:
+                return out
+            self.header_done = True
         while True:
-            n = min(len(self.buf) // width, self.max_rows)
+            n = min((len(data) - pos) // width, self.max_rows)
             if n == 0 or (not final and n < self.max_rows):
                 break
-            rec = np.frombuffer(bytes(self.buf[:n * width]), dtype=self.dtype)
+            rec = np.frombuffer(data, dtype=self.dtype, count=n, offset=pos)
             self._check(rec)
-            del self.buf[:n * width]
-            out.append(self._columns(rec))
+            out.append(self._columns(rec))  # copies: nothing returned refers to the joined bytes
+            pos += n * width
             self.n_rows += n
+        rest = memoryview(data)[pos:]
+        self.parts, self.size = ([rest] if len(rest) else []), len(rest)
         return out
 
     def _check(self, rec):
@@ -109,11 +109,10 @@ class RowReader:
     def finish(self) -> list[dict]:
         """The rows still buffered, after checking that the stream ended with the trailer (a cut
         stream must not pass as complete)."""
-        if not self.header_done:
-            self._header()
-        out = self._decode(final=True) if self.header_done else []
-        if not self.header_done or bytes(self.buf) != TRAILER:
-            raise XpmetError(f"the COPY stream ended early ({len(self.buf)} stray bytes after "
+        out = self._decode(final=True)
+        rest = b"".join(self.parts)
+        if not self.header_done or rest != TRAILER:
+            raise XpmetError(f"the COPY stream ended early ({len(rest)} stray bytes after "
                              f"{self.n_rows} rows); nothing of it was used")
         return out
 

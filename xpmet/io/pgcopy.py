@@ -92,6 +92,19 @@ def _fill(rec, col: Col, null: bool, values):
     rec[col.name]["v"] = values
 
 
+def _null_patterns(nulls: np.ndarray):
+    """The distinct rows of the (rows x columns) NULL matrix and each row's pattern number (None when
+    all rows share one pattern, the usual case). Rows are packed into bytes first: np.unique(axis=0)
+    on the bool matrix is ~50x slower."""
+    if len(nulls) == 0 or (nulls == nulls[0]).all():
+        return nulls[:1], None
+    width = (nulls.shape[1] + 7) // 8
+    packed = np.packbits(nulls, axis=1).view(np.dtype((np.void, width))).ravel()
+    codes, inverse = np.unique(packed, return_inverse=True)
+    patterns = np.unpackbits(codes.view(np.uint8).reshape(-1, width), axis=1, count=nulls.shape[1]).astype(bool)
+    return patterns, inverse.reshape(-1)
+
+
 def encode(cols: list[Col], data: dict, header: bool = True, trailer: bool = True) -> bytes:
     """Binary COPY bytes for the rows in ``data`` (column name -> array or list).
 
@@ -99,13 +112,12 @@ def encode(cols: list[Col], data: dict, header: bool = True, trailer: bool = Tru
     """
     n = len(data[cols[0].name])
     nulls = np.stack([_null_mask(c, data[c.name]) for c in cols], axis=1) if n else np.zeros((0, len(cols)), bool)
-    patterns, inverse = np.unique(nulls, axis=0, return_inverse=True)
-    inverse = np.asarray(inverse).reshape(-1)
+    patterns, inverse = _null_patterns(nulls)
     numeric = [i for i, c in enumerate(cols) if c.type != "text"]
     text = [i for i, c in enumerate(cols) if c.type == "text"]
     parts = [HEADER] if header else []
     for p, pattern in enumerate(patterns):
-        rows = np.flatnonzero(inverse == p)
+        rows = np.arange(n) if inverse is None else np.flatnonzero(inverse == p)
         fields = [("nfields", ">i2")]
         for i in numeric:
             fields += tuple_fields(cols[i], bool(pattern[i]))
@@ -113,8 +125,8 @@ def encode(cols: list[Col], data: dict, header: bool = True, trailer: bool = Tru
         rec["nfields"] = len(cols)
         for i in numeric:
             c = cols[i]
-            vals = None if pattern[i] else np.asarray(np.ma.getdata(data[c.name]))[rows]
-            _fill(rec, c, bool(pattern[i]), vals)
+            vals = None if pattern[i] else np.asarray(np.ma.getdata(data[c.name]))
+            _fill(rec, c, bool(pattern[i]), vals if vals is None or inverse is None else vals[rows])
         if not text:
             parts.append(rec.tobytes())
             continue

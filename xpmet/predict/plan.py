@@ -54,14 +54,15 @@ def input_columns(needs) -> list[tuple[str, Col]]:
 def _select(inputs, model_id: int, lo: int, hi: int, where: str | None) -> str:
     # COPY takes no bind parameters: the only values pasted here are integers we made ourselves
     # and the user's own --where expression (checked by check_where; both run as xpmet_reader).
-    cond = f"x.source_id >= {int(lo)} AND x.source_id < {int(hi)}"
-    if where:
-        cond += f" AND ({where})"
+    # Each table gets the range: the planner does not carry it over a join, and a merge join
+    # would otherwise walk every gaia_source row and earlier prediction below the chunk.
+    rng = lambda t: f"{t}.source_id >= {int(lo)} AND {t}.source_id < {int(hi)}"  # noqa: E731
+    cond = rng("x") + (f" AND ({where})" if where else "")
     return (f"SELECT {', '.join(e for e, _ in inputs)} FROM xpmet.xp_continuous x "
-            f"LEFT JOIN xpmet.gaia_source g ON g.source_id = x.source_id "
+            f"LEFT JOIN xpmet.gaia_source g ON g.source_id = x.source_id AND {rng('g')} "
             f"WHERE {cond} AND NOT EXISTS (SELECT 1 FROM xpmet.predictions p "
-            f"WHERE p.model_id = {int(model_id)} AND p.source_id = x.source_id AND p.load_id = x.load_id) "
-            f"ORDER BY x.source_id")
+            f"WHERE p.model_id = {int(model_id)} AND {rng('p')} AND p.source_id = x.source_id "
+            f"AND p.load_id = x.load_id) ORDER BY x.source_id")
 
 
 def check_where(conn, where: str | None) -> None:

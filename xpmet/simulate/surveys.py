@@ -2,12 +2,16 @@
 
 Each survey (see ``SURVEYS``) has: a selection on sky and magnitude (plus a random completeness),
 a zero-point offset per label and linear trends (``observed = true + offset + sum slope*(x - pivot)``,
-x a true label), noise growing with magnitude (``sigma = sigma0 * (1 + 10^(0.4 (G - g_ref)))``),
+x a true label), for some a non-linear compression of the metal-poor scale (LAMOST: true [Fe/H]
+below -1.5 pulled toward -1.5, ``+ (factor - 1) * (true - below)``), noise growing with magnitude
+(``sigma = sigma0 * (1 + 10^(0.4 (G - g_ref)))``) with reported errors honest to +-20 % or, for some
+surveys (GALAH), too small by ``error_understatement``,
 failures (-9999 sentinels and a flag), outliers (a wide error in [Fe/H] and Teff) and duplicate
 observations (repeat rows). Positions are written at the survey's epoch: the true 2016.0 position
 propagated with the true proper motion (APOGEE J2000.0, GALAH 2015.5, LAMOST the observation date,
-GBS J2000.0). GBS is the reference scale: no offsets, small noise, the brightest well-behaved stars,
-and most other surveys observe them (as real surveys target benchmarks for calibration).
+GBS J2000.0). GBS is the reference scale: no offsets, small noise, the brightest well-behaved stars
+and a fifth of them metal-poor ([Fe/H] < -1.5, as the real GBS v3 has), and most other surveys
+observe them (as real surveys target benchmarks for calibration).
 Everything injected is written to survey_truth.json so tests can recover it.
 
 Optional surveys (``surveys=("all",)``): Gaia-ESO DR5 (FITS, faint, close to the reference scale),
@@ -48,6 +52,10 @@ class SurveySpec:
     benchmark_recall: float = 0.7
     epoch: str = ""
     extra: dict = field(default_factory=dict)
+    #: label -> {"below": b, "factor": f}: true values below b observed at b + f * (true - b)
+    compress: dict = field(default_factory=dict)
+    #: reported errors = true noise / error_understatement (x U(0.8, 1.2))
+    error_understatement: float = 1.0
 
 
 SURVEYS = {
@@ -62,14 +70,14 @@ SURVEYS = {
         offset={"teff": -30.0, "logg": -0.05, "feh": 0.05, "alpha_fe": -0.02},
         trend={"logg": {"x": "teff", "slope": 4.0e-5, "pivot": 5500.0}},
         sigma0={"teff": 60.0, "logg": 0.12, "feh": 0.06, "alpha_fe": 0.04}, g_ref=14.0,
-        epoch="2015.5"),
+        epoch="2015.5", error_understatement=1.5),
     "lamost": SurveySpec(
         "lamost", (9.0, 17.5), (-10, 90), 0.35,
         offset={"teff": 50.0, "logg": -0.08, "feh": -0.10, "alpha_fe": 0.0},
         trend={"feh": {"x": "feh", "slope": -0.08, "pivot": -0.3}},
         sigma0={"teff": 80.0, "logg": 0.12, "feh": 0.08, "alpha_fe": 0.0}, g_ref=16.0,
         failure_rate=0.05, outlier_rate=0.02, duplicate_rate=0.08, epoch="observation date",
-        teff_range=(3800.0, 8000.0)),
+        teff_range=(3800.0, 8000.0), compress={"feh": {"below": -1.5, "factor": 0.7}}),
     "gbs": SurveySpec(
         "gbs", (0.0, 13.0), (-90, 90), 1.0,
         offset={"teff": 0.0, "logg": 0.0, "feh": 0.0, "alpha_fe": 0.0}, trend={},
@@ -128,13 +136,16 @@ class Observation:
 
 
 def benchmark_stars(truth: dict[str, np.ndarray], n_xp: int) -> np.ndarray:
-    """Indices of the benchmark (GBS) stars: the brightest FGK XP stars with a well-behaved astrometry."""
+    """Indices of the benchmark (GBS) stars: the brightest FGK XP stars with a well-behaved astrometry,
+    a fifth of them the brightest metal-poor ones ([Fe/H] < -1.5)."""
     spec = SURVEYS["gbs"]
     ok = (truth["has_xp"] & _stellar(truth) & (truth["teff"] > spec.teff_range[0])
           & (truth["teff"] < spec.teff_range[1]) & (truth["phot_g_mean_mag"] < spec.g_range[1]))
-    idx = np.flatnonzero(ok)
     n = int(np.clip(0.01 * n_xp, 20, 200))
-    return idx[np.argsort(truth["phot_g_mean_mag"][idx])][:n]
+    by_g = lambda m: np.flatnonzero(m)[np.argsort(truth["phot_g_mean_mag"][m])]  # noqa: E731
+    poor = by_g(ok & (truth["feh"] < -1.5))[:n // 5]
+    rest = by_g(ok & ~np.isin(np.arange(ok.size), poor))[:n - poor.size]
+    return np.sort(np.concatenate([poor, rest]))
 
 
 def _stellar(truth) -> np.ndarray:
@@ -161,6 +172,10 @@ def systematic(spec: SurveySpec, label: str, truth_rows: dict[str, np.ndarray]) 
     t = spec.trend.get(label)
     if t:
         out = out + t["slope"] * (truth_rows[t["x"]] - t["pivot"])
+    c = spec.compress.get(label)
+    if c:
+        x = truth_rows[label]
+        out = out + np.where(x < c["below"], (c["factor"] - 1) * (x - c["below"]), 0.0)
     return out
 
 
@@ -176,8 +191,8 @@ def observe(rng, spec: SurveySpec, truth: dict[str, np.ndarray], stars: np.ndarr
     for label in LABELS:
         sigma = spec.sigma0[label] * growth
         values[label] = rows[label] + systematic(spec, label, rows) + sigma * rng.normal(size=star.size)
-        # Reported errors are honest to +-20 %, as pipelines roughly are.
-        errors[label] = sigma * rng.uniform(0.8, 1.2, star.size)
+        # Reported errors are honest to +-20 %, as pipelines roughly are (or too small, where set).
+        errors[label] = sigma / spec.error_understatement * rng.uniform(0.8, 1.2, star.size)
     outlier = rng.random(star.size) < spec.outlier_rate
     values["feh"][outlier] += rng.choice([-1, 1], outlier.sum()) * rng.uniform(0.4, 1.0, outlier.sum())
     values["teff"][outlier] += rng.normal(0, 400, outlier.sum())
@@ -438,8 +453,11 @@ def describe(spec: SurveySpec, obs: Observation, filename: str) -> dict:
         "offset": spec.offset,
         "trend": spec.trend,
         "trend_form": "observed = true + offset[label] + slope * (true[x] - pivot)",
-        "noise": {"sigma0": spec.sigma0, "g_ref": spec.g_ref,
-                  "form": "sigma = sigma0 * (1 + 10**(0.4 * (G - g_ref))); reported errors within +-20 %"},
+        "compress": spec.compress,
+        "compress_form": "observed += (factor - 1) * (true[label] - below) where true[label] < below",
+        "noise": {"sigma0": spec.sigma0, "g_ref": spec.g_ref, "error_understatement": spec.error_understatement,
+                  "form": "sigma = sigma0 * (1 + 10**(0.4 * (G - g_ref))); "
+                          "reported errors = sigma / error_understatement within +-20 %"},
         "selection": {"g_range": spec.g_range, "dec_range": spec.dec_range, "teff_range": spec.teff_range,
                       "completeness": spec.completeness, "benchmark_recall": spec.benchmark_recall},
         "failure_rate": spec.failure_rate, "outlier_rate": spec.outlier_rate,

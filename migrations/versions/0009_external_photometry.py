@@ -34,8 +34,7 @@ def _best_neighbour(name, oid, oid_type, catalogue, archive):
     sa.Column('number_of_neighbours', sa.Integer(), nullable=True, comment='good neighbours of the Gaia source'),
     sa.Column('number_of_mates', sa.SmallInteger(), nullable=True,
               comment='other Gaia sources with the same best neighbour (> 0: blended photometry)'),
-    sa.Column('load_id', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['load_id'], ['xpmet.etl_load.load_id'], ),
+    sa.Column('load_id', sa.Integer(), nullable=False, comment='the etl_load row of the file'),
     sa.PrimaryKeyConstraint('source_id'),
     schema='xpmet',
     comment=f'Gaia DR3 {name} (archive table gaiadr3.{archive})'
@@ -51,8 +50,7 @@ def upgrade():
     *[sa.Column(c, sa.REAL(), nullable=True) for c in ('j_m', 'j_msigcom', 'h_m', 'h_msigcom', 'ks_m', 'ks_msigcom')],
     sa.Column('ph_qual', sa.Text(), nullable=True, comment='photometric quality per band (J, H, Ks): A..F, U, X'),
     sa.Column('cc_flg', sa.Text(), nullable=True, comment='artefact contamination and confusion per band; 0 = clean'),
-    sa.Column('load_id', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['load_id'], ['xpmet.etl_load.load_id'], ),
+    sa.Column('load_id', sa.Integer(), nullable=False, comment='the etl_load row of the file'),
     sa.PrimaryKeyConstraint('designation'),
     schema='xpmet',
     comment='2MASS All-Sky Point Source Catalog rows (Skrutskie et al. 2006); positions at the 2MASS epoch'
@@ -65,8 +63,7 @@ def upgrade():
     *[sa.Column(c, sa.REAL(), nullable=True) for c in ('w1mpro', 'w1sigmpro', 'w2mpro', 'w2sigmpro')],
     sa.Column('ph_qual', sa.Text(), nullable=True, comment='photometric quality per band (W1..W4): A, B, C, U, X, Z'),
     sa.Column('cc_flags', sa.Text(), nullable=True, comment='contamination and confusion per band (W1..W4); 0 = clean'),
-    sa.Column('load_id', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['load_id'], ['xpmet.etl_load.load_id'], ),
+    sa.Column('load_id', sa.Integer(), nullable=False, comment='the etl_load row of the file'),
     sa.PrimaryKeyConstraint('designation'),
     schema='xpmet',
     comment='AllWISE Source Catalog rows (Cutri et al. 2013); profile-fit (mpro) Vega magnitudes'

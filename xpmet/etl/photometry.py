@@ -216,7 +216,8 @@ def normalise(path: Path, table, d: Catalogue) -> tuple[dict, list, dict]:
     if dup.size:
         a, b = sorted(order[[dup[0], dup[0] + 1]])
         raise BadInput(path, f"{d.key} {kv[a]} appears twice (rows {a} and {b})", row=int(b), column=d.key)
-    return out, absent, nulled
+    # in key order: the primary-key B-tree is filled page after page instead of split all over
+    return {k: v[order] for k, v in out.items()}, absent, nulled
 
 
 def _missing(v) -> np.ndarray:

@@ -18,7 +18,9 @@ EXTERNAL_PHOT = ("tmass_j", "tmass_j_err", "tmass_h", "tmass_h_err", "tmass_ks",
 
 
 def _load_id():
-    return sa.Column("load_id", sa.Integer, sa.ForeignKey("xpmet.etl_load.load_id"), nullable=False)
+    # No foreign key (as xmatch): its per-row trigger cost more than the rest of the COPY; rows are
+    # deleted by load_id when their file is replaced (xpmet.etl.provenance).
+    return sa.Column("load_id", sa.Integer, nullable=False, comment="the etl_load row of the file")
 
 
 def _mags(*names):

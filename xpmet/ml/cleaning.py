@@ -14,7 +14,7 @@ cannot be judged and are kept.
 The result is written INTO the training file (read by :func:`xpmet.ml.dataset.read`)::
 
     /cleaning/keep        bool (n,)            False: dropped (train/valid rows only)
-    /cleaning/dropped_in  int8 (n,)            iteration that dropped the row (0: kept)
+    /cleaning/dropped_in  int16 (n,)           iteration that dropped the row (0: kept)
     /cleaning/residual    f4 (n_iter, n, n_bands)  normalised residual per iteration (NaN: not judged)
     attrs: k, max_iter, iterations, bands, seed, n_dropped (JSON list per iteration), thresholds
            (JSON [[lo, hi] per band] per iteration), emulator (JSON: model id, fingerprint, or the
@@ -52,6 +52,7 @@ from xpmet.xp_coefficients import N_COEF
 GROUP = "cleaning"
 MAD_TO_SIGMA = 1.4826
 MIN_JUDGED = 20
+BLOCK = 20000  # rows per GaiaXPy call
 
 
 @dataclass
@@ -151,7 +152,7 @@ def _iterate(data: Path, opt: CleanOptions, emulator, progress: bool):
     """The cleaning loop on DATA (a copy without any earlier record): (summary, arrays to record)."""
     with h5py.File(data, "r") as f:
         split = f["split"][:]
-    arr = ds.read(data, correlations=True)  # all rows, file order; correlations when exported
+    arr = ds.read(data)  # all rows, file order
     n = len(arr)
     judged = (np.isin(split, [ds.SPLITS["train"], ds.SPLITS["valid"]])
               & np.isfinite(arr.labels[:, :3]).all(1) & ~arr.missing.any(1))
@@ -160,9 +161,9 @@ def _iterate(data: Path, opt: CleanOptions, emulator, progress: bool):
         raise XpmetError(f"{data.name}: only {len(idx)} train/valid rows with Teff, log g, [Fe/H] and both "
                          f"bands; cleaning needs at least {MIN_JUDGED}.")
     sub = arr.subset(idx)
-    obs = _observed(sub, opt.bands)
+    obs = _observed(data, idx, opt.bands)
     keep = np.ones(n, bool)
-    dropped_in = np.zeros(n, np.int8)
+    dropped_in = np.zeros(n, np.int16)
     residuals, n_dropped, thresholds, emu_ids = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="xpmet-clean-") as work:
         for it in range(1, opt.max_iter + 1):
@@ -206,14 +207,19 @@ def _iterate(data: Path, opt: CleanOptions, emulator, progress: bool):
     return summary, {"keep": keep, "dropped_in": dropped_in, "residual": np.stack(residuals)}
 
 
-def _observed(sub: ds.XPArrays, bands) -> dict:
-    """GaiaXPy magnitudes and errors of the observed coefficients (full covariance when exported)."""
+def _observed(data: Path, rows: np.ndarray, bands) -> dict:
+    """GaiaXPy magnitudes and errors of the observed coefficients of file rows ROWS (with the full
+    covariance when the file has correlations, read block by block: they are 27x the coefficients)."""
     from xpmet.ml.photometry import synthetic_photometry
-    bp, bpe, rp, rpe = sub.raw()
-    kw = {} if sub.corr is None else {"bp_corr": sub.corr[:, 0], "rp_corr": sub.corr[:, 1]}
-    if sub.std_dev is not None:
-        kw |= {"bp_sd": sub.std_dev[:, 0], "rp_sd": sub.std_dev[:, 1]}
-    return synthetic_photometry(bp, bpe, rp, rpe, bands=bands, **kw)
+    parts = []
+    for i in range(0, len(rows), BLOCK):
+        sub = ds.read(data, correlations=True, rows=rows[i:i + BLOCK])
+        bp, bpe, rp, rpe = sub.raw()
+        kw = {} if sub.corr is None else {"bp_corr": sub.corr[:, 0], "rp_corr": sub.corr[:, 1]}
+        if sub.std_dev is not None:
+            kw |= {"bp_sd": sub.std_dev[:, 0], "rp_sd": sub.std_dev[:, 1]}
+        parts.append(synthetic_photometry(bp, bpe, rp, rpe, bands=bands, **kw))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _residuals(emu, sub: ds.XPArrays, obs: dict, bands) -> np.ndarray:
@@ -223,11 +229,15 @@ def _residuals(emu, sub: ds.XPArrays, obs: dict, bands) -> np.ndarray:
     propagated magnitude error is the scatter's share.
     """
     from xpmet.ml.photometry import synthetic_photometry
-    mean, var = emulate(emu, sub.labels, sub.ag)
-    f = sub.flux[:, None]
-    model, scatter = mean * f, np.sqrt(var) * f
-    emu = synthetic_photometry(model[:, :N_COEF], scatter[:, :N_COEF], model[:, N_COEF:], scatter[:, N_COEF:],
-                               bands=bands)
+    out = []
+    for i in range(0, len(sub), BLOCK):
+        part = sub.subset(slice(i, i + BLOCK))
+        mean, var = emulate(emu, part.labels, part.ag)
+        f = part.flux[:, None]
+        model, scatter = mean * f, np.sqrt(var) * f
+        out.append(synthetic_photometry(model[:, :N_COEF], scatter[:, :N_COEF], model[:, N_COEF:],
+                                        scatter[:, N_COEF:], bands=bands))
+    emu = {k: np.concatenate([p[k] for p in out]) for k in out[0]}
     with np.errstate(invalid="ignore"):
         return np.column_stack([(emu[b] - obs[b]) / np.hypot(obs[b + "_err"], emu[b + "_err"]) for b in bands])
 

@@ -57,17 +57,18 @@ def xmatch(radius, nopm_radius, id_radius, epoch, override, version, keep, no_la
 
 @click.command("labels")
 @click.option("--reference", help="Survey whose scale the labels use (default gbs, the benchmark stars).")
-@click.option("--fallback", help="Survey calibrated on the reference that calibrates surveys without overlap "
-                                 "('' for none).")
-@click.option("--min-overlap", type=int, help="Shared stars needed for a zero point [3].")
-@click.option("--min-trend-overlap", type=int, help="Shared stars needed for a trend [50].")
-@click.option("--clip", type=float, help="Leave-one-out |z| that rejects a measurement [4].")
+@click.option("--fallback", help="Survey whose scale anchors a label the reference does not measure ('' for none).")
+@click.option("--min-overlap", type=int, help="Stars a survey must share with the network to be calibrated [3].")
+@click.option("--min-trend-overlap", type=int,
+              help="Shared stars a survey needs for a shape (knots, Teff and log g terms) beyond one offset [50].")
+@click.option("--clip", type=float, help="|z| that drops a measurement from the fit and rejects it in labels [4].")
 @click.option("--max-chi2-dof", type=float, help="chi2/dof that flags a label discordant [9].")
 @click.option("--max-feh-err", type=float, help="training_set cut on feh_err [0.2].")
 @click.option("--min-xp-snr", type=float, help="training_set cut on the XP S/N [30].")
 @click.option("--show/--no-show", default=True, help="Print the zero points.")
 def labels(reference, fallback, min_overlap, min_trend_overlap, clip, max_chi2_dof, max_feh_err, min_xp_snr, show):
-    """Choose the label scale and recompute survey_zero_point and labels (training_set follows)."""
+    """Choose the label scale, fit every survey's calibration jointly over the overlap network
+    (xpmet.survey_calibration, shown by survey_zero_point) and recompute labels (training_set follows)."""
     from xpmet.labels import refresh, zero_points
     s = refresh(reference, fallback=fallback, min_overlap=min_overlap, min_trend_overlap=min_trend_overlap,
                 clip=clip, max_chi2_dof=max_chi2_dof, max_feh_err=max_feh_err, min_xp_snr=min_xp_snr)
@@ -75,8 +76,10 @@ def labels(reference, fallback, min_overlap, min_trend_overlap, clip, max_chi2_d
     if "warning" in s["zero_points"]:
         click.secho(s["zero_points"]["warning"], fg="yellow", err=True)
     if show:
-        click.echo(f"{'survey':10s} {'label':9s} {'status':13s} {'zero_point':>11s} {'error':>9s} {'slope':>8s} {'N':>6s}")
+        click.echo(f"{'survey':10s} {'label':9s} {'status':13s} {'zero_point':>11s} {'error':>9s} {'slope':>8s} "
+                   f"{'N':>6s} {'err_scale':>9s} {'floor':>7s}")
         for z in zero_points():
             f = lambda v, p: "" if v is None else f"{v:.{p}f}"  # noqa: E731
             click.echo(f"{z['survey']:10s} {z['label']:9s} {z['status']:13s} {f(z['zero_point'], 3):>11s} "
-                       f"{f(z['zero_point_err'], 3):>9s} {f(z['slope'], 4):>8s} {z['n_stars']:>6d}")
+                       f"{f(z['zero_point_err'], 3):>9s} {f(z['slope'], 4):>8s} {z['n_stars']:>6d} "
+                       f"{f(z['err_scale'], 2):>9s} {f(z['error_floor_fitted'], 3):>7s}")

@@ -121,23 +121,26 @@ def _qual(snr, edges, letters, upper) -> np.ndarray:
 
 def _hms(ra, dec, ra_digits: int, dec_digits: int, sep: bool) -> np.ndarray:
     """Truncated sexagesimal designations: 2MASS hhmmssss+ddmmsss, AllWISE hhmmss.ss+ddmmss.s."""
+    def digits(v, width):
+        return np.char.zfill(v.astype(np.int64).astype(str), width)
+
+    def seconds(s, n):  # s: seconds times 10**n, truncated
+        return (np.char.add(np.char.add(digits(s // 10 ** n, 2), "."), digits(s % 10 ** n, n)) if sep
+                else digits(s, 2 + n))
+
     h = ra / 15.0
     hh = np.floor(h)
     mm = np.floor((h - hh) * 60)
     ss = np.floor(((h - hh) * 60 - mm) * 60 * 10 ** ra_digits)
-    sign = np.where(dec < 0, "-", "+")
     a = np.abs(dec)
     dd = np.floor(a)
     dm = np.floor((a - dd) * 60)
     ds = np.floor(((a - dd) * 60 - dm) * 60 * 10 ** dec_digits)
-    w_ra, w_dec = 2 + ra_digits + (1 if sep else 0), 2 + dec_digits + (1 if sep else 0)
-    out = []
-    for H, M, S, sg, D, DM, DS in zip(hh.astype(int), mm.astype(int), ss.astype(int), sign, dd.astype(int),
-                                      dm.astype(int), ds.astype(int)):
-        s_ra = f"{S // 10 ** ra_digits:02d}.{S % 10 ** ra_digits:0{ra_digits}d}" if sep else f"{S:0{w_ra}d}"
-        s_de = f"{DS // 10 ** dec_digits:02d}.{DS % 10 ** dec_digits:0{dec_digits}d}" if sep else f"{DS:0{w_dec}d}"
-        out.append(f"{H:02d}{M:02d}{s_ra}{sg}{D:02d}{DM:02d}{s_de}")
-    return np.asarray(out)
+    out = digits(hh, 2)
+    for part in (digits(mm, 2), seconds(ss, ra_digits), np.where(dec < 0, "-", "+"), digits(dd, 2), digits(dm, 2),
+                 seconds(ds, dec_digits)):
+        out = np.char.add(out, part)
+    return out
 
 
 def _at_epoch(truth, epoch):

@@ -58,6 +58,11 @@ SERVER_SETTINGS = {
     "maintenance_work_mem": "'512MB'",
     "max_wal_size": "'4GB'",
     "checkpoint_timeout": "'15min'",
+    # A table created and filled in one transaction (each crossmatch run's partition of xpmet.xmatch)
+    # then writes no WAL, only a sync at commit. The cost: no streaming replicas or WAL archiving
+    # of this server (back it up with pg_dump); an external server keeps its own wal_level.
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
     # q3c's huge cost estimates switch JIT on, which only slows these queries down.
     "jit": "off",
     "logging_collector": "off",

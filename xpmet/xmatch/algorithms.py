@@ -26,6 +26,13 @@ SURVEY_COLS = "s.star_id, s.survey_id, s.ra, s.dec, s.epoch, s.gaia_source_id, s
 PARTS = ("all", "main", "worker")
 
 
+def within_sql(a: str, b: str, radius: str) -> str:
+    """True when q3c_join(a.ra, a.dec, b.ra, b.dec, radius) holds: its distance test, the same
+    expression (q3c's index ranges cover the whole circle), without the 8 q3c_nearby_it calls."""
+    return (f"coalesce(q3c_sindist({a}.ra, {a}.dec, {b}.ra, {b}.dec) < pow(sin(radians({radius}) / 2), 2), "
+            "false)")
+
+
 def _bit(name):
     return 1 << XMATCH_BITS[name]
 
@@ -47,8 +54,17 @@ class CrossmatchAlgorithm:
         raise NotImplementedError
 
     def extra_arms(self, cols: str) -> list[str]:
-        """Further candidate SELECTs (searched by the "worker" part), e.g. from the Gaia side."""
+        """Further candidate SELECTs (searched by the "worker" part), e.g. from the Gaia side; each
+        leaves out the pairs the survey-side probe finds (:meth:`found_by_probe_sql`)."""
         return []
+
+    def found_by_extra_sql(self) -> list[str]:
+        """Per extra arm, SQL that is true exactly for the pairs (s, g, p) that arm finds."""
+        return []
+
+    def found_by_probe_sql(self) -> str:
+        """True exactly for the pairs (s, g, p) the survey-side probe finds (:func:`within_sql`)."""
+        return within_sql("s", "g", self.search_radius_sql())
 
     def pair_columns(self) -> str:
         """Select list of one candidate pair (survey row s, Gaia source g, radii p): separation and id evidence."""
@@ -63,10 +79,10 @@ class CrossmatchAlgorithm:
 
         One pass: q3c index probes and declared ids find the candidates, and each arm computes the
         separation at the row's epoch from the columns it already holds (no second join of the pairs
-        with survey_star or gaia_source). A pair found by two arms appears twice (best_neighbour_sql
-        keeps one). ``part`` splits the work over two connections: "main" probes two thirds of the
-        survey rows, "worker" the other third plus the other arms and declared ids; "all" does
-        everything. Parameters %(pm_cap)s %(max_r)s %(max_dt)s and the per-survey arrays %(sid)s
+        with survey_star or gaia_source). Each pair comes once: an arm leaves out what the arms before
+        it find (so there is no duplicate to sort away). ``part`` splits the work over two connections:
+        "main" probes two thirds of the survey rows and looks up their declared ids, "worker" the
+        other third plus the other arms; "all" does everything. Parameters %(pm_cap)s %(max_r)s %(max_dt)s and the per-survey arrays %(sid)s
         %(radius)s %(nopm_radius)s %(id_radius)s (plain parameters, so a second connection can run it too).
         """
         if part not in PARTS:
@@ -74,27 +90,28 @@ class CrossmatchAlgorithm:
         cols = self.pair_columns()
         probe_rows = {"all": "", "main": "AND s.star_id %% 3 <> 0", "worker": "AND s.star_id %% 3 = 0"}[part]
         search = self.search_radius_sql()
-        arms = []
         # Each q3c probe is a LATERAL subquery that OFFSET 0 keeps from being flattened: its only access
         # paths are the q3c index and a (disabled) sequential scan, so the plan is one index probe per
         # outer row whatever the statistics say. As a plain join, a table without statistics yet (just
         # loaded, or analysed in a transaction the other connection cannot see) made the planner scan
         # all survey rows per fast mover instead: 78 M q3c_sindist calls, 30 s of a 31 s first run.
+        arms = ["SELECT * FROM probed"]
+        if part != "main":
+            arms += self.extra_arms(cols)
+        # declared ids the probes did not find: an anti-join with the probes' pairs first, so only
+        # those few cost a primary-key probe into gaia_source (a plain join hashed all of it)
+        extra_found = " OR ".join(self.found_by_extra_sql()) or "false"
         arms.append(f"""
-          SELECT {cols} FROM probe s
+          SELECT {cols} FROM (
+            SELECT {SURVEY_COLS} FROM xpmet.survey_star s
+            WHERE s.gaia_source_id IS NOT NULL {probe_rows}
+              AND NOT EXISTS (SELECT 1 FROM probed f WHERE f.star_id = s.star_id AND f.source_id = s.gaia_source_id)
+            OFFSET 0) s
           JOIN p USING (survey_id)
           CROSS JOIN LATERAL (
             SELECT g.source_id, g.ra, g.dec, g.pmra, g.pmdec, g.ref_epoch FROM xpmet.gaia_source g
-            WHERE q3c_join(s.ra, s.dec, g.ra, g.dec, s.r)
-            -- no filter on g here: any condition on gaia_source makes the planner drop the q3c index
-            -- (its cost estimates are huge)
-            OFFSET 0) g""")
-        if part != "main":
-            arms += self.extra_arms(cols)
-            arms.append(f"""
-          SELECT {cols} FROM xpmet.survey_star s
-          JOIN p USING (survey_id)
-          JOIN xpmet.gaia_source g ON g.source_id = s.gaia_source_id""")
+            WHERE g.source_id = s.gaia_source_id OFFSET 0) g
+          WHERE NOT ({extra_found})""")
         union = "\n      UNION ALL".join(arms)
         return f"""
         WITH p AS (SELECT * FROM unnest(%(sid)s::smallint[], %(radius)s::float8[], %(nopm_radius)s::float8[],
@@ -103,6 +120,16 @@ class CrossmatchAlgorithm:
           SELECT {SURVEY_COLS}, {search} AS r FROM xpmet.survey_star s JOIN p USING (survey_id)
           WHERE s.ra IS NOT NULL AND s.dec IS NOT NULL {probe_rows}
         ),
+        probed AS MATERIALIZED (
+          SELECT {cols} FROM probe s
+          JOIN p USING (survey_id)
+          CROSS JOIN LATERAL (
+            SELECT g.source_id, g.ra, g.dec, g.pmra, g.pmdec, g.ref_epoch FROM xpmet.gaia_source g
+            WHERE q3c_join(s.ra, s.dec, g.ra, g.dec, s.r)
+            -- no filter on g here: any condition on gaia_source makes the planner drop the q3c index
+            -- (its cost estimates are huge)
+            OFFSET 0) g
+        ),
         cand AS ({union}
         )
         SELECT star_id, survey_id, source_id, no_position, sep, no_pm, declared, declared_dr2,
@@ -110,18 +137,16 @@ class CrossmatchAlgorithm:
                declared AND (no_position OR sep <= id_radius) AS id_ok
         FROM cand"""
 
-    def best_neighbour_sql(self) -> str:
-        """One xmatch row per survey row from the pairs in xm_pair (parameter %(run_id)s): the ranking."""
+    def best_neighbour_sql(self, table: str = "xpmet.xmatch") -> str:
+        """One xmatch row per survey row from the pairs in xm_pair (parameter %(run_id)s) into ``table``
+        (the run's partition of xpmet.xmatch): the ranking."""
         b = _bit
         return f"""
-        WITH judged AS (  -- a pair found by two arms of the candidate search has the same values twice
-          SELECT DISTINCT ON (star_id, source_id) * FROM xm_pair ORDER BY star_id, source_id
-        ),
-        ranked AS (
+        WITH ranked AS (  -- each pair is once in xm_pair (candidates_sql)
           SELECT *, row_number() OVER (PARTITION BY star_id
                                        ORDER BY (within OR id_ok) DESC, id_ok DESC, (declared_dr2 AND within) DESC,
-                                                sep) AS rk
-          FROM judged
+                                                sep, source_id) AS rk
+          FROM xm_pair
         ),
         best AS MATERIALIZED (  -- read twice: by the output rows and by the duplicate-claim count
           SELECT star_id, min(survey_id) AS survey_id,
@@ -165,7 +190,7 @@ class CrossmatchAlgorithm:
           LEFT JOIN best b USING (star_id)
           LEFT JOIN claims c ON c.survey_id = b.survey_id AND c.source_id = b.source_id
         )
-        INSERT INTO xpmet.xmatch (run_id, star_id, survey_id, source_id, method, separation, n_candidates,
+        INSERT INTO {table} (run_id, star_id, survey_id, source_id, method, separation, n_candidates,
                                   second_separation, id_separation, ambiguous, duplicate_claim, flags)
         SELECT %(run_id)s, star_id, survey_id, source_id, method, separation, n_candidates, second_separation,
                id_separation, ambiguous, dup,
@@ -190,20 +215,25 @@ class PropagatedPositions(CrossmatchAlgorithm):
     def search_radius_sql(self):
         return "(p.radius + %(pm_cap)s * abs(coalesce(s.epoch, 2016.0) - 2016.0) / 1000.0) / 3600.0"
 
+    #: Gaia sources moving faster than pm_cap, and those without proper motion (matched within the
+    #: wider nopm_radius), are few: they probe survey_star from the Gaia side instead, this far (deg)
+    GAIA_SIDE = "g.pmra IS NULL OR g.pmdec IS NULL OR g.pmra * g.pmra + g.pmdec * g.pmdec > %(pm_cap)s ^ 2"
+    GAIA_SIDE_RADIUS = ("CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN %(max_r)s ELSE %(max_r)s + "
+                        "sqrt(g.pmra * g.pmra + g.pmdec * g.pmdec) * %(max_dt)s / 1000.0 END / 3600.0")
+
     def extra_arms(self, cols):
-        # Gaia sources moving faster than pm_cap, and those without proper motion (matched within the
-        # wider nopm_radius), are few: they probe survey_star from the Gaia side instead
-        # (a LATERAL subquery kept apart by OFFSET 0: see the positional arm)
+        # a LATERAL subquery kept apart by OFFSET 0: see the positional arm
         return [f"""
           SELECT {cols} FROM xpmet.gaia_source g
           CROSS JOIN LATERAL (
             SELECT {SURVEY_COLS} FROM xpmet.survey_star s
-            WHERE q3c_join(g.ra, g.dec, s.ra, s.dec,
-                           CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN %(max_r)s
-                                ELSE %(max_r)s + sqrt(g.pmra * g.pmra + g.pmdec * g.pmdec) * %(max_dt)s / 1000.0 END / 3600.0)
+            WHERE q3c_join(g.ra, g.dec, s.ra, s.dec, {self.GAIA_SIDE_RADIUS})
             OFFSET 0) s
           JOIN p USING (survey_id)
-          WHERE g.pmra IS NULL OR g.pmdec IS NULL OR g.pmra * g.pmra + g.pmdec * g.pmdec > %(pm_cap)s ^ 2"""]
+          WHERE ({self.GAIA_SIDE}) AND NOT {self.found_by_probe_sql()}"""]
+
+    def found_by_extra_sql(self):
+        return [f"(({self.GAIA_SIDE}) AND {within_sql('g', 's', self.GAIA_SIDE_RADIUS)})"]
 
 
 class GaiaEpochPositions(CrossmatchAlgorithm):

@@ -236,14 +236,10 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         lap("candidate_pairs")
         bar.update(1)
         bar.set_postfix_str("best neighbours")
-        # the planner cannot estimate the rows of the ranking subquery (it assumes 200): hash joins only
-        conn.execute("SET LOCAL enable_nestloop = off")
-        conn.execute(matcher.best_neighbour_sql(), {"run_id": run_id})
-        conn.execute("SET LOCAL enable_nestloop = on")
+        part = write_partition(conn, run_id, matcher)
         lap("best_neighbour_insert")
         bar.update(1)
-        counts = dict(conn.execute("SELECT method, count(*) FROM xpmet.xmatch WHERE run_id = %s GROUP BY method",
-                                   (run_id,)).fetchall())
+        counts = dict(conn.execute(f"SELECT method, count(*) FROM {part} GROUP BY method").fetchall())
         n_rows = sum(counts.values())
         n_matched = n_rows - counts.get("none", 0)
         secs = time.perf_counter() - t0
@@ -251,13 +247,14 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
             conn.execute("UPDATE xpmet.xmatch_run SET is_current = false WHERE is_current")
         conn.execute("UPDATE xpmet.xmatch_run SET status = 'done', is_current = %s, n_rows = %s, n_matched = %s, "
                      "seconds = %s WHERE run_id = %s", (make_current, n_rows, n_matched, secs, run_id))
-        conn.execute("ANALYZE xpmet.xmatch")
-        notes = _prune(conn, keep) if keep is not None else []
+        conn.execute(f"ANALYZE {part}")  # the parent's statistics: the label refresh analyses xpmet.xmatch
         label_summary = None
         if labels and make_current:
             from xpmet.labels import refresh_on
             label_summary = refresh_on(conn)
             lap("labels")
+        # last: dropping a partition locks all of xpmet.xmatch until the commit that follows at once
+        notes = _prune(conn, keep) if keep is not None else []
         fault("xmatch_before_commit")
         conn.commit()
         # unlock before closing: the server process may outlive the client's close by a moment and
@@ -288,9 +285,52 @@ def _prune(conn, keep: int) -> list[str]:
         (old,)).fetchall()
     keep_ids = {r[0] for r in cited}
     gone = [r for r in old if r not in keep_ids]
-    conn.execute("DELETE FROM xpmet.xmatch WHERE run_id = ANY(%s)", (gone,))
-    conn.execute("DELETE FROM xpmet.xmatch_run WHERE run_id = ANY(%s)", (gone,))
-    return [f"kept crossmatch {v} beyond --keep: cited by {what}" for _, v, what in cited]
+    notes = [f"kept crossmatch {v} beyond --keep: cited by {what}" for _, v, what in cited]
+    if not gone:
+        return notes
+    # DROP TABLE of a partition waits for every reader of xpmet.xmatch (and holds up readers that come
+    # after it): waited for 10 s at most, then the runs stay until the next --keep
+    conn.execute("SAVEPOINT xmatch_prune")
+    conn.execute("SET LOCAL lock_timeout = '10s'")
+    try:
+        for r in gone:
+            conn.execute(f"DROP TABLE IF EXISTS {partition_name(r)}")
+        conn.execute("DELETE FROM xpmet.xmatch_run WHERE run_id = ANY(%s)", (gone,))
+        conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+        conn.execute("RELEASE SAVEPOINT xmatch_prune")
+    except psycopg.errors.LockNotAvailable:
+        conn.execute("ROLLBACK TO SAVEPOINT xmatch_prune")
+        notes.append(f"kept {len(gone)} old crossmatch run(s) beyond --keep: another session was reading "
+                     "xpmet.xmatch; the next run with --keep removes them")
+    return notes
+
+
+def partition_name(run_id: int) -> str:
+    """The partition of xpmet.xmatch that holds run ``run_id``'s rows."""
+    return f"xpmet.xmatch_r{int(run_id)}"
+
+
+def write_partition(conn, run_id: int, matcher) -> str:
+    """The run's rows into a partition of xpmet.xmatch made here; returns its name.
+
+    The table is created in this transaction, filled, indexed and then attached: on a server with
+    wal_level = minimal (the embedded cluster) its rows and index builds write no WAL, only a sync at
+    commit; elsewhere it is an ordinary logged table. A CHECK on run_id lets ATTACH skip its scan.
+    """
+    part = partition_name(run_id)
+    # a partition can only exist under a new run's id if xmatch_run was emptied (and its ids restarted)
+    conn.execute(f"DROP TABLE IF EXISTS {part}")
+    conn.execute(f"CREATE TABLE {part} (LIKE xpmet.xmatch INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
+                 f"CHECK (run_id = {int(run_id)}))")
+    # the planner cannot estimate the rows of the ranking subquery (it assumes 200): hash joins only
+    conn.execute("SET LOCAL enable_nestloop = off")
+    conn.execute(matcher.best_neighbour_sql(part), {"run_id": run_id})
+    conn.execute("SET LOCAL enable_nestloop = on")
+    # indexes built once on the full table (cheaper than maintained row by row), matching the parent's
+    conn.execute(f"ALTER TABLE {part} ADD PRIMARY KEY (run_id, star_id)")
+    conn.execute(f"CREATE INDEX ON {part} (source_id)")
+    conn.execute(f"ALTER TABLE xpmet.xmatch ATTACH PARTITION {part} FOR VALUES IN ({int(run_id)})")
+    return part
 
 
 def current_version(url: str | None = None) -> str | None:

@@ -29,9 +29,11 @@ xmatch_run = sa.Table(
 
 xmatch = sa.Table(
     "xmatch", metadata,
-    # No foreign keys on purpose: their per-row triggers doubled the time of xpmet xmatch. run_xmatch
-    # deletes a run's rows itself; rows of survey rows replaced since the run are left until the next
-    # run (star_id values are never reused) and the label views join survey_star, so they never show.
+    # No foreign keys on purpose: their per-row triggers doubled the time of xpmet xmatch. Rows of
+    # survey rows replaced since the run are left with it (star_id values are never reused) and the
+    # label views join survey_star, so they never show.
+    # Partitioned by run_id (migration 0010): a run creates, fills, indexes and attaches its own
+    # partition xmatch_r<run_id> (xpmet.xmatch.run); pruning a run drops it.
     sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("star_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("survey_id", sa.SmallInteger, nullable=False),
@@ -51,6 +53,7 @@ xmatch = sa.Table(
     sa.CheckConstraint("method IN ('id', 'position', 'both', 'none')", name="xmatch_method_check"),
     sa.Index("ix_xmatch_source", "source_id"),
     comment="Best Gaia neighbour of every survey row, per crossmatch run",
+    postgresql_partition_by="LIST (run_id)",
 )
 
 label_setting = sa.Table(

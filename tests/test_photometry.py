@@ -262,3 +262,25 @@ def test_simulated_photometry_is_like_real_stars_and_deterministic(sky, tmp_path
         read = gzip.open if rel.endswith(".gz") else open
         with read(a / rel, "rb") as fa, read(b / rel, "rb") as fb:
             assert fa.read() == fb.read(), rel
+
+
+def test_votable_fits_and_exact_ids(clean_db, run_cli, tmp_path):
+    """VOTable and FITS files (masked values as NULL); 19-digit source_ids in CSV and FITS stay exact."""
+    cat = Table({"designation": ["J000000.01+000000.1", "J000000.02+000000.2"], "ra": [0.1, 0.2], "dec": [0.1, 0.2],
+                 "w1mpro": np.ma.masked_array([12.5, 13.0], mask=[False, True]), "w1sigmpro": [0.02, 0.03],
+                 "w2mpro": [12.4, 12.9], "w2sigmpro": [0.03, 0.04], "ph_qual": ["AAUU", "AAUU"],
+                 "cc_flags": ["0000", "h000"]})
+    cat.write(tmp_path / "allwise.xml", format="votable")
+    big = [4295806720123456789, 6917528997577384320]
+    bn = Table({"source_id": np.array(big, np.int64), "original_ext_source_id": ["J000000.01+000000.1", "000000.02+000000.2"],
+                "angular_distance": [0.1, 0.2], "number_of_mates": np.array([0, 1], np.int16)})
+    bn.write(tmp_path / "bn.fits")
+    run_cli("etl", "photometry", "allwise", tmp_path / "allwise.xml", "-b", tmp_path / "bn.fits")
+    (tmp_path / "bn.csv").write_text(f"source_id,original_ext_source_id,angular_distance\n{big[0] + 1}.0,J000000.01+000000.1,0.3\n")
+    run_cli("etl", "photometry", "allwise", "-b", tmp_path / "bn.csv")
+    with clean_db.connect() as c:
+        rows = c.execute(sa.text("SELECT designation, w1mpro FROM xpmet.photometry_allwise ORDER BY 1")).fetchall()
+        ids = c.execute(sa.text("SELECT source_id, original_ext_source_id FROM xpmet.allwise_best_neighbour "
+                                "ORDER BY 1")).fetchall()
+    assert [r[0] for r in rows] == ["000000.01+000000.1", "000000.02+000000.2"] and rows[1][1] is None
+    assert ids == [(big[0], "000000.01+000000.1"), (big[0] + 1, "000000.01+000000.1"), (big[1], "000000.02+000000.2")]

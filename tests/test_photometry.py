@@ -284,3 +284,14 @@ def test_votable_fits_and_exact_ids(clean_db, run_cli, tmp_path):
                                 "ORDER BY 1")).fetchall()
     assert [r[0] for r in rows] == ["000000.01+000000.1", "000000.02+000000.2"] and rows[1][1] is None
     assert ids == [(big[0], "000000.01+000000.1"), (big[0] + 1, "000000.01+000000.1"), (big[1], "000000.02+000000.2")]
+    # IRSA's IPAC table (its default download), with a null upper-limit error
+    ipac = Table({"designation": ["00000003+0000003"], "ra": [0.3], "dec": [0.3], "j_m": [12.0], "j_msigcom": [0.02],
+                  "h_m": [11.5], "h_msigcom": [0.02], "ks_m": [16.0],
+                  "ks_msigcom": np.ma.masked_array([0.0], mask=[True]), "ph_qual": ["AAU"], "cc_flg": ["000"]})
+    ipac.write(tmp_path / "fp_psc.tbl", format="ascii.ipac")
+    run_cli("etl", "photometry", "tmass", tmp_path / "fp_psc.tbl")
+    (tmp_path / "broken.tbl").write_text("|designation|ra|\n|char|double\n garbage\n")
+    r = run_cli("etl", "photometry", "tmass", tmp_path / "broken.tbl", ok=False)
+    assert r.exit_code != 0 and f"FAILED {tmp_path / 'broken.tbl'}, row 0" in r.output and "Traceback" not in r.output
+    with clean_db.connect() as c:
+        assert c.execute(sa.text("SELECT ks_m, ks_msigcom FROM xpmet.photometry_tmass")).fetchall() == [(16.0, None)]

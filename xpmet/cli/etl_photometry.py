@@ -21,7 +21,7 @@ from xpmet.errors import XpmetError
 def photometry(catalogue, files, best_neighbour, descriptor_path, replace, list_):
     """Load external photometry FILES of CATALOGUE (tmass, allwise) and its Gaia best-neighbour files.
 
-    FILES: CSV, ECSV, FITS or VOTable (gzipped too), e.g. IRSA's 2MASS PSC (fp_psc) or AllWISE
+    FILES: CSV, ECSV, FITS, VOTable or IPAC tables (.tbl; gzipped too), e.g. IRSA's 2MASS PSC (fp_psc) or AllWISE
     (allwise_p3as_psd) query results. Sentinels and NaN are stored as NULL. The view
     xpmet.external_photometry then gives J, H, Ks, W1, W2 per Gaia source, and `xpmet export`
     writes them as /phot/tmass_j ... /phot/w2_err.

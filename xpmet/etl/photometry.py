@@ -1,6 +1,7 @@
 """Load external photometry (2MASS PSC, AllWISE) and the Gaia DR3 best-neighbour files that join it to Gaia.
 
-Each kind of file has a descriptor in etl/photometry/ (or a user's own TOML): the table it fills
+Files: CSV, ECSV, FITS, VOTable (xpmet.etl.survey's reader) or IRSA's IPAC tables (.tbl), gzipped
+too. Each kind of file has a descriptor in etl/photometry/ (or a user's own TOML): the table it fills
 (xpmet.db.models.photometry), its key, and per table column the file's column names
 (case-insensitive alternatives, first present wins). Sentinels, NaN and values outside a column's
 valid range are stored as NULL; designations are normalised (trimmed, upper case, "2MASS J" / "J"
@@ -238,7 +239,8 @@ def load_file(d: Catalogue, path, replace: bool = False, url: str | None = None)
     if not path.exists():
         raise BadInput(path, "file does not exist")
     res = PhotLoad(path, d.name)
-    data, res.absent, res.nulled = normalise(path, read_survey_table(path, d), d)
+    data, res.absent, res.nulled = normalise(path, _read_ipac(path) if ".tbl" in path.suffixes
+                                             else read_survey_table(path, d), d)
     target = f"xpmet.{d.table}"
     with file_load(path, f"photometry:{d.name}", (target,), options={"descriptor": str(d.path),
                                                                      "absent": res.absent},
@@ -263,6 +265,18 @@ def load_file(d: Catalogue, path, replace: bool = False, url: str | None = None)
                 raise _duplicate(cur, path, target, d.key, keys) from None
         ld.n_rows = res.n_rows = n
     return res
+
+
+def _read_ipac(path: Path):
+    """IRSA's default download format, the IPAC table (.tbl, gzipped too): null values come masked."""
+    import warnings
+    from astropy.table import Table
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Table.read(path, format="ascii.ipac")
+    except Exception as e:
+        raise BadInput(path, f"cannot read as an IPAC table ({type(e).__name__}: {e})") from None
 
 
 def _duplicate(cur, path, target, key, keys) -> BadInput:

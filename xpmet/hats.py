@@ -33,7 +33,7 @@ import numpy as np
 
 from xpmet.db.models.columns import type_code
 from xpmet.errors import XpmetError
-from xpmet.io.copyout import RowReader
+from xpmet.io.copyout import select_arrays
 from xpmet.io.pgcopy import Col
 from xpmet.query import METALLICITY_COLUMNS
 
@@ -152,7 +152,6 @@ def stream_parts(parts: Path, model_id=None, *, url=None, rows_per_part=ROWS_PER
 
     cols = _columns()
     schema = arrow_schema()
-    reader = RowReader([c for c, _, _ in cols])
     files: list[Path] = []
     writer = None
     in_part = 0
@@ -183,12 +182,8 @@ def stream_parts(parts: Path, model_id=None, *, url=None, rows_per_part=ROWS_PER
         try:
             chosen = _resolve_model(conn, model_id)
             select = ", ".join(e for _, e, _ in cols)
-            with conn.cursor() as cur, cur.copy(
-                    f"COPY (SELECT {select} FROM xpmet.metallicity) TO STDOUT (FORMAT binary)") as cp:
-                for block in cp:
-                    for rows in reader.feed(block):
-                        write(rows)
-            for rows in reader.finish():
+            for rows in select_arrays(conn, f"SELECT {select} FROM xpmet.metallicity", None,
+                                      [c for c, _, _ in cols]):
                 write(rows)
         except psycopg.errors.UndefinedTable:
             raise XpmetError("the database has no xpmet.metallicity view: run `xpmet db migrate`") from None

@@ -21,8 +21,16 @@ Runs: xpmet simulate -> etl -> xmatch/labels -> export -> train, then reports
    [Fe/H] < -2 stars inside the training labels' range, what each bit flags, and whether
    ``poor_fit`` picks out worse answers. ``--only flags`` trains the estimator alone and reports
    just this (a few minutes at --n-stars 8000).
+5. ``--only estimator --seeds 7,8,9``: the pipeline once per seed (own sky, database, export), the
+   default estimator and the true-label reference trained on each, and per G bin (9-12, 12-14,
+   14-16, 16-17.65) on never-surveyed stars: [Fe/H] bias, robust scatter and its ratio to the
+   reference, z-spread, recall and purity at [Fe/H] < -2 and < -2.5, the share of injected
+   non-stellar sources flagged and of genuine [Fe/H] < -2 stars recommended next to all stars;
+   each figure the median over the seeds with its range. Targets: |bias| <= 0.02, ratio <= 1.2 at
+   G < 16, z-spread 0.8-1.25.
 
     .venv/bin/python benchmarks/bench_train.py --n-stars 20000 --workdir /tmp/bench_train
+    .venv/bin/python benchmarks/bench_train.py --only estimator --seeds 7,8,9 --n-stars 20000
 
 Timings on a shared 2-core machine are noisy: compare the ratios, not the absolute numbers.
 """
@@ -45,10 +53,19 @@ def parse():
     ap.add_argument("--n-stars", type=int, default=20000, help="simulated Gaia sources with XP")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--workdir", default="/tmp/xpmet_bench_train", help="simulation, database, models (wiped)")
-    ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--seeds", help="comma-separated seeds: the pipeline per seed in WORKDIR/s<seed>, figures "
+                    "aggregated (median and range); --only estimator or flags")
+    ap.add_argument("--epochs", type=int, help="[xpmet train's default]")
     ap.add_argument("--hidden", default="256,256", help="estimator widths")
     ap.add_argument("--emulator-hidden", default="128,128,128")
-    ap.add_argument("--ensemble", type=int, default=1)
+    ap.add_argument("--ensemble", type=int, help="[xpmet train's default]")
+    ap.add_argument("--patience", type=int, help="[xpmet train's default]")
+    ap.add_argument("--augment", type=float, help="[xpmet train's default]")
+    ap.add_argument("--inputs", choices=("xp", "xp+gaia"), help="[xpmet train's default]")
+    ap.add_argument("--valid-copies", type=int, help="[xpmet train's default]")
+    ap.add_argument("--prior-weight", type=int, choices=(0, 1), help="[xpmet train's default]")
+    ap.add_argument("--augment-noise", choices=("auto", "diagonal"), help="[xpmet train's default]")
+    ap.add_argument("--tag", default="", help="suffix of the model directories (experiments on one pipeline)")
     ap.add_argument("--max-truth", type=int, default=20000, help="never-surveyed stars scored (estimator)")
     ap.add_argument("--max-fit", type=int, default=3000, help="never-surveyed stars fitted (emulator)")
     ap.add_argument("--repeats", type=int, default=5, help="throughput runs (median reported)")
@@ -60,8 +77,9 @@ def parse():
     ap.add_argument("--emulator-correlations", action="store_true",
                     help="train the emulators with the full XP covariance (exact, ~20x slower to train)")
     ap.add_argument("--skip-pipeline", action="store_true", help="reuse WORKDIR's database and train.h5")
-    ap.add_argument("--only", choices=("all", "flags"), default="all",
-                    help="flags: train the estimator only and report the quality flags (section 4)")
+    ap.add_argument("--only", choices=("all", "flags", "estimator"), default="all",
+                    help="flags: train the estimator only and report the quality flags (section 4); estimator: "
+                         "the estimator and its true-label reference, the per-G-bin table (section 5)")
     ap.add_argument("--nonstellar-fraction", type=float, default=0.017,
                     help="share of simulated XP sources that are quasars and white dwarfs")
     return ap.parse_args()
@@ -152,8 +170,9 @@ def throughput(a, h5):
     """Samples/s of xpmet's training epoch vs a bare loop over in-memory tensors (same model, batch)."""
     import torch
     from xpmet.ml import dataset as ds
-    from xpmet.ml.models import Estimator, estimator_inputs, heteroscedastic_nll
-    from xpmet.ml.train import Tensors, TrainConfig, Trainer, load_splits, train_epoch
+    from xpmet.ml.models import estimator_inputs, heteroscedastic_nll
+    from xpmet.ml.normalise import network_columns
+    from xpmet.ml.train import Tensors, TrainConfig, Trainer, build_model, load_splits, train_epoch
     cfg = TrainConfig(kind="estimator", hidden=tuple(int(h) for h in a.hidden.split(",")), batch_size=a.batch_size)
     train, _, norm = load_splits(h5, cfg)
     reps = int(np.ceil(a.throughput_rows / len(train)))
@@ -163,8 +182,8 @@ def throughput(a, h5):
     t = Tensors(big, norm, "estimator", dev)
     trainer = Trainer(cfg, norm, dev)
     # the bare loop's inputs: precomputed network inputs and targets, nothing else
-    X = estimator_inputs(torch.as_tensor(norm.x.transform(big.x), dtype=torch.float32),
-                         torch.as_tensor(big.e / norm.x.std, dtype=torch.float32),
+    xs, es, _, _ = network_columns(norm, big)
+    X = estimator_inputs(torch.as_tensor(xs, dtype=torch.float32), torch.as_tensor(es, dtype=torch.float32),
                          torch.as_tensor(big.missing, dtype=torch.float32)).contiguous()
     Y = torch.as_tensor(norm.labels.transform(big.labels), dtype=torch.float32)
     YE = torch.as_tensor(big.label_err / norm.labels.std, dtype=torch.float32)
@@ -172,7 +191,7 @@ def throughput(a, h5):
     for r in range(a.repeats):
         for which in ("bare_minimal", "bare", "ours"):
             torch.manual_seed(r)
-            model = Estimator(cfg.hidden)
+            model = build_model(cfg, norm)
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
             gen = torch.Generator().manual_seed(r)
             t0 = time.perf_counter()
@@ -200,12 +219,37 @@ def throughput(a, h5):
             "projected_epoch_minutes_10M": 1e7 / ours / 60}
 
 
+def train_options(a) -> dict:
+    """The TrainConfig fields given on the command line (the rest: xpmet train's defaults)."""
+    keys = ("epochs", "ensemble", "patience", "augment", "inputs", "valid_copies", "prior_weight", "augment_noise")
+    out = {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
+    if "prior_weight" in out:
+        out["prior_weight"] = bool(out["prior_weight"])
+    return out
+
+
 def main():
     a = parse()
-    work = Path(a.workdir)
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
+    if a.seeds:
+        if a.only == "all":
+            raise SystemExit("--seeds goes with --only estimator or --only flags")
+        root, reports = Path(a.workdir), []
+        for seed in (int(v) for v in a.seeds.split(",")):
+            a.seed, a.workdir = seed, str(root / f"s{seed}")
+            reports.append(run_one(a))
+        agg = aggregate(reports)
+        (root / f"report{a.tag}.json").write_text(json.dumps({"seeds": reports, "aggregate": agg}, indent=1,
+                                                             default=float))
+        print_table(agg, [r["seed"] for r in reports], train_options(a))
+        return
+    run_one(a)
+
+
+def run_one(a):
+    work = Path(a.workdir)
     if not a.skip_pipeline:
         if work.exists():
             from xpmet.db.cluster import Cluster
@@ -220,7 +264,7 @@ def main():
     os.environ.pop("XPMET_DATABASE_URL", None)
     from xpmet.db.cluster import Cluster
     try:
-        run_benchmark(a, work)
+        return run_benchmark(a, work)
     finally:
         Cluster(work / "home").stop()  # leave no server running
 
@@ -240,33 +284,48 @@ def run_benchmark(a, work: Path):
     hidden = tuple(int(h) for h in a.hidden.split(","))
     ehidden = tuple(int(h) for h in a.emulator_hidden.split(","))
     tf = truth_override(truth_path)
+    opts = train_options(a)
+    eopts = {"epochs": 150} | {k: v for k, v in opts.items() if k == "epochs"}
     models = {
-        "estimator": TrainConfig(kind="estimator", hidden=hidden, epochs=a.epochs, ensemble=a.ensemble, seed=a.seed),
-        "reference_estimator": TrainConfig(kind="estimator", hidden=hidden, epochs=a.epochs, ensemble=a.ensemble,
-                                           seed=a.seed),
-        "emulator": TrainConfig(kind="emulator", hidden=ehidden, epochs=a.epochs, seed=a.seed,
-                                correlations=a.emulator_correlations),
-        "reference_emulator": TrainConfig(kind="emulator", hidden=ehidden, epochs=a.epochs, seed=a.seed,
-                                          correlations=a.emulator_correlations),
+        "estimator": TrainConfig(kind="estimator", hidden=hidden, seed=a.seed, **opts),
+        "reference_estimator": TrainConfig(kind="estimator", hidden=hidden, seed=a.seed, **opts),
+        "emulator": TrainConfig(kind="emulator", hidden=ehidden, seed=a.seed, correlations=a.emulator_correlations,
+                                **eopts),
+        "reference_emulator": TrainConfig(kind="emulator", hidden=ehidden, seed=a.seed,
+                                          correlations=a.emulator_correlations, **eopts),
     }
     if a.only == "flags":
         models = {"estimator": models["estimator"]}
+    elif a.only == "estimator":
+        models = {k: models[k] for k in ("estimator", "reference_estimator")}
+    dirs = {name: work / (name + a.tag) for name in models}
     for name, cfg in models.items():
-        if (work / name / "weights.pt").exists():
+        if (dirs[name] / "weights.pt").exists():
             continue
-        step(f"train {name}")
-        shutil.rmtree(work / name, ignore_errors=True)
-        train(h5, work / name, cfg, register=False, progress=False,
+        step(f"train {name}{a.tag}")
+        shutil.rmtree(dirs[name], ignore_errors=True)
+        train(h5, dirs[name], cfg, register=False, progress=False,
               label_override=tf if name.startswith("reference") else None)
+    if a.only == "estimator":
+        step("never-surveyed stars by G")
+        report = {"seed": a.seed, "n_stars": a.n_stars, "attributes": ds.attributes(h5),
+                  "bins": estimator_table(dirs["estimator"], dirs["reference_estimator"], truth_path, a.max_truth,
+                                          a.seed),
+                  "epochs": {n: [h["epochs"] for h in json.loads((d / "history.json").read_text())]
+                             for n, d in dirs.items()},
+                  "seconds": time.time() - t_start}
+        (work / f"report{a.tag}.json").write_text(json.dumps(report, indent=1, default=float))
+        print_table(aggregate([report]), [a.seed], opts)
+        return report
     step("quality flags")
-    flags_report = flag_figures(work / "estimator", truth_path, a.max_truth, a.seed)
+    flags_report = flag_figures(dirs["estimator"], truth_path, a.max_truth, a.seed)
     if a.only == "flags":
         report = {"n_stars": a.n_stars, "seed": a.seed, "attributes": ds.attributes(h5), "flags": flags_report,
                   "seconds": time.time() - t_start}
         (work / "report.json").write_text(json.dumps(report, indent=1, default=float))
         print_flags(flags_report)
         print(f"report: {work / 'report.json'}  ({report['seconds']:.0f} s)")
-        return
+        return report
     step("never-surveyed stars")
     truth = read_truth(truth_path)
     ns = never_surveyed(truth, a.max_truth, seed=a.seed)
@@ -321,6 +380,94 @@ def run_benchmark(a, work: Path):
     (work / "report.json").write_text(json.dumps(report, indent=1, default=float))
     print_report(report, work)
     print_flags(flags_report)
+
+
+#: the G bins of the estimator table (issue 12)
+TABLE_G = (9.0, 12.0, 14.0, 16.0, 17.65)
+
+
+def _never_surveyed_sources(truth_path, max_stars, seed):
+    """Never-surveyed XP sources (stars and the injected non-stellar ones) from the database, with
+    their true class and labels."""
+    from astropy.table import Table
+    from xpmet.ml import dataset as ds
+    t = Table.read(truth_path)
+    sid = np.asarray(t["source_id"], np.int64)
+    surveyed = np.char.strip(np.asarray(t["surveys"]).astype(str)) != ""
+    sel = np.flatnonzero(np.asarray(t["has_xp"], bool) & ~surveyed)
+    if max_stars and sel.size > max_stars:
+        sel = np.sort(np.random.default_rng(seed).choice(sel, max_stars, replace=False))
+    arr = ds.read_db(sid[sel])
+    order = np.argsort(sid)
+    pos = order[np.searchsorted(sid[order], arr.source_id)]
+    cls = np.asarray(t["source_class"]).astype(str)[pos] if "source_class" in t.colnames else np.full(len(arr), "star")
+    return arr, cls, np.asarray(t["feh"], np.float64)[pos]
+
+
+def estimator_table(est_dir, ref_dir, truth_path, max_stars, seed) -> list[dict]:
+    """Per G bin (TABLE_G) figures of the estimator on never-surveyed sources against the truth."""
+    from xpmet.ml.evaluate import robust_scatter
+    from xpmet.ml.inference import load_predictor
+    arr, cls, feh = _never_surveyed_sources(truth_path, max_stars, seed)
+    p, r = load_predictor(est_dir).predict_arrays(arr), load_predictor(ref_dir).predict_arrays(arr)
+    g, star = arr.g_mag, cls == "star"
+    rows = []
+    for lo, hi in zip(TABLE_G[:-1], TABLE_G[1:]):
+        inb = (g >= lo) & (g < hi)
+        s = inb & star & np.isfinite(p["feh"]) & np.isfinite(feh)
+        res, ref_res = p["feh"][s] - feh[s], r["feh"][s] - feh[s]
+        row = {"g": f"{lo:g}-{hi:g}", "n": int(s.sum()), "bias": float(np.median(res)) if s.any() else np.nan,
+               "scatter": robust_scatter(res), "ref_scatter": robust_scatter(ref_res),
+               "z_spread": robust_scatter(res / p["feh_err"][s]), "ref_bias": float(np.median(ref_res)) if s.any() else np.nan}
+        row["ratio"] = row["scatter"] / row["ref_scatter"]
+        for thr in (-2.0, -2.5):
+            t_, q = feh[s] < thr, p["feh"][s] < thr
+            row[f"recall{thr:g}"] = float((t_ & q).sum() / t_.sum()) if t_.any() else np.nan
+            row[f"purity{thr:g}"] = float((t_ & q).sum() / q.sum()) if q.any() else np.nan
+            row[f"n_true{thr:g}"] = int(t_.sum())
+        ns = inb & ((cls == "quasar") | (cls == "white_dwarf"))
+        row["nonstellar_n"] = int(ns.sum())
+        row["nonstellar_flagged"] = float((~p["recommended"][ns]).mean()) if ns.any() else np.nan
+        st, vmp = inb & star, inb & star & (feh < -2)
+        row["recommended_all"] = float(p["recommended"][st].mean()) if st.any() else np.nan
+        row["recommended_vmp"] = float(p["recommended"][vmp].mean()) if vmp.any() else np.nan
+        rows.append(row)
+    return rows
+
+
+def aggregate(reports) -> list[dict]:
+    """Per bin and figure: median over seeds and (min, max)."""
+    out = []
+    for i, row in enumerate(reports[0]["bins"]):
+        agg = {"g": row["g"]}
+        for k in row:
+            if k == "g":
+                continue
+            v = np.asarray([rep["bins"][i][k] for rep in reports], np.float64)
+            v = v[np.isfinite(v)]
+            agg[k] = (float(np.median(v)), float(v.min()), float(v.max())) if v.size else (np.nan,) * 3
+        out.append(agg)
+    return out
+
+
+def print_table(agg, seeds, opts):
+    def f(t, fmt):
+        m, lo, hi = t
+        if not np.isfinite(m):
+            return "n/a"
+        return f"{m:{fmt}}" + (f" [{lo:{fmt}},{hi:{fmt}}]" if len(seeds) > 1 else "")
+    print(f"never-surveyed [Fe/H] by G, median [min,max] of seeds {','.join(map(str, seeds))} "
+          f"(train options: {opts or 'defaults'})")
+    cols = [("n", "n", ".0f"), ("bias", "bias", "+.3f"), ("scatter", "scatter", ".3f"),
+            ("ref_scatter", "ref scatter", ".3f"), ("ratio", "ratio", ".2f"), ("z_spread", "z-spread", ".2f"),
+            ("recall-2", "rec<-2", ".2f"), ("purity-2", "pur<-2", ".2f"), ("recall-2.5", "rec<-2.5", ".2f"),
+            ("purity-2.5", "pur<-2.5", ".2f"), ("nonstellar_flagged", "nonstellar flagged", ".2f"),
+            ("recommended_vmp", "rec. VMP", ".2f"), ("recommended_all", "rec. all", ".2f"),
+            ("ref_bias", "ref bias", "+.3f")]
+    print("| G | " + " | ".join(c[1] for c in cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for row in agg:
+        print(f"| {row['g']} | " + " | ".join(f(row[k], fmt) for k, _, fmt in cols) + " |")
 
 
 def flag_figures(model_dir, truth_path, max_stars, seed) -> dict:

@@ -126,3 +126,26 @@ def test_training_is_deterministic_and_resume_continues_exactly(data):
         assert torch.equal(wa[k], wb[k]), k
     with pytest.raises(Exception, match="already holds a trained model"):
         train(d / "data.h5", d / "a", cfg, register=False, progress=False)
+
+
+def test_inputs_beyond_the_coefficients_and_models_without_them(estimator, data):
+    d, faint, _ = data
+    cfg = json.loads((estimator / "config.json").read_text())
+    # the semi-synthetic file has no correlations: the degradation says it fell back to diagonal noise
+    assert cfg["augment_noise_used"] == "diagonal" and cfg["valid_copies"] == 3
+    assert cfg["extra_inputs"][:3] == ["parallax_g15", "bp_g", "g_rp"]
+    p = load_predictor(estimator)
+    assert {"parallax", "parallax_error", "phot_bp_mean_mag", "phot_rp_mean_mag"} <= set(p.needs)
+    batch = {k: v[:20] for k, v in faint.items()}
+    out = p.predict(batch)  # a batch without parallax or photometry: inputs marked missing, still answers
+    assert np.isfinite(out["feh"]).all()
+    # a model on the coefficients alone (as every model before the extra inputs) needs none of them
+    old = train(d / "data.h5", d / "old", TrainConfig(kind="estimator", hidden=(16,), epochs=2, inputs="xp"),
+                register=False, progress=False)
+    assert "extra" not in json.loads((old / "normalisation.json").read_text())
+    po = load_predictor(old)
+    assert "parallax_error" not in po.needs
+    assert po.members[0].net[0].in_features == 222
+    assert np.isfinite(po.predict(batch)["feh"]).all()
+    with pytest.raises(Exception, match="unknown inputs"):
+        TrainConfig(inputs="everything")

@@ -148,3 +148,125 @@ def test_read_rejects_foreign_files(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(Exception, match="not a readable HDF5"):
         ds.read(tmp_path / "junk.h5")
+
+
+def _arrays(n, g, corr=None, parallax=1.0, seed=0):
+    """n copies of one real star at magnitude g (XPArrays with parallax and BP/RP magnitudes)."""
+    bp, bpe, rp, rpe, flux = semi.real_xp()
+    f = 10 ** (-0.4 * (g - G_ZERO_POINT))
+    scale = f / flux[0]
+    # errors at the new flux from the same background + photon form the noise model fits
+    err = np.concatenate([bpe[0], rpe[0]]) * np.sqrt(scale)
+    batch = {"source_id": np.arange(n) + 1, "bp_coefficients": np.tile(bp[0] * scale, (n, 1)),
+             "bp_coefficient_errors": np.tile(err[:55], (n, 1)), "rp_coefficients": np.tile(rp[0] * scale, (n, 1)),
+             "rp_coefficient_errors": np.tile(err[55:], (n, 1)), "phot_g_mean_mag": np.full(n, g),
+             "phot_g_mean_flux": np.full(n, f), "bp_standard_deviation": np.full(n, 1.1),
+             "rp_standard_deviation": np.full(n, 1.2), "parallax": np.full(n, parallax),
+             "parallax_error": np.full(n, 0.02), "phot_bp_mean_mag": np.full(n, g + 0.4),
+             "phot_rp_mean_mag": np.full(n, g - 0.6)}
+    if corr is not None:
+        batch["bp_coefficient_correlations"] = np.tile(corr[0], (n, 1))
+        batch["rp_coefficient_correlations"] = np.tile(corr[1], (n, 1))
+    arr = ds.from_batch(batch)
+    arr.labels = np.tile([5000.0, 4.0, -1.0, 0.1], (n, 1))
+    arr.label_err = np.full((n, 4), 0.1)
+    return arr
+
+
+def _random_correlations(rng):
+    out = []
+    for _ in range(2):
+        a = rng.normal(size=(55, 60)) + 2 * rng.normal(size=(55, 1))  # strongly correlated
+        c = a @ a.T
+        d = np.sqrt(np.diag(c))
+        out.append((c / d[:, None] / d[None, :])[np.tril_indices(55, -1)])
+    return np.asarray(out)
+
+
+def _degrade(arr, target_g, frac=1.0, seed=0):
+    from xpmet.ml.normalise import fit_extra, fit_normaliser
+    from xpmet.ml.train import Augmenter, Tensors
+    bright = _arrays(50, 11.0)
+    faint = _arrays(50, 17.5)
+    ref = ds._concat([bright, faint])  # the noise and parallax-error models see both magnitudes
+    norm = fit_normaliser(ref.x, ref.labels, ref.ag, ref.g_mag, ref.e * ref.flux[:, None], ref.flux,
+                          np.full(100, target_g))
+    norm.extra = fit_extra(ref, norm.noise)
+    t = Tensors(arr, norm, "estimator", torch.device("cpu"))
+    aug = Augmenter(norm, torch.device("cpu"))
+    inp = aug(t, torch.arange(t.n), frac, torch.Generator().manual_seed(seed))
+    return norm, t, aug, inp
+
+
+def test_degradation_draws_noise_from_each_stars_own_covariance():
+    from xpmet.xp_coefficients import correlation_matrix
+    rng = np.random.default_rng(3)
+    corr = _random_correlations(rng)
+    arr = _arrays(6000, 12.0, corr=corr)
+    norm, t, _, inp = _degrade(arr, 16.5)
+    added = (inp[:, :110] - t.fixed[:, :110]).numpy().astype(np.float64)
+    C = correlation_matrix(corr[0])
+    got = np.corrcoef(added[:, :55], rowvar=False)
+    assert np.abs(got - C).max() < 0.08                  # correlated as the published matrix says
+    # the degraded errors are the noise model's at the new magnitude; the noise is them over the
+    # band's standard deviation (DR3's convention), minus what the star already had
+    e0 = t.packed[0, t.layout["e"]].numpy()[:110]
+    e1 = np.exp(inp[0, 110:220].numpy())
+    u = 10 ** (0.4 * (16.5 - G_ZERO_POINT))
+    want_e1 = np.sqrt(t.packed[0, t.layout["ka"]].numpy()[:110] * u ** 2 + t.packed[0, t.layout["kb"]].numpy()[:110] * u)
+    np.testing.assert_allclose(e1, want_e1, rtol=1e-4)
+    want = np.sqrt(e1 ** 2 - e0 ** 2) / np.r_[np.full(55, 1.1), np.full(55, 1.2)]
+    np.testing.assert_allclose(added.std(0), want, rtol=0.06)
+    # without correlations in the file: independent noise of the same size
+    _, t2, _, inp2 = _degrade(_arrays(6000, 12.0), 16.5)
+    assert t2.chol is None
+    added2 = (inp2[:, :110] - t2.fixed[:, :110]).numpy().astype(np.float64)
+    off = np.corrcoef(added2[:, :55], rowvar=False)[np.tril_indices(55, -1)]
+    assert np.abs(off).max() < 0.08
+    np.testing.assert_allclose(added2.std(0), want, rtol=0.06)
+
+
+def test_extra_inputs_have_masks_and_errors_that_grow_with_the_degradation():
+    from xpmet.ml.models import ESTIMATOR_INPUTS, N_X
+    arr = _arrays(4000, 12.0, parallax=2.0)
+    arr.extra[:10, arr.extra_names.index("parallax")] = np.nan  # no parallax for the first ten
+    norm, t, _, inp = _degrade(arr, 17.0)
+    names = norm.extra.names
+    k = len(names)
+    assert names[:3] == ("parallax_g15", "bp_g", "g_rp") and inp.shape[1] == ESTIMATOR_INPUTS + 3 * k
+    j = names.index("parallax_g15")
+    val, le, miss = ESTIMATOR_INPUTS + j, ESTIMATOR_INPUTS + k + j, ESTIMATOR_INPUTS + 2 * k + j
+    assert (t.fixed[:10, miss] == 1).all() and (t.fixed[:10, val] == 0).all() and (t.fixed[:10, le] == 0).all()
+    assert (inp[:10, miss] == 1).all() and (inp[:10, val] == 0).all()  # missing stays missing, never noise
+    assert (t.fixed[10:, miss] == 0).all()
+    # the parallax error at G 17 from the model fitted on the training stars, in feature units
+    c0, c1 = norm.extra.plx_err
+    s = 10 ** (0.2 * (np.r_[12.0, 17.0] - 15))
+    r2 = 0.02 ** 2 / (c0 + c1 * s[0] ** 2)
+    sig = np.sqrt(r2 * (c0 + c1 * s ** 2)) * s / norm.extra.scaler.std[j]
+    assert np.exp(float(inp[10, le])) == pytest.approx(sig[1], rel=1e-3)
+    added = (inp[10:, val] - t.fixed[10:, val]).numpy()
+    assert added.std() == pytest.approx(np.sqrt(sig[1] ** 2 - sig[0] ** 2), rel=0.06)
+    assert abs(added.mean()) < 0.1 * added.std()  # the distance-free value itself is kept
+    # colours get noisier too, from the noise model of their band
+    jc = names.index("bp_g")
+    assert float(inp[10, ESTIMATOR_INPUTS + k + jc]) > float(t.fixed[10, ESTIMATOR_INPUTS + k + jc])
+
+
+def test_degraded_validation_is_fixed_by_its_seed():
+    arr = _arrays(40, 12.0)
+    _, t, aug, _ = _degrade(arr, 17.0)
+    a, b, c = t.degraded(aug, 3, 5), t.degraded(aug, 3, 5), t.degraded(aug, 3, 6)
+    assert a.n == 120 and a.packed.shape[0] == 120
+    assert torch.equal(a.fixed, b.fixed) and not torch.equal(a.fixed, c.fixed)
+    assert not torch.equal(a.fixed[:40], t.fixed)
+
+
+def test_prior_weights_make_the_labelled_stars_count_as_the_target_magnitudes():
+    from xpmet.ml.train import prior_weights
+    rng = np.random.default_rng(0)
+    g = np.r_[rng.uniform(10, 14, 900), rng.uniform(16, 17, 100)]
+    w = prior_weights(g, rng.uniform(16, 17, 5000))
+    assert w.mean() == pytest.approx(1.0)
+    assert w[900:].mean() > 5 * w[:900].mean()
+    assert np.all(prior_weights(g, []) == 1)

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from xpmet.errors import XpmetError
-from xpmet.ml.normalise import LABELS, g_flux, normalise_xp
+from xpmet.ml.normalise import EXTRA_SOURCES, LABELS, g_flux, normalise_xp
 from xpmet.xp_coefficients import N_COEF, N_CORR
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
@@ -40,6 +40,10 @@ class XPArrays:
     std_dev: np.ndarray | None = None  # (n,2) bp/rp standard deviation
     ruwe: np.ndarray | None = None     # gaia_source ruwe and phot_bp_rp_excess_factor, when supplied
     excess: np.ndarray | None = None
+    #: estimator inputs beyond the coefficients (xpmet.ml.normalise.EXTRA_SOURCES), when supplied:
+    #: (n, k) columns named by ``extra_names`` (parallax, its error, BP and RP magnitudes, 2MASS/WISE)
+    extra: np.ndarray | None = None
+    extra_names: tuple = ()
 
     def __len__(self):
         return len(self.source_id)
@@ -50,7 +54,7 @@ class XPArrays:
         return self.x[:, :55] * f, self.e[:, :55] * f, self.x[:, 55:] * f, self.e[:, 55:] * f
 
     def subset(self, idx):
-        kw = {k: (None if v is None else v[idx]) for k, v in self.__dict__.items()}
+        kw = {k: (v if v is None or k == "extra_names" else v[idx]) for k, v in self.__dict__.items()}
         return XPArrays(**kw)
 
 
@@ -77,8 +81,10 @@ def from_batch(batch: dict) -> XPArrays:
         sd = np.column_stack([get("bp_standard_deviation"), get("rp_standard_deviation")])
     opt = {k: (None if batch.get(src) is None else get(src))
            for k, src in (("ruwe", "ruwe"), ("excess", "phot_bp_rp_excess_factor"))}
+    names = tuple(k for k in EXTRA_SOURCES if batch.get(k) is not None)
+    extra = np.column_stack([get(k) for k in names]) if names else None
     return XPArrays(np.asarray(batch["source_id"], np.int64), x, e, missing, flux, get("phot_g_mean_mag"),
-                    get("bp_rp"), get("ag_gspphot"), labels, errs, corr, sd, **opt)
+                    get("bp_rp"), get("ag_gspphot"), labels, errs, corr, sd, **opt, extra=extra, extra_names=names)
 
 
 def read(path, split: str | None = None, correlations: bool = False, limit: int | None = None,
@@ -125,8 +131,9 @@ def read(path, split: str | None = None, correlations: bool = False, limit: int 
             if want_corr:
                 b["bp_coefficient_correlations"] = f["xp/bp_coefficient_correlations"][sl][keep]
                 b["rp_coefficient_correlations"] = f["xp/rp_coefficient_correlations"][sl][keep]
-            for k in ("phot_g_mean_flux", "phot_g_mean_mag", "bp_rp", "ag_gspphot"):
-                b[k] = f["phot/" + k][sl][keep]
+            for k in ("phot_g_mean_flux", "phot_g_mean_mag", "bp_rp", "ag_gspphot") + EXTRA_SOURCES:
+                if k in ("phot_g_mean_flux", "phot_g_mean_mag", "bp_rp", "ag_gspphot") or "phot/" + k in f:
+                    b[k] = f["phot/" + k][sl][keep]
             for k in LABELS:
                 b[k] = f["labels/" + k][sl][keep]
                 b[k + "_err"] = f["labels/" + k + "_err"][sl][keep]
@@ -190,7 +197,8 @@ def fingerprint(path) -> str:
 #: what read_db reads of each source (fixed-width forms: xpmet.db.models.columns.fixed_width_columns)
 DB_COLUMNS = ("source_id", "bp_coefficients", "bp_coefficient_errors", "rp_coefficients", "rp_coefficient_errors",
               "bp_standard_deviation", "rp_standard_deviation", "phot_g_mean_flux", "phot_g_mean_mag", "bp_rp",
-              "ag_gspphot", "ruwe", "phot_bp_rp_excess_factor")
+              "ag_gspphot", "ruwe", "phot_bp_rp_excess_factor", "parallax", "parallax_error", "phot_bp_mean_mag",
+              "phot_rp_mean_mag")
 
 
 def float64_batch(batch: dict) -> dict:
@@ -243,5 +251,5 @@ def read_db(source_ids, correlations: bool = False, chunk: int = 20000, url: str
 
 def _concat(parts: list[XPArrays]) -> XPArrays:
     """Row-wise concatenation of blocks read the same way (optional fields absent in all or none)."""
-    return XPArrays(**{k: (None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts]))
-                       for k in parts[0].__dict__})
+    return XPArrays(**{k: (getattr(parts[0], k) if getattr(parts[0], k) is None or k == "extra_names"
+                           else np.concatenate([getattr(p, k) for p in parts])) for k in parts[0].__dict__})

@@ -22,7 +22,7 @@ from xpmet.ml import checkpoint, ood
 from xpmet.flags import PREDICTION_BITS
 from xpmet.ml.dataset import XPArrays, from_batch
 from xpmet.ml.models import Emulator, Estimator, emulator_outputs, estimator_inputs, fit_emulator
-from xpmet.ml.normalise import LABELS, Normaliser, emulator_params
+from xpmet.ml.normalise import GAIA_SOURCES, LABELS, Normaliser, emulator_params, network_columns
 
 #: whole-spectrum S/N below which ``low_snr`` is set: the 5th percentile of real DR3 spectra at
 #: 17 < G < 17.65 is ~310 (tests/data/xp/xp_continuous_combined_chunk0.fits, tests/test_ood.py),
@@ -70,10 +70,11 @@ class Predictor:
         self.device = torch.device(device)
         self.batch_size = batch_size
         w = checkpoint.load(d / "weights.pt", self.device)
-        cls = Estimator if self.kind == "estimator" else Emulator
+        # models trained before the extra inputs have none (normalisation.json without "extra")
+        n_extra = len(self.norm.extra.names) if self.norm.extra is not None else 0
         self.members = []
         for sd in w["members"]:
-            m = cls(tuple(w["hidden"]))
+            m = Estimator(tuple(w["hidden"]), n_extra=n_extra) if self.kind == "estimator" else Emulator(tuple(w["hidden"]))
             m.load_state_dict(sd)
             m.eval()
             self.members.append(m.to(self.device))
@@ -88,6 +89,8 @@ class Predictor:
             self.needs += ["bp_standard_deviation", "rp_standard_deviation"]
         if self.uses_correlations:
             self.needs += ["bp_coefficient_correlations", "rp_coefficient_correlations"]
+        if n_extra:  # 2MASS/WISE columns are used when a batch carries them, else marked missing
+            self.needs += [c for c in GAIA_SOURCES if c not in self.needs]
         self._f = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=self.device)  # noqa: E731
         self.x_mean, self.x_scale = self._f(self.norm.x.mean), self._f(self.norm.x.std)
         self.ood = ood.load(d)  # None for directories written before it existed: no unlike_training bit
@@ -162,7 +165,8 @@ class Predictor:
     @torch.no_grad()
     def _estimate(self, arr: XPArrays):
         n = self.norm
-        inp = estimator_inputs(self._f(n.x.transform(arr.x)), self._f(arr.e / n.x.std), self._f(arr.missing))
+        x, e, _, _ = network_columns(n, arr)
+        inp = estimator_inputs(self._f(x), self._f(e), self._f(arr.missing))
         mus, sig2 = [], []
         for m in self.members:
             mu, log_sigma = m(inp)
@@ -178,7 +182,7 @@ class Predictor:
             fit_stat = np.sqrt(spread[:, 2] / sig2.mean(0)[:, 2])  # [Fe/H] disagreement in units of sigma
             poor = fit_stat > POOR_FIT_SPREAD
         else:
-            fit_stat = self._sensitivity(inp, self._f(arr.e / n.x.std))
+            fit_stat = self._sensitivity(inp, self._f(e[:, :arr.e.shape[1]]))
             poor = fit_stat > POOR_FIT_SENSITIVITY
         return mean, err, fit_stat, poor
 

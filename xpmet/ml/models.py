@@ -21,6 +21,7 @@ from torch import nn
 from xpmet.xp_coefficients import N_COEF, _TRIL
 
 N_X = 2 * N_COEF
+#: network inputs of an estimator on the coefficients alone; each extra input adds 3 (value, log error, missing)
 ESTIMATOR_INPUTS = 2 * N_X + 2
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -7.0, 3.0
 
@@ -39,10 +40,10 @@ def mlp(n_in, hidden, n_out, dropout=0.0):
 class Estimator(nn.Module):
     """XP -> (mu, log_sigma) of the 4 standardised labels."""
 
-    def __init__(self, hidden=(256, 256), dropout=0.0, n_labels=4):
+    def __init__(self, hidden=(256, 256), dropout=0.0, n_labels=4, n_extra=0):
         super().__init__()
         self.n_labels = n_labels
-        self.net = mlp(ESTIMATOR_INPUTS, hidden, 2 * n_labels, dropout)
+        self.net = mlp(ESTIMATOR_INPUTS + 3 * n_extra, hidden, 2 * n_labels, dropout)
 
     def forward(self, inputs):
         out = self.net(inputs)
@@ -67,14 +68,20 @@ class Emulator(nn.Module):
 
 
 def estimator_inputs(x_std, e_std, missing):
-    """Network inputs: standardised coefficients (0 where missing), log of the standardised errors, flags.
+    """Network inputs from the standardised columns of :func:`xpmet.ml.normalise.network_columns`.
 
-    x_std = (x - mean)/std and e_std = e/std per coefficient (torch, (n,110)); missing (n,2).
+    x_std, e_std (n,110+k) torch: coefficients then k extra inputs, NaN where missing; missing (n,2)
+    band flags. Inputs: coefficients (0 where missing), log errors (0 where missing), band flags, then
+    per extra input its value, log error (0 where missing) and a missing indicator: a missing value
+    is never a silent zero, the network is told.
     """
-    miss = torch.isnan(x_std)
+    miss = torch.isnan(x_std) | ~(e_std > 0)
     x = torch.where(miss, torch.zeros_like(x_std), x_std)
-    le = torch.log(torch.where(miss | ~(e_std > 0), torch.ones_like(e_std), e_std))
-    return torch.cat([x, le, missing.to(x.dtype)], dim=1)
+    le = torch.log(torch.where(miss, torch.ones_like(e_std), e_std))
+    parts = [x[:, :N_X], le[:, :N_X], missing.to(x.dtype)]
+    if x_std.shape[1] > N_X:
+        parts += [x[:, N_X:], le[:, N_X:], miss[:, N_X:].to(x.dtype)]
+    return torch.cat(parts, dim=1)
 
 
 def heteroscedastic_nll(mu, log_sigma, y, y_err):
@@ -88,10 +95,13 @@ def heteroscedastic_nll(mu, log_sigma, y, y_err):
 
 
 def known_label_nll(mu, log_sigma, y, y_err, known):
-    """:func:`heteroscedastic_nll` for pre-cleaned tensors (unknown labels: y=0, known=0): fewer ops per batch."""
+    """:func:`heteroscedastic_nll` for pre-cleaned tensors (unknown labels: y=0, known=0): fewer ops per batch.
+
+    ``known`` may carry per-star weights (importance weights times the 0/1 mask).
+    """
     var = torch.exp(2 * log_sigma) + y_err ** 2
     nll = 0.5 * ((y - mu) ** 2 / var + torch.log(var)) * known
-    return nll.sum() / known.sum().clamp(min=1)
+    return nll.sum() / known.sum().clamp(min=1e-12)
 
 
 def dr3_errors(e, std_dev=None):

@@ -25,6 +25,17 @@ G_ZERO_POINT = 25.6874
 LABELS = ("teff", "logg", "feh", "alpha_fe")
 #: Emulator inputs: the labels plus the G-band extinction.
 EMULATOR_PARAMS = LABELS + ("ag",)
+#: Export columns the estimator's inputs beyond the coefficients are made from: Gaia's, and 2MASS
+#: and WISE magnitudes with their errors when the user loaded them (NaN where not)
+IR_BANDS = ("tmass_j", "tmass_h", "tmass_ks", "w1", "w2")
+GAIA_SOURCES = ("parallax", "parallax_error", "phot_bp_mean_mag", "phot_rp_mean_mag")
+EXTRA_SOURCES = GAIA_SOURCES + IR_BANDS + tuple(b + "_err" for b in IR_BANDS)
+#: The extra inputs. All are distance-free (parallax times 10^(0.2 (G - 15)), colours), so a training
+#: star degraded to a fainter G keeps their values and only their errors grow (see extra_columns).
+GAIA_EXTRAS = ("parallax_g15", "bp_g", "g_rp")
+IR_EXTRAS = ("g_j", "j_h", "h_ks", "ks_w1", "w1_w2")
+#: (mag / relative flux error)^2
+_MAG2 = (2.5 / np.log(10)) ** 2
 
 
 def g_flux(phot_g_mean_flux, phot_g_mean_mag) -> np.ndarray:
@@ -128,6 +139,22 @@ class NoiseModel:
 
 
 @dataclass
+class ExtraInputs:
+    """The estimator's inputs beyond the coefficients: names, scaler, and the parallax error model
+    ``parallax_error^2 = c0 + c1 10^(0.4 (G - 15))`` (mas^2) fitted on the training split."""
+    names: tuple
+    scaler: Scaler
+    plx_err: tuple = (0.0, 0.0)
+
+    def to_dict(self):
+        return {"names": list(self.names), "scaler": self.scaler.to_dict(), "plx_err": list(self.plx_err)}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(tuple(d["names"]), Scaler.from_dict(d["scaler"]), tuple(d["plx_err"]))
+
+
+@dataclass
 class Normaliser:
     """Everything a model needs to turn a batch into network inputs, fitted on the training split."""
     x: Scaler             # flux-normalised coefficients (110)
@@ -139,6 +166,7 @@ class Normaliser:
     g_range: tuple = (0.0, 99.0)
     ag_fill: float = 0.0  # extinction used where ag_gspphot is missing
     alpha_relation: list = field(default_factory=list)  # [feh grid, alpha median] to impute [a/Fe]
+    extra: ExtraInputs | None = None  # estimator inputs beyond the coefficients (None: coefficients only)
 
     def save(self, path: Path):
         d = {"x": self.x.to_dict(), "labels": self.labels.to_dict(), "params": self.params.to_dict(),
@@ -146,6 +174,8 @@ class Normaliser:
              "label_hi": self.label_hi.tolist(), "g_range": list(self.g_range), "ag_fill": self.ag_fill,
              "alpha_relation": self.alpha_relation, "labels_order": list(LABELS),
              "params_order": list(EMULATOR_PARAMS)}
+        if self.extra is not None:
+            d["extra"] = self.extra.to_dict()
         Path(path).write_text(json.dumps(d))
 
     @classmethod
@@ -153,7 +183,8 @@ class Normaliser:
         d = json.loads(Path(path).read_text())
         return cls(Scaler.from_dict(d["x"]), Scaler.from_dict(d["labels"]), Scaler.from_dict(d["params"]),
                    NoiseModel.from_dict(d["noise"]), np.asarray(d["label_lo"]), np.asarray(d["label_hi"]),
-                   tuple(d["g_range"]), d["ag_fill"], d["alpha_relation"])
+                   tuple(d["g_range"]), d["ag_fill"], d["alpha_relation"],
+                   ExtraInputs.from_dict(d["extra"]) if d.get("extra") else None)
 
     def impute_alpha(self, feh, alpha):
         """[alpha/Fe] where missing, from the training stars' median relation with [Fe/H]."""
@@ -212,3 +243,86 @@ def emulator_params(norm: Normaliser, labels, ag) -> np.ndarray:
     ag = np.asarray(ag, np.float64)
     ag = np.where(np.isfinite(ag), ag, norm.ag_fill)
     return np.column_stack([labels[:, :3], alpha, ag])
+
+
+def _extra_physical(arr, names, noise: NoiseModel, plx_err):
+    """(values, errors, ka, kb) (n,k) of the extra inputs in physical units; NaN = missing.
+
+    A star degraded to G flux F has error^2 = ka / F^2 + kb / F (the coefficients' form): the parallax
+    error follows the fitted parallax_error(G); a Gaia colour's, the XP noise model of its band's
+    first coefficient (the same photons); 2MASS/WISE errors, background-limited (error x flux fixed).
+    """
+    n = len(arr)
+    cols = dict(zip(arr.extra_names, arr.extra.T)) if arr.extra is not None else {}
+    nan = np.full(n, np.nan)
+    get = lambda k: np.asarray(cols.get(k, nan), np.float64)  # noqa: E731
+    g, u = np.asarray(arr.g_mag, np.float64), 1.0 / np.asarray(arr.flux, np.float64)
+    val, err, ka, kb = (np.full((n, len(names)), np.nan) for _ in range(4))
+    k15 = 10 ** (0.4 * (G_ZERO_POINT - 15.0))  # 10^(0.4 (G - 15)) = k15 / F
+    for j, name in enumerate(names):
+        if name == "parallax_g15":
+            s = 10 ** (0.2 * (g - 15.0))
+            val[:, j], err[:, j] = get("parallax") * s, get("parallax_error") * s
+            c0, c1 = plx_err
+            model = c0 + c1 * s ** 2
+            r2 = np.where(model > 0, get("parallax_error") ** 2 / np.where(model > 0, model, 1), np.nan)
+            ka[:, j], kb[:, j] = r2 * c1 * k15 ** 2, r2 * c0 * k15
+        elif name in ("bp_g", "g_rp"):
+            band = 0 if name == "bp_g" else N_COEF
+            mag = get("phot_bp_mean_mag" if name == "bp_g" else "phot_rp_mean_mag")
+            val[:, j] = mag - g if name == "bp_g" else g - mag
+            x0 = np.asarray(arr.x[:, band], np.float64)
+            x0 = np.where(x0 > 0, x0, np.nan)  # no usable band flux: no error model, so missing
+            ka[:, j], kb[:, j] = _MAG2 * noise.a[band] / x0 ** 2, _MAG2 * noise.b[band] / x0 ** 2
+            err[:, j] = np.sqrt(ka[:, j] * u ** 2 + kb[:, j] * u)
+        else:
+            a, b = {"g_j": ("", "tmass_j"), "j_h": ("tmass_j", "tmass_h"), "h_ks": ("tmass_h", "tmass_ks"),
+                    "ks_w1": ("tmass_ks", "w1"), "w1_w2": ("w1", "w2")}[name]
+            ma, mb = (g if not a else get(a)), get(b)
+            ea = 0.0 if not a else get(a + "_err")
+            val[:, j], err[:, j] = ma - mb, np.sqrt(ea ** 2 + get(b + "_err") ** 2)
+            ka[:, j], kb[:, j] = (err[:, j] / u) ** 2, 0.0
+    bad = ~np.isfinite(val) | ~(err > 0) | ~np.isfinite(ka) | ~np.isfinite(kb)
+    val[bad], err[bad], ka[bad], kb[bad] = np.nan, np.nan, 0.0, 0.0
+    return val, err, ka, kb
+
+
+def fit_extra(arr, noise: NoiseModel) -> ExtraInputs:
+    """Extra inputs for a training split: Gaia's always, 2MASS/WISE colours when the file has them."""
+    names = GAIA_EXTRAS
+    cols = set(arr.extra_names)
+    if arr.extra is not None and all(b in cols for b in IR_BANDS):
+        have = np.isfinite(arr.extra[:, [arr.extra_names.index(b) for b in IR_BANDS]]).any(0)
+        names = names + tuple(c for c, ok in zip(IR_EXTRAS, np.r_[have[0], have[:-1] & have[1:]]) if ok)
+    plx = dict(zip(arr.extra_names, arr.extra.T)).get("parallax_error") if arr.extra is not None else None
+    c = (0.0, 0.0)
+    if plx is not None and np.isfinite(plx).sum() >= 10:
+        ok = np.isfinite(plx) & np.isfinite(arr.g_mag)
+        q, s2 = 10 ** (0.4 * (arr.g_mag[ok] - 15.0)), plx[ok] ** 2
+        A = np.column_stack([np.ones_like(q), q])
+        w = 1 / s2  # relative residuals: the bright stars' floor matters as much as the faint slope
+        c = np.linalg.lstsq(A * w[:, None], s2 * w, rcond=None)[0]
+        c = (float(max(c[0], 0.0)), float(max(c[1], 1e-12)))
+    val = _extra_physical(arr, names, noise, c)[0]
+    return ExtraInputs(tuple(names), Scaler.fit(val), c)
+
+
+def network_columns(norm: Normaliser, arr):
+    """The estimator's noisy input columns, standardised: coefficients, then the extra inputs.
+
+    Returns x (n,V) (NaN = missing), e (n,V) errors, and ka, kb (n,V): a star degraded to G flux F
+    has standardised error^2 = ka / F^2 + kb / F (from the noise model, times the star's own error
+    factor); 0 where missing, so never degraded. The one place training and prediction build them.
+    """
+    std = norm.x.std
+    x, e = norm.x.transform(arr.x), arr.e / std
+    model = norm.noise.raw_sigma(arr.flux)
+    raw = arr.e * arr.flux[:, None]
+    ratio2 = np.where(np.isfinite(raw) & (model > 0), raw / np.where(model > 0, model, 1), 1.0) ** 2
+    ka, kb = ratio2 * norm.noise.a / std ** 2, ratio2 * norm.noise.b / std ** 2
+    if norm.extra is not None:
+        v, ve, vka, vkb = _extra_physical(arr, norm.extra.names, norm.noise, norm.extra.plx_err)
+        s = norm.extra.scaler
+        x, e = np.hstack([x, s.transform(v)]), np.hstack([e, ve / s.std])
+        ka, kb = np.hstack([ka, vka / s.std ** 2]), np.hstack([kb, vkb / s.std ** 2])
+    return x, e, ka, kb

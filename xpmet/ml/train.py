@@ -17,6 +17,7 @@ Model directory layout (what :func:`xpmet.ml.inference.load_predictor` reads)::
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -34,11 +35,14 @@ from xpmet.errors import XpmetError
 from xpmet.faults import fault
 from xpmet.ml import checkpoint, dataset as ds, ood
 from xpmet.ml import distributed as dist
-from xpmet.ml.models import ESTIMATOR_INPUTS, N_X, Emulator, Estimator, emulator_nll, estimator_inputs, known_label_nll
+from xpmet.ml.models import N_X, Emulator, Estimator, emulator_nll, estimator_inputs, known_label_nll
 from xpmet.ml.plots import learning_curves
-from xpmet.ml.normalise import G_ZERO_POINT, Normaliser, emulator_params, fit_normaliser
+from xpmet.ml.normalise import (G_ZERO_POINT, Normaliser, emulator_params, fit_extra, fit_normaliser,
+                                network_columns)
+from xpmet.xp_coefficients import N_COEF, correlation_matrix
 
 KINDS = ("estimator", "emulator")
+INPUTS = ("xp", "xp+gaia")
 
 
 @dataclass
@@ -54,6 +58,10 @@ class TrainConfig:
     device: str = "auto"         # auto | cpu | cuda
     ensemble: int = 1
     augment: float = 0.5         # fraction of each batch degraded to a fainter magnitude (estimator)
+    inputs: str = "xp+gaia"      # estimator: "xp" (coefficients only) or + parallax and colours (+ 2MASS/WISE)
+    valid_copies: int = 3        # estimator: validation stars degraded this many times to the target G (0: as observed)
+    prior_weight: bool = False   # estimator: weight training stars by target/labelled G density
+    augment_noise: str = "auto"  # estimator: "auto" (each star's covariance when the file has correlations) | "diagonal"
     dropout: float = 0.0
     clip: float = 10.0           # gradient-norm clipping (0: off); steadies the heteroscedastic loss
     correlations: bool = False   # emulator: chi-squared with the full covariance (needs --correlations export)
@@ -63,6 +71,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise XpmetError(f"unknown model kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.inputs not in INPUTS:
+            raise XpmetError(f"unknown inputs {self.inputs!r}; choose one of {', '.join(INPUTS)}")
         self.hidden = tuple(int(h) for h in self.hidden)
 
 
@@ -81,31 +91,49 @@ def seed_everything(seed: int):
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def _layout(v: int) -> dict:
+    """Column slices of Tensors.packed for v noisy columns (coefficients + extra inputs)."""
+    names = [("x", v), ("e", v), ("ka", v), ("kb", v), ("g", 1), ("sd", 2), ("missing", 2), ("y", 4),
+             ("y_err", 4), ("known", 4)]
+    out, i = {}, 0
+    for k, w in names:
+        out[k] = slice(i, i + w) if w > 1 else i
+        i += w
+    return out
+
+
 class Tensors:
     """One split as device tensors, in the form the model kind trains on.
 
-    Estimator rows are packed into ONE (n, width) tensor so a batch is a single gather:
-    [network inputs (222) | e^2 (110) | ka (110) | kb (110) | G | labels (4) | errors (4) | known (4)],
-    where a star degraded to flux F has standardised error^2 = ka / F^2 + kb / F.
+    Estimator rows are packed into ONE (n, width) tensor so a batch is a single gather (layout
+    :func:`_layout`): the standardised noisy columns of :func:`xpmet.ml.normalise.network_columns`
+    and their errors, the noise-growth terms ka, kb (a star degraded to flux F has error^2 =
+    ka / F^2 + kb / F), G, the bands' standard deviations, band flags, labels, errors and the known
+    mask (times the importance weights). ``chol``: per star and band the Cholesky factor of the
+    published correlation matrix (None without correlations: diagonal noise). ``fixed``: the network
+    inputs used without augmentation (as observed, or degraded once for validation).
     """
 
-    def __init__(self, arr: ds.XPArrays, norm: Normaliser, kind: str, device, correlations=False):
+    def __init__(self, arr: ds.XPArrays, norm: Normaliser, kind: str, device, correlations=False, weights=None):
         f = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device)  # noqa: E731
         self.n = len(arr)
-        std = norm.x.std
+        self.chol = self.fixed = None
         if kind == "estimator":
-            e = arr.e / std
-            inputs = estimator_inputs(f(norm.x.transform(arr.x)), f(e), f(arr.missing)).cpu().numpy()
-            e2 = np.where(np.isfinite(e) & (e > 0), e, 0.0) ** 2  # 0 = missing: never augmented
-            # star-specific factor between its errors and the noise model at its own flux
-            model = norm.noise.raw_sigma(arr.flux)
-            raw = arr.e * arr.flux[:, None]
-            ratio2 = np.where(np.isfinite(raw) & (model > 0), raw / np.where(model > 0, model, 1), 1.0) ** 2
-            ka, kb = ratio2 * norm.noise.a / std ** 2, ratio2 * norm.noise.b / std ** 2
+            x, e, ka, kb = network_columns(norm, arr)
+            ok = np.isfinite(x) & (e > 0)
+            ka, kb = np.where(ok, ka, 0.0), np.where(ok, kb, 0.0)  # missing: never degraded
+            sd = np.ones((self.n, 2)) if arr.std_dev is None else arr.std_dev
+            sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
             y = norm.labels.transform(arr.labels)
+            w = np.ones(self.n) if weights is None else weights
+            self.v = x.shape[1]
+            self.layout = _layout(self.v)
             self.packed = f(np.concatenate([
-                inputs, e2, ka, kb, np.nan_to_num(arr.g_mag, nan=99.0)[:, None], np.nan_to_num(y),
-                np.nan_to_num(arr.label_err / norm.labels.std), np.isfinite(y)], axis=1)).contiguous()
+                x, e, ka, kb, np.nan_to_num(arr.g_mag, nan=99.0)[:, None], sd, arr.missing, np.nan_to_num(y),
+                np.nan_to_num(arr.label_err / norm.labels.std), np.isfinite(y) * w[:, None]], axis=1)).contiguous()
+            if arr.corr is not None:
+                self.chol = _correlation_cholesky(arr.corr, device)
+            self.fixed = self.inputs(self.packed)
         else:
             self.p = f(norm.params.transform(emulator_params(norm, arr.labels, arr.ag)))
             self.x = f(arr.x)
@@ -113,30 +141,87 @@ class Tensors:
             self.corr = f(arr.corr) if correlations and arr.corr is not None else None
             self.sd = f(arr.std_dev) if arr.std_dev is not None else None  # both likelihoods use it
 
+    def inputs(self, b, x=None, e=None):
+        """Network inputs of packed rows b (with x, e in place of theirs when given)."""
+        L = self.layout
+        return estimator_inputs(b[:, L["x"]] if x is None else x, b[:, L["e"]] if e is None else e,
+                                b[:, L["missing"]])
 
-_I = ESTIMATOR_INPUTS
-PACK = {"inputs": slice(0, _I), "e2": slice(_I, _I + N_X), "ka": slice(_I + N_X, _I + 2 * N_X),
-        "kb": slice(_I + 2 * N_X, _I + 3 * N_X), "g": _I + 3 * N_X, "y": slice(_I + 3 * N_X + 1, _I + 3 * N_X + 5),
-        "y_err": slice(_I + 3 * N_X + 5, _I + 3 * N_X + 9), "known": slice(_I + 3 * N_X + 9, _I + 3 * N_X + 13)}
+    def degraded(self, augment: "Augmenter", copies: int, seed: int, pos=None, total: int | None = None) -> "Tensors":
+        """A fixed copy of this split with every star degraded ``copies`` times to the target magnitudes
+        (one noise draw, seeded): a deterministic validation loss for the stars models are applied to.
+
+        ``pos``, ``total``: this shard's rows in the whole split (distributed training); the draws are
+        made for the whole split and the shard's taken, so the ranks' losses add up to one process's.
+        """
+        dev = self.packed.device
+        total = self.n if total is None else total
+        pos = torch.arange(self.n, device=dev) if pos is None else torch.as_tensor(pos, device=dev)
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        u = torch.rand(copies * total, 2, generator=gen, device=dev)
+        z = torch.randn(copies * total, self.v, generator=gen, device=dev)
+        take = (torch.arange(copies, device=dev)[:, None] * total + pos[None, :]).reshape(-1)
+        out = copy.copy(self)
+        idx = torch.arange(self.n, device=dev).repeat(copies)
+        out.packed = self.packed[idx]
+        out.chol = None if self.chol is None else self.chol[idx]
+        out.fixed = torch.cat([augment(out, torch.arange(i, min(len(idx), i + 4096), device=dev), 1.0, None,
+                                       (u[take[i:i + 4096]], z[take[i:i + 4096]]))
+                               for i in range(0, len(idx), 4096)])
+        out.n = len(idx)
+        return out
+
+
+def _correlation_cholesky(corr, device, block: int = 2048):
+    """(n,2,55,55) Cholesky factors of the published correlation matrices; identity where a band is
+    missing or its matrix is not positive definite (that star's noise is then diagonal)."""
+    out = []
+    eye = torch.eye(N_COEF, device=device)
+    for i in range(0, len(corr), block):
+        c = torch.as_tensor(correlation_matrix(corr[i:i + block]), dtype=torch.float32, device=device)
+        c = torch.nan_to_num(c, nan=0.0) + 1e-5 * eye
+        L, info = torch.linalg.cholesky_ex(c)
+        bad = (info > 0) | ~torch.isfinite(L).flatten(-2).all(-1)
+        out.append(torch.where(bad[..., None, None], eye, torch.nan_to_num(L)))
+    return torch.cat(out)
+
+
+def prior_weights(g, target_g, lo: float = 3.0, hi: float = 21.0, width: float = 0.5, clip: float = 10.0):
+    """Importance weights p_target(G) / p_labelled(G) per star (mean 1, clipped): the labelled stars
+    then count as the magnitude distribution of the stars models are applied to."""
+    g = np.asarray(g, np.float64)
+    edges = np.arange(lo, hi + width, width)
+    t = np.asarray(target_g, np.float64)
+    if t.size < 2:
+        return np.ones(len(g))
+    pt = np.histogram(t, edges)[0] / t.size
+    ps = np.histogram(g[np.isfinite(g)], edges)[0] / max(np.isfinite(g).sum(), 1)
+    i = np.clip(np.searchsorted(edges, g) - 1, 0, len(pt) - 1)
+    w = np.where(ps[i] > 0, pt[i] / np.where(ps[i] > 0, ps[i], 1), 1.0)
+    w = np.clip(w / np.mean(w), 1 / clip, clip)
+    return w / np.mean(w)
 
 
 class Augmenter:
-    """Degrades a batch's spectra to fainter magnitudes drawn from the target G distribution.
+    """Degrades a batch's stars to fainter magnitudes drawn from the target G distribution.
 
-    Noise is added so the degraded flux-normalised coefficients have exactly the errors the
-    noise model predicts at the new magnitude (times the star's own error factor).
+    Noise is added so the degraded columns have exactly the errors the noise model predicts at the
+    new magnitude (times the star's own error factor): for the coefficients correlated as the star's
+    published covariance says (DR3: errors / standard deviation, times the correlation matrix; diagonal
+    when the file has no correlations), for parallax and colours independently (xpmet.ml.normalise).
     """
 
     def __init__(self, norm: Normaliser, device):
         q = np.asarray(norm.noise.target_g, np.float64)
         self.q = torch.as_tensor(q if q.size >= 2 else [], dtype=torch.float32, device=device)
 
-    def __call__(self, b, frac, gen):
-        """b: a gathered batch of Tensors.packed -> degraded network inputs (n,222)."""
-        inputs, g = b[:, PACK["inputs"]], b[:, PACK["g"]]
-        n = b.shape[0]
-        dev = b.device
-        u = torch.rand(n, 2, generator=gen, device=dev)
+    def __call__(self, t: Tensors, idx, frac, gen, draws=None):
+        """Network inputs (n, width) of the rows idx of t, a share ``frac`` of them degraded.
+        ``draws``: the uniform (n,2) and normal (n,V) numbers to use instead of drawing from gen."""
+        L = t.layout
+        b = t.packed[idx]
+        g, n, dev = b[:, L["g"]], b.shape[0], b.device
+        u = torch.rand(n, 2, generator=gen, device=dev) if draws is None else draws[0]
         if self.q.numel() >= 2:  # inverse-CDF sample of the target magnitudes
             pos = u[:, 1] * (self.q.numel() - 1)
             lo = pos.floor().long().clamp(max=self.q.numel() - 2)
@@ -145,16 +230,25 @@ class Augmenter:
             g_new = g + 3 * u[:, 1]
         g_new = torch.where((u[:, 0] < frac) & (g_new > g), g_new, g)  # unselected rows keep their G
         inv_f = (10 ** (0.4 * (g_new - G_ZERO_POINT)))[:, None]
-        e2 = b[:, PACK["e2"]]
-        e2_new = torch.maximum(b[:, PACK["ka"]] * inv_f ** 2 + b[:, PACK["kb"]] * inv_f, e2)
-        x = inputs[:, :N_X] + torch.randn(n, N_X, generator=gen, device=dev) * torch.sqrt(e2_new - e2)
-        le = torch.where(e2_new > e2, 0.5 * torch.log(e2_new), inputs[:, N_X:2 * N_X])
-        return torch.cat([x, le, inputs[:, 2 * N_X:]], dim=1)
+        e = b[:, L["e"]]
+        e2 = torch.where(e > 0, e, torch.zeros_like(e)) ** 2
+        e2_new = torch.maximum(b[:, L["ka"]] * inv_f ** 2 + b[:, L["kb"]] * inv_f, e2)
+        add = torch.sqrt(e2_new - e2)
+        z = torch.randn(n, t.v, generator=gen, device=dev) if draws is None else draws[1]
+        zc = z[:, :N_X].reshape(n, 2, N_COEF)
+        if t.chol is not None:
+            zc = (t.chol[idx] @ zc[..., None])[..., 0]
+        # DR3: the noise is the published errors over the band's standard deviation, correlated
+        zc = zc / b[:, L["sd"]][..., None]
+        z = torch.cat([zc.reshape(n, N_X), z[:, N_X:]], dim=1)
+        x = b[:, L["x"]] + z * add
+        e_new = torch.where(e2_new > e2, torch.sqrt(e2_new), e)
+        return t.inputs(b, x, e_new)
 
 
-def build_model(config: TrainConfig):
+def build_model(config: TrainConfig, norm: Normaliser):
     if config.kind == "estimator":
-        return Estimator(config.hidden, config.dropout)
+        return Estimator(config.hidden, config.dropout, n_extra=len(norm.extra.names) if norm.extra else 0)
     return Emulator(config.hidden)
 
 
@@ -169,14 +263,21 @@ class Trainer:
 
     def loss(self, model, t: Tensors, idx, gen=None, train=False):
         if self.config.kind == "estimator":
+            L = t.layout
             b = t.packed[idx]
-            inp = self.augment(b, self.config.augment, gen) if train and self.config.augment > 0 else b[:, PACK["inputs"]]
+            inp = self.augment(t, idx, self.config.augment, gen) if train and self.config.augment > 0 else t.fixed[idx]
             mu, log_sigma = model(inp)
-            return known_label_nll(mu.float(), log_sigma.float(), b[:, PACK["y"]], b[:, PACK["y_err"]],
-                                   b[:, PACK["known"]])
+            return known_label_nll(mu.float(), log_sigma.float(), b[:, L["y"]], b[:, L["y_err"]], b[:, L["known"]])
         corr = None if t.corr is None else t.corr[idx]
         sd = None if t.sd is None else t.sd[idx]
         return emulator_nll(model, t.p[idx], t.x[idx], t.e[idx], self.x_mean, self.x_scale, corr, sd)[0]
+
+
+def _wants_corr(config: TrainConfig) -> bool:
+    """Correlations are read for the emulator's full-covariance likelihood and for the estimator's
+    degradation (each star's own covariance); a file without them gives diagonal noise."""
+    return config.correlations or (config.kind == "estimator" and config.augment > 0
+                                   and config.augment_noise != "diagonal")
 
 
 def _usable(arr: ds.XPArrays, kind: str) -> np.ndarray:
@@ -192,8 +293,8 @@ def load_splits(data_path, config: TrainConfig, label_override=None, with_rows: 
     ``with_rows``: also return the file row numbers of both (what the ranks of a distributed
     run read their shards from).
     """
-    train = ds.read(data_path, "train", correlations=config.correlations)
-    valid = ds.read(data_path, "valid", correlations=config.correlations)
+    train = ds.read(data_path, "train", correlations=_wants_corr(config))
+    valid = ds.read(data_path, "valid", correlations=_wants_corr(config))
     if label_override is not None:  # benchmark: swap in other labels (e.g. the simulator's truth)
         train, valid = label_override(train), label_override(valid)
     keep_t, keep_v = _usable(train, config.kind), _usable(valid, config.kind)
@@ -209,6 +310,8 @@ def load_splits(data_path, config: TrainConfig, label_override=None, with_rows: 
     else:
         raw_err, flux, tg = noise
     norm = fit_normaliser(train.x, train.labels, train.ag, train.g_mag, raw_err, flux, tg)
+    if config.kind == "estimator" and config.inputs == "xp+gaia":
+        norm.extra = fit_extra(train, norm.noise)
     if not with_rows:
         return train, valid, norm
     rows = (ds.split_rows(data_path, "train")[keep_t][:len(train)], ds.split_rows(data_path, "valid")[keep_v])
@@ -321,10 +424,17 @@ def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume,
             my_valid = _read_rows(data_path, rows_v, pos_v, config, label_override)
     n_train = len(rows_t)
     batch = config.batch_size // ctx.world
-    t_train = Tensors(my_train, norm, config.kind, device, config.correlations)
-    t_valid = Tensors(my_valid, norm, config.kind, device, config.correlations)
+    weights = {}
+    if config.kind == "estimator" and config.prior_weight:
+        weights = {k: prior_weights(a.g_mag, norm.noise.target_g) for k, a in (("t", my_train), ("v", my_valid))}
+    t_train = Tensors(my_train, norm, config.kind, device, config.correlations, weights.get("t"))
+    t_valid = Tensors(my_valid, norm, config.kind, device, config.correlations, weights.get("v"))
+    noise = "covariance" if t_train.chol is not None else "diagonal"
     del my_train, my_valid
     trainer = Trainer(config, norm, device)
+    if config.kind == "estimator" and config.valid_copies > 0:  # early stopping on the target magnitudes
+        t_valid = t_valid.degraded(trainer.augment, config.valid_copies, config.seed + 7919,
+                                   pos_v if ctx.active else None, len(rows_v))
     amp = device.type == "cuda"
     main = ctx.main
     t0 = time.time()
@@ -332,7 +442,7 @@ def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume,
     while state["member"] < config.ensemble:
         m = state["member"]
         torch.manual_seed(config.seed + 1000 * m)
-        net = build_model(config).to(device)
+        net = build_model(config, norm).to(device)
         # DDP averages the gradients over ranks in backward (and starts from rank 0's weights)
         model = _ddp(net, ctx) if ctx.active else net
         opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -403,6 +513,8 @@ def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume,
                             "world_size": ctx.world, "backend": ctx.backend, "batch_per_rank": batch,
                             "samples_per_second": samples / seconds if seconds > 0 else None,
                             "run_id": state.get("run_id")}
+    if config.kind == "estimator":  # what the degradation drew from: a file without correlations -> diagonal
+        cfg |= {"augment_noise_used": noise, "extra_inputs": list(norm.extra.names) if norm.extra else []}
     (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
     fp = ds.fingerprint(data_path)
     (out / "fingerprint.txt").write_text(fp + "\n")
@@ -429,7 +541,7 @@ def _ddp(net, ctx: dist.Context):
 def _read_rows(data_path, rows, pos, config: TrainConfig, label_override):
     """This rank's shard: only its rows are read (pos may repeat rows to pad the shard)."""
     u, inv = np.unique(pos, return_inverse=True)
-    arr = ds.read(data_path, correlations=config.correlations, rows=rows[u])
+    arr = ds.read(data_path, correlations=_wants_corr(config), rows=rows[u])
     if label_override is not None:
         arr = label_override(arr)
     return arr.subset(inv)

@@ -162,3 +162,47 @@ def test_refusals(clean_db, tmp_path):
 def test_cli_predict_reports_missing_model(run_cli, tmp_path):
     r = run_cli("predict", "--model", tmp_path / "missing", ok=False)
     assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def test_model_foreign_key_holds_while_a_chunk_writes(clean_db):
+    """The models key is checked once per chunk (a FOR KEY SHARE lock, the per-row check's own lock)
+    instead of per row: while a chunk is open the model cannot be deleted, and the fast path is off
+    as soon as the table has any other trigger."""
+    import threading
+
+    import psycopg
+
+    from xpmet.predict.pipeline import _fk_check_per_chunk
+    sky = insert_sky(600, seed=8)
+    entered, release = threading.Event(), threading.Event()
+
+    class Held(ColourPredictor):
+        def predict(self, b):
+            entered.set()
+            assert release.wait(30)
+            return super().predict(b)
+
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=predict(Held(), chunk_rows=300, progress=False)))
+    t.start()
+    try:
+        assert entered.wait(30)
+        with raw_connect() as c:
+            model_id = c.execute("SELECT max(model_id) FROM xpmet.models").fetchone()[0]
+            c.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                c.execute("DELETE FROM xpmet.models WHERE model_id = %s", (model_id,))
+    finally:
+        release.set()
+        t.join(60)
+    assert out["r"].written == 600
+    check_values(sky, stored())
+    with raw_connect() as c:
+        assert _fk_check_per_chunk(c)  # the embedded cluster: superuser, the key's triggers only
+        c.execute("CREATE FUNCTION pg_temp.noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'")
+        c.execute("CREATE TRIGGER t_noop BEFORE INSERT ON xpmet.predictions FOR EACH ROW EXECUTE FUNCTION pg_temp.noop()")
+        assert not _fk_check_per_chunk(c)  # another trigger: it must fire, so rows are checked one by one
+        c.rollback()
+        c.execute("DELETE FROM xpmet.models WHERE model_id = %s", (model_id,))  # cascades as before
+        assert c.execute("SELECT count(*) FROM xpmet.predictions").fetchone()[0] == 0
+        c.rollback()

@@ -6,12 +6,15 @@ embedded cluster) and :mod:`xpmet.db.migrate` takes the URL it is given.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import psycopg
-import sqlalchemy as sa
 
 from xpmet.errors import XpmetError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 #: Session settings for every connection: q3c plans do not profit from JIT.
 SESSION_OPTIONS = "-c jit=off"
@@ -66,6 +69,7 @@ def check_server(url: str) -> None:
 @functools.lru_cache(maxsize=8)
 def engine_for(url: str) -> sa.Engine:
     """One pooled SQLAlchemy engine per libpq URL (checked once)."""
+    import sqlalchemy as sa  # here, not at the top: `etl` and `predict` workers need only psycopg (~0.5 s of imports)
     check_server(url)
     return sa.create_engine(to_sqlalchemy(url), connect_args={"options": SESSION_OPTIONS},
                             pool_pre_ping=True)

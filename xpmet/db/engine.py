@@ -1,13 +1,17 @@
 """Connections to the configured database: the embedded cluster (started on demand) or XPMET_DATABASE_URL."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import psycopg
-import sqlalchemy as sa
 
 from xpmet.config import settings
 from xpmet.db.cluster import Cluster
 from xpmet.db.connection import (  # noqa: F401  (re-exported: the names callers know)
     SESSION_OPTIONS, check_server, describe, engine_for, psycopg_connect, to_libpq, to_sqlalchemy)
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 
 def cluster() -> Cluster:

@@ -35,10 +35,45 @@ class ArrayParseError(ValueError):
         super().__init__(f"{reason} (rows {self.rows[:5].tolist()})")
 
 
+def _single(col) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        return pa.concat_arrays(col.chunks) if col.num_chunks != 1 else col.chunk(0)
+    return col
+
+
+def _bits(buf: pa.Buffer, offset: int, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(buf, np.uint8), count=offset + n, bitorder="little")[offset:].view(bool)
+
+
+def null_mask(col) -> np.ndarray:
+    """True where an Arrow array is NULL."""
+    col = _single(col)
+    validity = col.buffers()[0]
+    if not col.null_count or validity is None:
+        return np.zeros(len(col), bool)
+    return ~_bits(validity, col.offset, len(col))
+
+
+def to_numpy(col, fill=None) -> np.ndarray:
+    """A numeric or boolean Arrow array as numpy, its NULLs set to ``fill`` (left undefined without one).
+
+    Read from the array's buffers: pyarrow's own ``to_numpy`` imports pandas, a second of start-up
+    in every loading process.
+    """
+    col = _single(col)
+    if pa.types.is_boolean(col.type):
+        values = _bits(col.buffers()[1], col.offset, len(col))
+    else:
+        dt = np.dtype(col.type.to_pandas_dtype())
+        values = np.frombuffer(col.buffers()[1], dt, len(col), col.offset * dt.itemsize)
+    if fill is not None and col.null_count:
+        values = np.where(null_mask(col), fill, values)
+    return values
+
+
 def _buffers(col: pa.Array):
     """(offsets int64[n+1], data uint8, valid bool[n]) of an Arrow string/binary array (no copy of the data)."""
-    if isinstance(col, pa.ChunkedArray):
-        col = pa.concat_arrays(col.chunks) if col.num_chunks != 1 else col.chunk(0)
+    col = _single(col)
     if pa.types.is_string(col.type):
         col = col.cast(pa.binary())
     if pa.types.is_large_binary(col.type) or pa.types.is_large_string(col.type):
@@ -49,7 +84,7 @@ def _buffers(col: pa.Array):
     bufs = col.buffers()
     offsets = np.frombuffer(bufs[1], off_dtype, n + 1, col.offset * np.dtype(off_dtype).itemsize).astype(np.int64)
     data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    valid = ~null_mask(col)
     return offsets, data, valid
 
 

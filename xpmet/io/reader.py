@@ -33,7 +33,7 @@ import pyarrow.csv as pacsv
 from isal import igzip_threaded, isal_zlib
 
 from xpmet.errors import BadInput
-from xpmet.io.arrays import ArrayParseError, parse_array_column
+from xpmet.io.arrays import ArrayParseError, null_mask, parse_array_column, to_numpy
 from xpmet.io.formats import Format, detect, open_binary
 
 NULL_STRINGS = ["", "null", "NULL", "None", "--"]
@@ -312,7 +312,7 @@ def _read_text(path, fmt, spec, skip, block_bytes, source, on_bad, warn) -> Iter
                                          lambda i: parse_array_column(col.slice(i, 1), length, np.dtype(dtype)),
                                          len(col), length, dtype, c, source, row, on_bad, bad)
             for c, cols in flat.items():
-                data[c] = _stack_flat([batch.column(f).to_numpy(zero_copy_only=False) for f in cols],
+                data[c] = _stack_flat([to_numpy(batch.column(f), fill=np.nan) for f in cols],
                                       spec.arrays[c][1])
             n_rows = batch.num_rows
             data = _finish(data, spec, source, row, on_bad, bad)
@@ -367,12 +367,11 @@ def _locate(path, fmt, n_comment, delim, column, value):
 def _scalar(col, code, path, row, name):
     """numpy values of an Arrow scalar column: NaN for missing floats, masked array for missing ints/bools."""
     if col.null_count == 0:
-        a = col.to_numpy(zero_copy_only=False)
+        a = to_numpy(col)
+    elif code in ("i2", "i4", "i8", "bool"):
+        a = np.ma.MaskedArray(to_numpy(col, fill=0), mask=null_mask(col))
     else:
-        mask = col.is_null().to_numpy(zero_copy_only=False)
-        filled = col.fill_null(False if code == "bool" else 0).to_numpy(zero_copy_only=False)
-        a = np.ma.MaskedArray(filled, mask=mask) if code in ("i2", "i4", "i8", "bool") else \
-            np.where(mask, np.nan, filled)
+        a = to_numpy(col, fill=np.nan)
     return _cast_scalar(a, code, path, row, name)
 
 

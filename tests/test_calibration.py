@@ -97,7 +97,7 @@ def test_network_recovers_offsets_trend_compression_and_error_scale(clean_db, tm
     sys_ = np.array([r["feh_err_sys"] for r in lab])
     for lo, hi in ((-4, -2.5), (-2.5, -1.5), (-1.5, 0.5)):
         m = (feh[sid - ids[0]] >= lo) & (feh[sid - ids[0]] < hi)
-        assert m.sum() > 100 and abs(np.median(res[m])) < 2.5 * np.median(sys_[m]) + 0.01, (lo, hi, np.median(res[m]))
+        assert m.sum() > 100 and abs(np.median(res[m])) < 3 * np.median(sys_[m]) + 0.02, (lo, hi, np.median(res[m]))
         assert 0.75 < 1.4826 * np.median(np.abs(z[m] - np.median(z[m]))) < 1.3, (lo, hi)
     # the reference-only calibration (before 0008) had no way to see GALAH's compression: without
     # it, GALAH's metal-poor stars would be ~0.4 dex too metal-rich

@@ -32,9 +32,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
-#: knots (on the true scale) of the piecewise-linear offset per label: dense where metal-poor
-#: scales are known to bend; two knots = a linear trend across the range
-KNOTS = {"feh": (-3.5, -2.5, -1.5, -0.5, 0.3), "alpha_fe": (0.0, 0.4), "teff": (4000.0, 6500.0),
+#: knots (on the true scale) of the piecewise-linear offset per label, where metal-poor scales are
+#: known to bend; the end segments continue straight (a knot further out, with few stars there,
+#: only added noise); two knots = a linear trend across the range
+KNOTS = {"feh": (-2.5, -1.5, -0.5, 0.3), "alpha_fe": (0.0, 0.4), "teff": (4000.0, 6500.0),
          "logg": (1.5, 4.5)}
 TEFF_PIVOT, LOGG_PIVOT = 5000.0, 3.0
 #: prior width of an offset change between neighbouring knots and of a covariate term (label units
@@ -43,6 +44,8 @@ KNOT_STEP_PRIOR = {"feh": 0.3, "alpha_fe": 0.2, "teff": 300.0, "logg": 0.5}
 COEF_PRIOR = {"teff": 1e-3, "logg": 0.5}   # per K and per dex, in units of the calibrated label
 #: stars (shared with other surveys) a survey needs before its error floor and scale are fitted
 MIN_NOISE_STARS = 30
+#: width of the prior on log(err_scale)
+SCALE_PRIOR = 0.3
 #: the largest error scale and floor the fit may choose (multiples of the median reported error)
 MAX_SCALE, MAX_FLOOR = 5.0, 10.0
 STATUSES = ("reference", "fallback_scale", "calibrated", "too_few", "uncalibrated")
@@ -209,7 +212,14 @@ def _fit_label(label, star, surv, y, err, floor0, Z, anchor, settings, log=None)
                 rr = r - d * dx[star]
                 n_k = S @ w_ok.astype(float)
                 use = w_ok & (n_k[star] >= 2)
-                return float(np.sum(np.log(vv[use])) + np.sum(np.log(D[n_k >= 2])) + np.sum(ww[use] * rr[use] ** 2))
+                # + weak priors (reported errors are right unless the data say otherwise; a floor
+                # about the descriptor's): two surveys seen mostly with each other only fix the sum
+                # of their variances
+                prior = sum((math.log(p[2 * i]) / SCALE_PRIOR) ** 2
+                            + (p[2 * i + 1] * med[s] / max(prior_floor[s], 1e-3 * med[s])) ** 2
+                            for i, s in enumerate(free))
+                return float(np.sum(np.log(vv[use])) + np.sum(np.log(D[n_k >= 2])) + np.sum(ww[use] * rr[use] ** 2)
+                             + prior)
 
             p0 = np.concatenate([[scale[s], floor[s] / med[s]] for s in free])
             bounds = [b for _ in free for b in ((1.0, MAX_SCALE), (0.0, MAX_FLOOR))]
@@ -295,7 +305,8 @@ def _component(star, surv, anchor, n_surv) -> set[int]:
 _READ = """
 SELECT source_id, survey_id, survey, label, value, err_stat AS err,
        sqrt(greatest(err ^ 2 - err_stat ^ 2, 0)) AS floor0
-FROM xpmet.survey_source_label"""
+FROM xpmet.survey_source_label
+ORDER BY label, survey_id, source_id"""   # one order: the same data always give the same fit
 
 
 def fit(rows: dict, reference: str, fallback: str | None, settings: dict) -> list[dict]:

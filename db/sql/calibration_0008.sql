@@ -12,8 +12,9 @@ DROP MATERIALIZED VIEW xpmet.survey_zero_point;
 
 -- A survey value y put on the true scale: the inverse of y = x + offset(x), offset piecewise linear
 -- through (knots, offsets) and straight on beyond the end knots. Returns {x, dx/dy, systematic
--- error of x}; the systematic error is the knot offsets' errors interpolated linearly (an upper
--- bound whatever their correlation) over the local slope. Pure: no table, no side effect.
+-- error of x}; the systematic error is |1 - t| err_j + |t| err_j+1 (t: the position between the
+-- knots, < 0 or > 1 beyond the end knots), an upper bound whatever the two offsets' correlation,
+-- over the local slope. Pure: no table, no side effect.
 CREATE FUNCTION xpmet.calibrate_value(y float8, knots float8[], offsets float8[], offset_errs float8[])
 RETURNS float8[] LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 DECLARE
@@ -34,8 +35,7 @@ BEGIN
   IF dydx <= 0.05 THEN dydx := 0.05; END IF;   -- a scale folded over itself cannot be inverted
   t := (y - o0) / dydx / (knots[j + 1] - knots[j]);
   RETURN ARRAY[knots[j] + t * (knots[j + 1] - knots[j]), 1 / dydx,
-               ((1 - least(greatest(t, 0), 1)) * coalesce(offset_errs[j], 0)
-                + least(greatest(t, 0), 1) * coalesce(offset_errs[j + 1], 0)) / dydx];
+               (abs(1 - t) * coalesce(offset_errs[j], 0) + abs(t) * coalesce(offset_errs[j + 1], 0)) / dydx];
 END $$;
 
 -- Per survey and label: the calibration as users read it (the columns of the 0002 view, and the

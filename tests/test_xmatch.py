@@ -278,6 +278,7 @@ def test_candidate_probes_are_index_probes_whatever_the_statistics(clean_db, tmp
     never analysed (just loaded), or with statistics claiming 10^2 or 10^8 rows: no nested loop that
     evaluates the distance for every (fast mover, survey row) pair, as a fresh database once got."""
     from xpmet.xmatch.algorithms import PARTS, algorithm
+    from xpmet.xmatch.run import SEARCH_SETTINGS
     from xpmet.db.engine import raw_connect
     args = _fast_mover_sky(tmp_path)
     tables = "'xpmet.gaia_source'::regclass, 'xpmet.survey_star'::regclass"
@@ -288,11 +289,14 @@ def test_candidate_probes_are_index_probes_whatever_the_statistics(clean_db, tmp
             n = {"small": 100, "huge": 10 ** 8}[stats]
             c.execute(f"UPDATE pg_class SET reltuples = {n}, relpages = {max(n // 50, 1)} WHERE oid IN ({tables})")
         try:
+            m = algorithm("propagate")
             for part in PARTS:
-                with c.transaction():
-                    c.execute("SET LOCAL enable_seqscan = off")   # as run_xmatch and its worker search
-                    plan = c.execute("EXPLAIN (FORMAT JSON) " + algorithm("propagate").candidates_sql(part), args).fetchone()[0]
-                assert _q3c_plan_problems(plan[0]["Plan"]) == [], (part, stats)
+                for sql in (m.candidates_sql(part), m.rows_sql(part)):
+                    with c.transaction():
+                        for s in SEARCH_SETTINGS:   # as run_xmatch and its worker search
+                            c.execute("SET LOCAL " + s)
+                        plan = c.execute("EXPLAIN (FORMAT JSON) " + sql, {**args, "run_id": 1}).fetchone()[0]
+                    assert _q3c_plan_problems(plan[0]["Plan"]) == [], (part, stats)
         finally:
             c.execute("ANALYZE xpmet.gaia_source; ANALYZE xpmet.survey_star")  # real statistics back
 

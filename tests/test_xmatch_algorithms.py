@@ -17,7 +17,8 @@ def test_algorithms_by_name():
         for part in ("all", "main", "worker"):
             sql = a.candidates_sql(part)
             assert "q3c_join" in sql and "%(radius)s" in sql
-        assert "INSERT INTO xpmet.xmatch" in a.best_neighbour_sql()
+            assert "row_number() OVER" in a.rows_sql(part) and "%(run_id)s" in a.rows_sql(part)
+        assert "UPDATE xpmet.xmatch_r7 " in a.claims_sql("xpmet.xmatch_r7")
     with pytest.raises(XpmetError, match="choose one of propagate, gaia"):
         algorithm("nearest")
     with pytest.raises(XpmetError, match="must be one of"):
@@ -29,5 +30,6 @@ def test_only_propagation_searches_from_the_gaia_side():
     assert "g.pmra * g.pmra + g.pmdec * g.pmdec > %(pm_cap)s" in algorithm("propagate").candidates_sql("worker")
     assert "%(pm_cap)s" not in algorithm("gaia").candidates_sql("worker")
     gaia_side = re.compile(r"FROM xpmet\.gaia_source g\s+CROSS JOIN LATERAL")
-    assert not gaia_side.search(algorithm("propagate").candidates_sql("main"))
-    assert gaia_side.search(algorithm("propagate").candidates_sql("worker"))
+    for part in ("all", "main", "worker"):   # each part ranks its own rows: it needs all their pairs
+        assert gaia_side.search(algorithm("propagate").candidates_sql(part))
+        assert not gaia_side.search(algorithm("gaia").candidates_sql(part))

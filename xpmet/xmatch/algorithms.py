@@ -8,7 +8,7 @@ An algorithm is a small class chosen by name (``XmatchParams.epoch``, ``xpmet xm
 - ``gaia``: every pair compared at the Gaia positions (no propagation), as the original research
   pipeline's STILTS match did.
 
-Both share the evidence rules and the best-neighbour ranking (:meth:`CrossmatchAlgorithm.best_neighbour_sql`):
+Both share the evidence rules and the best-neighbour ranking (:meth:`CrossmatchAlgorithm.rows_sql`):
 a declared DR3/EDR3 id within ``id_radius`` first, positions second, a DR2 id only to break ties.
 The run itself (snapshot, lock, worker connection, bookkeeping) is :mod:`xpmet.xmatch.run`'s job.
 
@@ -22,8 +22,10 @@ from xpmet.errors import XpmetError
 from xpmet.flags import XMATCH_BITS
 
 SURVEY_COLS = "s.star_id, s.survey_id, s.ra, s.dec, s.epoch, s.gaia_source_id, s.gaia_release"
-#: Parts of the candidate search: everything on one connection, or split in two.
-PARTS = ("all", "main", "worker")
+#: Parts of the search: every survey row on one connection, or the rows split over two (SQL on s).
+#: Each part runs every arm for its rows (the Gaia-side one too, so each ranks its own rows).
+SHARES = {"all": "true", "main": "s.star_id %% 2 = 0", "worker": "s.star_id %% 2 = 1"}
+PARTS = tuple(SHARES)
 
 
 def within_sql(a: str, b: str, radius: str) -> str:
@@ -53,9 +55,10 @@ class CrossmatchAlgorithm:
         """SQL of the radius (degrees) of the q3c probe around survey row s (radii in p)."""
         raise NotImplementedError
 
-    def extra_arms(self, cols: str) -> list[str]:
-        """Further candidate SELECTs (searched by the "worker" part), e.g. from the Gaia side; each
-        leaves out the pairs the survey-side probe finds (:meth:`found_by_probe_sql`)."""
+    def extra_arms(self, cols: str, rows: str) -> list[str]:
+        """Further candidate SELECTs, e.g. from the Gaia side, for the survey rows s that ``rows``
+        (SQL: "AND ...") keeps; each leaves out the pairs the survey-side probe finds
+        (:meth:`found_by_probe_sql`)."""
         return []
 
     def found_by_extra_sql(self) -> list[str]:
@@ -80,24 +83,22 @@ class CrossmatchAlgorithm:
         One pass: q3c index probes and declared ids find the candidates, and each arm computes the
         separation at the row's epoch from the columns it already holds (no second join of the pairs
         with survey_star or gaia_source). Each pair comes once: an arm leaves out what the arms before
-        it find (so there is no duplicate to sort away). ``part`` splits the work over two connections:
-        "main" probes two thirds of the survey rows and looks up their declared ids, "worker" the
-        other third plus the other arms; "all" does everything. Parameters %(pm_cap)s %(max_r)s %(max_dt)s and the per-survey arrays %(sid)s
-        %(radius)s %(nopm_radius)s %(id_radius)s (plain parameters, so a second connection can run it too).
+        it find (so there is no duplicate to sort away). ``part`` splits the survey rows over two
+        connections (:data:`SHARES`), each with all arms; "all" is every row. Parameters %(pm_cap)s
+        %(max_r)s %(max_dt)s and the per-survey arrays %(sid)s %(radius)s %(nopm_radius)s %(id_radius)s
+        (plain parameters, so a second connection can run it too).
         """
         if part not in PARTS:
             raise ValueError(f"part must be one of {PARTS}")
         cols = self.pair_columns()
-        probe_rows = {"all": "", "main": "AND s.star_id %% 3 <> 0", "worker": "AND s.star_id %% 3 = 0"}[part]
+        probe_rows = f"AND {SHARES[part]}"
         search = self.search_radius_sql()
         # Each q3c probe is a LATERAL subquery that OFFSET 0 keeps from being flattened: its only access
         # paths are the q3c index and a (disabled) sequential scan, so the plan is one index probe per
         # outer row whatever the statistics say. As a plain join, a table without statistics yet (just
         # loaded, or analysed in a transaction the other connection cannot see) made the planner scan
         # all survey rows per fast mover instead: 78 M q3c_sindist calls, 30 s of a 31 s first run.
-        arms = ["SELECT * FROM probed"]
-        if part != "main":
-            arms += self.extra_arms(cols)
+        arms = ["SELECT * FROM probed", *self.extra_arms(cols, probe_rows)]
         # declared ids the probes did not find: an anti-join with the probes' pairs first, so only
         # those few cost a primary-key probe into gaia_source (a plain join hashed all of it)
         extra_found = " OR ".join(self.found_by_extra_sql()) or "false"
@@ -137,19 +138,23 @@ class CrossmatchAlgorithm:
                declared AND (no_position OR sep <= id_radius) AS id_ok
         FROM cand"""
 
-    def best_neighbour_sql(self, table: str = "xpmet.xmatch") -> str:
-        """One xmatch row per survey row from the pairs in xm_pair (parameter %(run_id)s) into ``table``
-        (the run's partition of xpmet.xmatch): the ranking."""
+    def rows_sql(self, part: str = "all") -> str:
+        """SELECT of the xmatch rows (all columns, in the table's order; parameter %(run_id)s) of the
+        survey rows of ``part`` (see :meth:`candidates_sql`): the ranking of their candidates.
+        ``duplicate_claim`` needs every part's rows: :meth:`claims_sql` sets it afterwards."""
         b = _bit
+        rows = f"WHERE {SHARES[part]}"
         return f"""
-        WITH ranked AS (  -- each pair is once in xm_pair (candidates_sql)
+        WITH pairs AS MATERIALIZED ({self.candidates_sql(part)}
+        ),
+        ranked AS (  -- each pair is once in pairs (candidates_sql)
           SELECT *, row_number() OVER (PARTITION BY star_id
                                        ORDER BY (within OR id_ok) DESC, id_ok DESC, (declared_dr2 AND within) DESC,
                                                 sep, source_id) AS rk
-          FROM xm_pair
+          FROM pairs
         ),
-        best AS MATERIALIZED (  -- read twice: by the output rows and by the duplicate-claim count
-          SELECT star_id, min(survey_id) AS survey_id,
+        best AS (
+          SELECT star_id,
                  max(source_id) FILTER (WHERE rk = 1 AND (within OR id_ok)) AS source_id,
                  max(sep) FILTER (WHERE rk = 1 AND (within OR id_ok)) AS separation,
                  bool_or(rk = 1 AND id_ok) AS by_id,
@@ -163,12 +168,6 @@ class CrossmatchAlgorithm:
                  bool_or(declared AND NOT id_ok) AS id_rejected
           FROM ranked GROUP BY star_id
         ),
-        -- Gaia sources claimed by more than one row of a survey (a hash aggregate: cheaper than a
-        -- window over all rows sorted by survey and source)
-        claims AS (
-          SELECT survey_id, source_id FROM best WHERE source_id IS NOT NULL
-          GROUP BY survey_id, source_id HAVING count(*) > 1
-        ),
         rows AS (
           SELECT s.star_id, s.survey_id, b.source_id, b.separation, coalesce(b.n_candidates, 0) AS n_candidates,
                  b.second_separation, b.id_separation,
@@ -178,7 +177,6 @@ class CrossmatchAlgorithm:
                       WHEN b.by_dr2 THEN 'both'
                       ELSE 'position' END AS method,
                  coalesce(b.by_position AND b.n_candidates > 1, false) AS ambiguous,
-                 c.source_id IS NOT NULL AS dup,
                  (CASE WHEN coalesce(b.id_rejected, false) THEN {b('id_rejected')} ELSE 0 END
                   | CASE WHEN s.gaia_source_id IS NOT NULL AND s.gaia_release IN ('DR3', 'EDR3')
                               AND b.id_separation IS NULL THEN {b('id_not_found')} ELSE 0 END
@@ -188,16 +186,24 @@ class CrossmatchAlgorithm:
                   | CASE WHEN s.ra IS NULL OR s.dec IS NULL THEN {b('no_position')} ELSE 0 END) AS flags
           FROM xpmet.survey_star s
           LEFT JOIN best b USING (star_id)
-          LEFT JOIN claims c ON c.survey_id = b.survey_id AND c.source_id = b.source_id
+          {rows}
         )
-        INSERT INTO {table} (run_id, star_id, survey_id, source_id, method, separation, n_candidates,
-                                  second_separation, id_separation, ambiguous, duplicate_claim, flags)
-        SELECT %(run_id)s, star_id, survey_id, source_id, method, separation, n_candidates, second_separation,
-               id_separation, ambiguous, dup,
-               flags | CASE WHEN ambiguous THEN {b('ambiguous')} ELSE 0 END
-                     | CASE WHEN dup THEN {b('duplicate_claim')} ELSE 0 END
+        -- typed as the table's columns: the worker's rows arrive by binary COPY
+        SELECT %(run_id)s::integer AS run_id, star_id, survey_id, source_id, method, separation,
+               n_candidates::smallint, second_separation, id_separation, ambiguous, false AS duplicate_claim,
+               (flags | CASE WHEN ambiguous THEN {b('ambiguous')} ELSE 0 END)::integer AS flags
         FROM rows
         """
+
+    @staticmethod
+    def claims_sql(table: str) -> str:
+        """UPDATE of ``table``'s rows whose Gaia source another row of the same survey matched too
+        (a hash aggregate over the run's rows; few rows change)."""
+        return f"""
+        UPDATE {table} x SET duplicate_claim = true, flags = x.flags | {_bit('duplicate_claim')}
+        FROM (SELECT survey_id, source_id FROM {table} WHERE source_id IS NOT NULL
+              GROUP BY survey_id, source_id HAVING count(*) > 1) c
+        WHERE x.survey_id = c.survey_id AND x.source_id = c.source_id"""
 
 
 class PropagatedPositions(CrossmatchAlgorithm):
@@ -221,13 +227,13 @@ class PropagatedPositions(CrossmatchAlgorithm):
     GAIA_SIDE_RADIUS = ("CASE WHEN g.pmra IS NULL OR g.pmdec IS NULL THEN %(max_r)s ELSE %(max_r)s + "
                         "sqrt(g.pmra * g.pmra + g.pmdec * g.pmdec) * %(max_dt)s / 1000.0 END / 3600.0")
 
-    def extra_arms(self, cols):
+    def extra_arms(self, cols, rows):
         # a LATERAL subquery kept apart by OFFSET 0: see the positional arm
         return [f"""
           SELECT {cols} FROM xpmet.gaia_source g
           CROSS JOIN LATERAL (
             SELECT {SURVEY_COLS} FROM xpmet.survey_star s
-            WHERE q3c_join(g.ra, g.dec, s.ra, s.dec, {self.GAIA_SIDE_RADIUS})
+            WHERE q3c_join(g.ra, g.dec, s.ra, s.dec, {self.GAIA_SIDE_RADIUS}) {rows}
             OFFSET 0) s
           JOIN p USING (survey_id)
           WHERE ({self.GAIA_SIDE}) AND NOT {self.found_by_probe_sql()}"""]

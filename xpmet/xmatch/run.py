@@ -65,7 +65,7 @@ class XmatchRun:
     seconds: float
     by_method: dict
     parameters: dict
-    stages: dict = field(default_factory=dict)   # seconds per step (statistics, candidates, pairs, best)
+    stages: dict = field(default_factory=dict)   # seconds per step (statistics, matching, indexes, ...)
     loads: list = field(default_factory=list)    # etl_load ids (gaia_source and surveys) the run read
     labels: dict | None = None                   # label refresh committed with the run (labels=True)
     notes: list = field(default_factory=list)    # e.g. runs --keep kept because an export or model cites them
@@ -120,8 +120,16 @@ def analyze_if_changed(conn, tables):
             conn.execute(f"ANALYZE xpmet.{table}")
 
 
-class _WorkerPairs(threading.Thread):
-    """Runs a candidate SELECT on its own connection, on an exported snapshot, into binary COPY data."""
+#: Session settings of the matching query (both connections). q3c's index cost estimates are so
+#: high that on small tables the planner rescans all of gaia_source per survey row instead (seconds
+#: at 10^3 x 10^4 rows): the probes must be index probes. The planner cannot estimate the rows of
+#: the candidate pairs (it assumes a handful): hash joins for the ranking (the probes are LATERAL
+#: subqueries, nested loops whatever this says).
+SEARCH_SETTINGS = ("work_mem = '256MB'", "enable_seqscan = off", "enable_nestloop = off")
+
+
+class _WorkerRows(threading.Thread):
+    """Runs the matching SELECT on its own connection, on an exported snapshot, into binary COPY data."""
 
     def __init__(self, url, snapshot: str, select: str, params: dict):
         super().__init__(name="xmatch-worker", daemon=True)
@@ -134,7 +142,7 @@ class _WorkerPairs(threading.Thread):
             with raw_connect(self.url) as c:
                 c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ   # needed to import a snapshot
                 c.execute(psql.SQL("SET TRANSACTION SNAPSHOT {}").format(psql.Literal(self.snapshot)))
-                for s in ("work_mem = '256MB'", "enable_seqscan = off"):   # jit is off per session (raw_connect)
+                for s in SEARCH_SETTINGS:   # jit is off per session (raw_connect)
                     c.execute("SET LOCAL " + s)
                 query = psycopg.ClientCursor(c).mogrify(self.select, self.params)   # COPY takes no parameters
                 with c.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT (FORMAT binary)") as cp:
@@ -208,36 +216,36 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         max_r = max(max(r, nr) for _, _, r, nr, _ in per_survey)
         lap("setup_and_statistics")
         bar.update(1)
-        bar.set_postfix_str("candidate pairs")
-        # q3c's index cost estimates are so high that on small tables the planner rescans all of
-        # gaia_source per survey row instead (seconds at 10^3 x 10^4 rows): make the probes index probes.
-        conn.execute("SET LOCAL enable_seqscan = off")
-        args = {"pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt),
+        bar.set_postfix_str("candidates and best neighbours")
+        args = {"pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt), "run_id": run_id,
                 "sid": [s[0] for s in per_survey], "radius": [s[2] for s in per_survey],
                 "nopm_radius": [s[3] for s in per_survey], "id_radius": [s[4] for s in per_survey]}
         matcher = algorithm(p.epoch)
         matcher.validate(p)
+        part = create_partition(conn, run_id)
+        for s in SEARCH_SETTINGS:
+            conn.execute("SET LOCAL " + s)
         if workers > 1:
             # q3c's functions are not parallel safe, so PostgreSQL runs the probes on one core: a second
-            # connection, on this transaction's snapshot, searches a share of the rows at the same time
-            worker = _WorkerPairs(url, conn.execute("SELECT pg_export_snapshot()").fetchone()[0],
-                                  matcher.candidates_sql("worker"), args)
+            # connection, on this transaction's snapshot, matches a share of the rows at the same time
+            worker = _WorkerRows(url, conn.execute("SELECT pg_export_snapshot()").fetchone()[0],
+                                 matcher.rows_sql("worker"), args)
             worker.start()
             try:
-                conn.execute("CREATE TEMP TABLE xm_pair ON COMMIT DROP AS " + matcher.candidates_sql("main"), args)
+                conn.execute(f"INSERT INTO {part} " + matcher.rows_sql("main"), args)
             finally:
                 worker.join()
-            worker.copy_into(conn, "xm_pair")
+            worker.copy_into(conn, part)
         else:
-            conn.execute("CREATE TEMP TABLE xm_pair ON COMMIT DROP AS " + matcher.candidates_sql("all"), args)
-        conn.execute("SET LOCAL enable_seqscan = on")
-        # the pairs go through an analysed temp table: the planner knows nothing of the q3c join's output
-        conn.execute("ANALYZE xm_pair")
-        lap("candidate_pairs")
+            conn.execute(f"INSERT INTO {part} " + matcher.rows_sql("all"), args)
+        conn.execute("SET LOCAL enable_seqscan TO DEFAULT")
+        conn.execute("SET LOCAL enable_nestloop TO DEFAULT")
+        lap("candidates_and_best_neighbours")
         bar.update(1)
-        bar.set_postfix_str("best neighbours")
-        part = write_partition(conn, run_id, matcher)
-        lap("best_neighbour_insert")
+        bar.set_postfix_str("duplicate claims, indexes")
+        conn.execute(matcher.claims_sql(part))
+        attach_partition(conn, run_id)
+        lap("claims_indexes_attach")
         bar.update(1)
         counts = dict(conn.execute(f"SELECT method, count(*) FROM {part} GROUP BY method").fetchall())
         n_rows = sum(counts.values())
@@ -310,27 +318,29 @@ def partition_name(run_id: int) -> str:
     return f"xpmet.xmatch_r{int(run_id)}"
 
 
-def write_partition(conn, run_id: int, matcher) -> str:
-    """The run's rows into a partition of xpmet.xmatch made here; returns its name.
+def create_partition(conn, run_id: int) -> str:
+    """A table for run ``run_id``'s rows, made in this transaction (attached by attach_partition);
+    returns its name.
 
-    The table is created in this transaction, filled, indexed and then attached: on a server with
-    wal_level = minimal (the embedded cluster) its rows and index builds write no WAL, only a sync at
-    commit; elsewhere it is an ordinary logged table. A CHECK on run_id lets ATTACH skip its scan.
+    Made, filled and indexed in one transaction, it writes no WAL on a server with wal_level =
+    minimal (the embedded cluster), only a sync at commit; elsewhere it is an ordinary logged
+    table. A CHECK on run_id lets ATTACH skip its scan.
     """
     part = partition_name(run_id)
     # a partition can only exist under a new run's id if xmatch_run was emptied (and its ids restarted)
     conn.execute(f"DROP TABLE IF EXISTS {part}")
     conn.execute(f"CREATE TABLE {part} (LIKE xpmet.xmatch INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
                  f"CHECK (run_id = {int(run_id)}))")
-    # the planner cannot estimate the rows of the ranking subquery (it assumes 200): hash joins only
-    conn.execute("SET LOCAL enable_nestloop = off")
-    conn.execute(matcher.best_neighbour_sql(part), {"run_id": run_id})
-    conn.execute("SET LOCAL enable_nestloop = on")
-    # indexes built once on the full table (cheaper than maintained row by row), matching the parent's
+    return part
+
+
+def attach_partition(conn, run_id: int) -> None:
+    """Index the filled table of run ``run_id`` (once, cheaper than row by row) and make it a
+    partition of xpmet.xmatch (a lock that readers do not wait for)."""
+    part = partition_name(run_id)
     conn.execute(f"ALTER TABLE {part} ADD PRIMARY KEY (run_id, star_id)")
     conn.execute(f"CREATE INDEX ON {part} (source_id)")
     conn.execute(f"ALTER TABLE xpmet.xmatch ATTACH PARTITION {part} FOR VALUES IN ({int(run_id)})")
-    return part
 
 
 def current_version(url: str | None = None) -> str | None:

@@ -141,6 +141,9 @@ class Worker:
     def _chunk(self, lo, hi):
         # Three stages overlap: a reader thread streams and decodes the chunk (the server spends
         # its time in array output), this thread predicts, a writer thread encodes and COPYs.
+        # No WAL flush wait per chunk: a chunk lost to a server crash is predicted again by the next
+        # run, and the run's completion mark (a normal commit, after every chunk) flushes them all.
+        self.writer.execute("SET LOCAL synchronous_commit = off")
         _drop_stale(self.writer, self.model_id, lo, hi)  # before the reader's snapshot: see _drop_stale
         if self.fk_per_chunk:
             _hold_model(self.writer, self.model_id)

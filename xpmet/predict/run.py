@@ -127,7 +127,13 @@ def predict(model, *, where: str | None = None, batch: int = 4096, workers: int 
             with reader_connect(url) as wc:
                 check_where(wc, where)
         input_columns(getattr(predictor, "needs", None))  # fail on unknown columns before any work
-        total = _count(ctl, "SELECT count(*) FROM xpmet.xp_continuous")
+        # The bar's total as the planner estimates it (rows per page at the last analyse times the
+        # pages now): counting reads the whole XP table (TBs at Gaia scale) before the first star.
+        total = _count(ctl, "SELECT coalesce((SELECT (reltuples / nullif(relpages, 0) * pg_relation_size(oid) / "
+                            "current_setting('block_size')::int)::bigint FROM pg_class "
+                            "WHERE oid = 'xpmet.xp_continuous'::regclass AND reltuples >= 0), -1)")
+        if total < 0:  # never analysed (or empty when it was)
+            total = _count(ctl, "SELECT count(*) FROM xpmet.xp_continuous")
         already = _count(ctl, "SELECT count(*) FROM xpmet.predictions WHERE model_id = %s", (model_id,))
         result = PredictResult(model_id=model_id, already=already)
         bar = progress_bar(total=total, initial=min(already, total), unit="star", enabled=progress,

@@ -231,16 +231,12 @@ def _missing(v) -> np.ndarray:
 
 def load_file(d: Catalogue, path, replace: bool = False, url: str | None = None) -> PhotLoad:
     """Load one file of catalogue ``d`` in one transaction (skipped when already loaded)."""
-    from xpmet.db.models.columns import copy_columns
     from xpmet.etl.provenance import Skipped, file_load
-    from xpmet.etl.survey import read_survey_table
-    from xpmet.io.pgcopy import copy_rows
     path = Path(path)
     if not path.exists():
         raise BadInput(path, "file does not exist")
     res = PhotLoad(path, d.name)
-    data, res.absent, res.nulled = normalise(path, _read_ipac(path) if ".tbl" in path.suffixes
-                                             else read_survey_table(path, d), d)
+    data, res.absent, res.nulled = normalise(path, read_table(path, d), d)
     target = f"xpmet.{d.table}"
     with file_load(path, f"photometry:{d.name}", (target,), options={"descriptor": str(d.path),
                                                                      "absent": res.absent},
@@ -250,21 +246,95 @@ def load_file(d: Catalogue, path, replace: bool = False, url: str | None = None)
             return res
         n = len(data[d.key])
         data["load_id"] = np.full(n, ld.load_id, np.int32)
-        cols = copy_columns(d.model, [c.name for c in d.model.columns if c.name in data])
-        cols = [c for c in cols if c.type != "text"] + [c for c in cols if c.type == "text"]  # as encode wants
-        keys = [x.item() if hasattr(x, "item") else x for x in np.ma.getdata(data[d.key])]
+        names = [c.name for c in d.model.columns if c.name in data]
         with ld.conn.cursor() as cur:
             if replace:  # this file wins over rows of the same keys loaded from other files
-                cur.execute(f"DELETE FROM {target} WHERE {d.key} = ANY(%s) AND load_id <> %s", (keys, ld.load_id))
+                cur.execute(f"DELETE FROM {target} WHERE {d.key} = ANY(%s) AND load_id <> %s",
+                            (np.ma.getdata(data[d.key]).tolist(), ld.load_id))
             cur.execute("SAVEPOINT copy")
             try:
                 if n:
-                    copy_rows(cur, target, cols, data)
+                    _copy_csv(cur, target, names, data)
             except psycopg.errors.UniqueViolation:
                 cur.execute("ROLLBACK TO SAVEPOINT copy")
-                raise _duplicate(cur, path, target, d.key, keys) from None
+                raise _duplicate(cur, path, target, d.key, np.ma.getdata(data[d.key]).tolist()) from None
         ld.n_rows = res.n_rows = n
     return res
+
+
+def _copy_csv(cur, target: str, names: list, data: dict, block: int = 1 << 20):
+    """COPY the rows as CSV written by pyarrow (C++): NaN, masked and None go as NULL. Faster here than
+    xpmet.io.pgcopy's binary COPY, whose text columns are encoded row by row in Python."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    def arrow(v):
+        if np.ma.isMaskedArray(v):
+            return pa.array(np.ma.getdata(v), mask=np.ma.getmaskarray(v))
+        return pa.array(v, from_pandas=True)  # NaN -> null; None -> null in text columns
+    buf = pa.BufferOutputStream()
+    pacsv.write_csv(pa.table([arrow(data[n]) for n in names], names=names), buf,
+                    pacsv.WriteOptions(include_header=False))
+    text = memoryview(buf.getvalue())
+    with cur.copy(f"COPY {target} ({', '.join(names)}) FROM STDIN (FORMAT csv)") as cp:
+        for start in range(0, len(text), block):
+            cp.write(text[start:start + block])
+
+
+def read_table(path: Path, d: Catalogue):
+    """The file as an astropy Table: CSV and ECSV through pyarrow's reader (4-9x faster than astropy's;
+    the Gaia bulk best-neighbour files are ECSV), IPAC tables, FITS and VOTable through astropy."""
+    from xpmet.etl.survey import read_survey_table, survey_format
+    if ".tbl" in path.suffixes:
+        return _read_ipac(path)
+    if survey_format(path) in ("ascii.csv", "ascii.ecsv"):
+        return _read_csv(path, d)
+    return read_survey_table(path, d)
+
+
+_NULLS = ["", "null", "NULL", "NaN", "nan", "--"]
+
+
+def _read_csv(path: Path, d: Catalogue):
+    """A CSV (ECSV: its '#' header lines skipped) read by pyarrow; the descriptor's text columns stay
+    text ("000" is a flag, not a number); nulls come masked."""
+    import gzip
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    from astropy.table import Table
+    from xpmet.db.models.columns import type_code
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(path, "rt") if gz else open(path, encoding="utf-8", errors="replace")) as fh:
+            skip, header = 0, ""
+            for header in fh:
+                if not header.startswith("#"):
+                    break
+                skip += 1
+        names = [h.strip().strip('"') for h in header.rstrip("\r\n").split(",")]
+        by_lower = {n.lower(): n for n in names}
+        text = {by_lower[a.lower()]: pa.string() for f, alts in d.columns.items()
+                if type_code(d.model.c[f]) == "text" for a in alts if a.lower() in by_lower}
+        arrow = pacsv.read_csv(pa.input_stream(str(path), compression="gzip" if gz else None),
+                               read_options=pacsv.ReadOptions(skip_rows=skip),
+                               convert_options=pacsv.ConvertOptions(column_types=text, null_values=_NULLS,
+                                                                    strings_can_be_null=True))
+    except (OSError, EOFError, pa.ArrowInvalid) as e:
+        raise BadInput(path, f"cannot read as CSV ({type(e).__name__}: {e}); is the file truncated or in "
+                             "another format?") from None
+    cols = {}
+    for name, col in zip(arrow.column_names, arrow.columns):
+        col = col.combine_chunks()
+        mask = col.is_null().to_numpy(zero_copy_only=False)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            values = np.asarray(col.fill_null("").to_numpy(zero_copy_only=False)).astype(str)
+        elif pa.types.is_null(col.type):  # an all-empty column
+            values = np.full(len(col), np.nan)
+        else:
+            values = col.fill_null(0).to_numpy(zero_copy_only=False) if mask.any() else col.to_numpy(zero_copy_only=False)
+        cols[name] = np.ma.masked_array(values, mask=mask)
+    return Table(cols, masked=True)
 
 
 def _read_ipac(path: Path):

@@ -7,7 +7,8 @@ database:
   - floor:  the server parsing the CSV itself (COPY ... FROM STDIN (FORMAT csv)) into a copy of each table
             with the same indexes (primary key, q3c), and the same for the best-neighbour rows
             (decompressed here); no checks, no NULL handling, no provenance
-  - parse:  astropy's Table.read of the two files alone (what xpmet reads them with)
+  - parse:  astropy's Table.read of the two files alone (xpmet reads FITS and VOTable with it; CSV and
+            ECSV with pyarrow)
 Reported: medians of wall seconds and busy CPU-seconds (this process + the server), and ratios taken
 within the run. Results in benchmarks/results/photometry.json.
 

@@ -262,9 +262,10 @@ def load_file(d: Catalogue, path, replace: bool = False, url: str | None = None)
     return res
 
 
-def _copy_csv(cur, target: str, names: list, data: dict, block: int = 1 << 20):
-    """COPY the rows as CSV written by pyarrow (C++): NaN, masked and None go as NULL. Faster here than
-    xpmet.io.pgcopy's binary COPY, whose text columns are encoded row by row in Python."""
+def _copy_csv(cur, target: str, names: list, data: dict, rows: int = 100_000):
+    """COPY the rows as CSV written by pyarrow (C++), ``rows`` at a time: NaN, masked and None go as
+    NULL. Faster here than xpmet.io.pgcopy's binary COPY, whose text columns are encoded row by row in
+    Python; the text of one slice at a time is in memory."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -272,13 +273,12 @@ def _copy_csv(cur, target: str, names: list, data: dict, block: int = 1 << 20):
         if np.ma.isMaskedArray(v):
             return pa.array(np.ma.getdata(v), mask=np.ma.getmaskarray(v))
         return pa.array(v, from_pandas=True)  # NaN -> null; None -> null in text columns
-    buf = pa.BufferOutputStream()
-    pacsv.write_csv(pa.table([arrow(data[n]) for n in names], names=names), buf,
-                    pacsv.WriteOptions(include_header=False))
-    text = memoryview(buf.getvalue())
+    table = pa.table([arrow(data[n]) for n in names], names=names)
     with cur.copy(f"COPY {target} ({', '.join(names)}) FROM STDIN (FORMAT csv)") as cp:
-        for start in range(0, len(text), block):
-            cp.write(text[start:start + block])
+        for start in range(0, table.num_rows, rows):
+            buf = pa.BufferOutputStream()
+            pacsv.write_csv(table.slice(start, rows), buf, pacsv.WriteOptions(include_header=False))
+            cp.write(memoryview(buf.getvalue()))
 
 
 def read_table(path: Path, d: Catalogue):

@@ -102,8 +102,8 @@ def run_seed(a, seed: int) -> dict:
                 Cluster(work / "home").destroy()
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        bench_train.pipeline(argparse.Namespace(n_stars=a.n_stars, seed=seed, nonstellar_fraction=a.nonstellar_fraction),
-                             work)
+        sky = argparse.Namespace(n_stars=a.n_stars, seed=seed, nonstellar_fraction=a.nonstellar_fraction)
+        bench_train.pipeline(sky, work)
     try:
         Cluster(work / "home").start()
         truth = read_truth(work / "sim" / "truth.fits")
@@ -153,7 +153,8 @@ def report(runs: list[dict]):
     for k, name in (("recall", "injected rows dropped (recall)"), ("false_drop", "other judged rows dropped"),
                     ("off_among_false_drops", "  of those, survey [Fe/H] > 0.3 dex off the truth"),
                     ("off_among_good", "  same share among all other judged rows"),
-                    ("clean_seconds", "clean: wall seconds"), ("clean_cpu_seconds", "clean: CPU seconds (this process)")):
+                    ("clean_seconds", "clean: wall seconds"),
+                    ("clean_cpu_seconds", "clean: CPU seconds (this process)")):
         print(f"{name:52s} {f(_median([r[k] for r in runs]))}")
     print("\nnever-surveyed stars, [Fe/H] against the truth (median over seeds [range]):")
     print(f"{'G':10s} {'n':>6s}  " + "  ".join(f"{v + ' bias':>24s} {v + ' scatter':>24s}" for v in VARIANTS))

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from ml_semisynth import write_file
 from xpmet.cli import main
 from xpmet.ml import dataset as ds
-from xpmet.ml.cleaning import CleanOptions, clean, read_record
+from xpmet.ml.cleaning import CleanOptions, clean, emulator_scatter, read_record
 
 N = 1500
 BAD_FRACTION = 0.05
@@ -92,6 +92,7 @@ def test_record_in_file_and_read_honours_it(dirty, work):
     assert rec["residual"].shape == (rec["iterations"], N, 2)
     assert rec["emulator"]["path"] == str(emu.resolve()) and len(rec["emulator"]["weights_sha256"]) == 64
     assert rec["xpmet_version"] and rec["created"] and rec["rows_sha256"] == s["rows_sha256"]
+    assert len(rec["emulator_scatter"]) == rec["iterations"] and min(min(v) for v in rec["emulator_scatter"]) >= 0
     np.testing.assert_array_equal(rec["dropped_in"] > 0, ~keep)
     assert ds.attributes(work)["cleaning"]["n_dropped"] == s["n_dropped"]  # models trained on it record it
     with h5py.File(work, "r") as f:
@@ -186,3 +187,12 @@ def test_photometric_errors_ignore_the_standard_deviation():
         np.testing.assert_allclose(out["CaHK_err"], ref["CaHK_err"], rtol=1e-10)
     doubled = synthetic_photometry(bp, 2 * bpe, rp, 2 * rpe, bands=("CaHK",))
     np.testing.assert_allclose(doubled["CaHK_err"], 2 * ref["CaHK_err"], rtol=1e-6)
+
+
+def test_emulator_scatter_is_what_the_photometric_errors_leave_unexplained():
+    rng = np.random.default_rng(2)
+    err = rng.uniform(0.01, 0.2, 20000)
+    assert abs(emulator_scatter(rng.normal(0, np.hypot(err, 0.05)), err) / 0.05 - 1) < 0.1
+    assert emulator_scatter(rng.normal(0, err), err) < 0.01  # the errors explain it: (nearly) none
+    outliers = np.where(rng.random(20000) < 0.03, 5.0, 0.0)  # a few wrong labels do not inflate it
+    assert abs(emulator_scatter(rng.normal(0, np.hypot(err, 0.05)) + outliers, err) / 0.05 - 1) < 0.15

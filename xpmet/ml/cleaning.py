@@ -2,10 +2,11 @@
 
 The original research's cleaning: an emulator (labels -> XP coefficients) predicts each training
 star's spectrum from its survey labels; GaiaXPy turns observed and emulated coefficients into
-synthetic magnitudes (Pristine CaHK, SDSS g, ...); a star whose residual, in units of its propagated
-photometric error plus the emulator's own scatter, lies beyond median +/- k * 1.4826 MAD of the
-kept stars' residuals is dropped. Without ``--emulator`` a fresh emulator is trained on the kept
-rows every iteration (so wrong labels stop pulling it), until no row drops or ``max_iter``.
+synthetic magnitudes (Pristine CaHK, SDSS g, ...); a star whose residual, in units of its
+propagated photometric error and the emulator's scatter in that band added in quadrature
+(:func:`emulator_scatter`), lies beyond median +/- k * 1.4826 MAD of the kept stars' normalised
+residuals is dropped. Without ``--emulator`` a fresh emulator is trained on the kept rows every
+iteration (so wrong labels stop pulling it), until no row drops or ``max_iter``.
 
 Only train and valid rows are judged (what training reads); the test split stays untouched, the
 held-out set ``xpmet evaluate`` scores. Rows without Teff, log g, [Fe/H] or with a missing band
@@ -17,9 +18,9 @@ The result is written INTO the training file (read by :func:`xpmet.ml.dataset.re
     /cleaning/dropped_in  int16 (n,)           iteration that dropped the row (0: kept)
     /cleaning/residual    f4 (n_iter, n, n_bands)  normalised residual per iteration (NaN: not judged)
     attrs: k, max_iter, iterations, bands, seed, n_dropped (JSON list per iteration), thresholds
-           (JSON [[lo, hi] per band] per iteration), emulator (JSON: model id, fingerprint, or the
-           on-the-fly training config and each iteration's weights sha256), rows_sha256 (the rows
-           judged), created, xpmet_version
+           (JSON [[lo, hi] per band] per iteration), emulator_scatter (mag, per iteration per band),
+           emulator (JSON: model id, fingerprint, or the on-the-fly training config and each
+           iteration's weights sha256), rows_sha256 (the rows judged), created, xpmet_version
     root attr "cleaning": a JSON summary, so models trained on the file record it.
 
 The file is rewritten atomically: a temporary copy is cleaned and renamed over the original, so a
@@ -164,7 +165,7 @@ def _iterate(data: Path, opt: CleanOptions, emulator, progress: bool):
     obs = _observed(data, idx, opt.bands)
     keep = np.ones(n, bool)
     dropped_in = np.zeros(n, np.int16)
-    residuals, n_dropped, thresholds, emu_ids = [], [], [], []
+    residuals, n_dropped, thresholds, scatters, emu_ids = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="xpmet-clean-") as work:
         for it in range(1, opt.max_iter + 1):
             if opt.emulator:
@@ -172,7 +173,12 @@ def _iterate(data: Path, opt: CleanOptions, emulator, progress: bool):
             else:
                 emu = _train_emulator(data, Path(work) / f"emulator{it}", keep, arr.source_id, opt, progress)
                 emu_ids.append(_sha256(emu.dir / "weights.pt"))
-            z = _residuals(emu, sub, obs, opt.bands)
+            emu_mag = _emulated(emu, sub, opt.bands)
+            r = np.column_stack([emu_mag[b] - obs[b] for b in opt.bands])
+            err = np.column_stack([obs[b + "_err"] for b in opt.bands])
+            s_emu = [emulator_scatter(r[keep[idx], j], err[keep[idx], j]) for j in range(len(opt.bands))]
+            with np.errstate(invalid="ignore"):
+                z = r / np.sqrt(err ** 2 + np.square(s_emu))
             cuts = [robust_cut(z[keep[idx], j], opt.k) for j in range(len(opt.bands))]
             out = np.zeros(len(idx), bool)
             for j, (lo, hi) in enumerate(cuts):
@@ -185,9 +191,11 @@ def _iterate(data: Path, opt: CleanOptions, emulator, progress: bool):
             residuals.append(full)
             n_dropped.append(int(len(new)))
             thresholds.append([[float(lo), float(hi)] for lo, hi in cuts])
+            scatters.append([float(v) for v in s_emu])
             if progress:
+                cut = ", ".join(f"{b} {lo:+.2f}..{hi:+.2f}" for b, (lo, hi) in zip(opt.bands, cuts))
                 note(f"clean: iteration {it}: dropped {len(new):,} of {int(keep[idx].sum()) + len(new):,} "
-                     f"judged rows (cut {', '.join(f'{b} {lo:+.2f}..{hi:+.2f}' for b, (lo, hi) in zip(opt.bands, cuts))})")
+                     f"judged rows (cut {cut})")
             if not len(new):
                 break
     if opt.emulator:
@@ -201,7 +209,8 @@ def _iterate(data: Path, opt: CleanOptions, emulator, progress: bool):
                     "seed": opt.seed, "weights_sha256": emu_ids}
     summary = {"k": opt.k, "max_iter": opt.max_iter, "iterations": len(n_dropped), "bands": list(opt.bands),
                "seed": opt.seed, "n_dropped": n_dropped, "n_judged": int(len(idx)),
-               "n_kept": int(keep[idx].sum()), "thresholds": thresholds, "emulator": emu_info,
+               "n_kept": int(keep[idx].sum()), "thresholds": thresholds, "emulator_scatter": scatters,
+               "emulator": emu_info,
                "rows_sha256": _rows_sha256(arr, split),
                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "xpmet_version": __version__}
     return summary, {"keep": keep, "dropped_in": dropped_in, "residual": np.stack(residuals)}
@@ -222,38 +231,34 @@ def _observed(data: Path, rows: np.ndarray, bands) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _residuals(emu, sub: ds.XPArrays, obs: dict, bands) -> np.ndarray:
-    """(emulated - observed) / sqrt(photometric error^2 + emulator scatter^2), (n, n_bands).
-
-    The emulator's scatter enters GaiaXPy as the emulated coefficients' (diagonal) errors, so its
-    propagated magnitude error is the scatter's share.
-    """
+def _emulated(emu, sub: ds.XPArrays, bands) -> dict:
+    """GaiaXPy magnitudes {band: (n,)} of the emulator's mean spectrum at the stars' labels."""
     from xpmet.ml.photometry import synthetic_photometry
     out = []
     for i in range(0, len(sub), BLOCK):
         part = sub.subset(slice(i, i + BLOCK))
-        mean, var = emulate(emu, part.labels, part.ag)
-        f = part.flux[:, None]
-        model, scatter = mean * f, np.sqrt(var) * f
-        out.append(synthetic_photometry(model[:, :N_COEF], scatter[:, :N_COEF], model[:, N_COEF:],
-                                        scatter[:, N_COEF:], bands=bands))
-    emu = {k: np.concatenate([p[k] for p in out]) for k in out[0]}
-    with np.errstate(invalid="ignore"):
-        return np.column_stack([(emu[b] - obs[b]) / np.hypot(obs[b + "_err"], emu[b + "_err"]) for b in bands])
+        model = emu.emulate(part.labels, part.ag) * part.flux[:, None]
+        _, bpe, _, rpe = part.raw()  # GaiaXPy wants errors; the magnitudes do not depend on them
+        out.append(synthetic_photometry(model[:, :N_COEF], bpe, model[:, N_COEF:], rpe, bands=bands))
+    return {b: np.concatenate([p[b] for p in out]) for b in bands}
 
 
-def emulate(pred, labels, ag) -> tuple[np.ndarray, np.ndarray]:
-    """An emulator's flux-normalised coefficients and their model variance (n,110) at physical labels;
-    an ensemble's spread between members is added to the variance."""
-    import torch
-    from xpmet.ml.models import emulator_outputs
-    from xpmet.ml.normalise import emulator_params
-    p = pred._f(pred.norm.params.transform(emulator_params(pred.norm, labels, ag)))
-    with torch.no_grad():
-        outs = [[t.cpu().numpy().astype(np.float64) for t in emulator_outputs(m, p, pred.x_mean, pred.x_scale)]
-                for m in pred.members]
-    means = np.stack([o[0] for o in outs])
-    return means.mean(0), np.stack([o[1] for o in outs]).mean(0) + means.var(0)
+def emulator_scatter(r: np.ndarray, err: np.ndarray) -> float:
+    """The emulator's scatter in one band: the s with robust spread of r / sqrt(err^2 + s^2) = 1
+    (0 when the photometric errors explain the residuals). Measured on the kept stars, since the
+    emulator's per-coefficient scatter, propagated as if independent, overstates a narrow band's
+    error several times (its coefficients' model errors are correlated)."""
+    from xpmet.ml.evaluate import robust_scatter
+    ok = np.isfinite(r) & np.isfinite(err)
+    r, err = r[ok], err[ok]
+    spread = lambda s: robust_scatter(r / np.sqrt(err ** 2 + s ** 2))  # noqa: E731
+    if not len(r) or spread(0.0) <= 1:
+        return 0.0
+    lo, hi = 0.0, 10 * robust_scatter(r) + 1e-9
+    for _ in range(50):  # bisection: the spread falls as s grows
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if spread(mid) > 1 else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 def _train_emulator(data: Path, out: Path, keep, source_id, opt: CleanOptions, progress: bool):

@@ -10,6 +10,7 @@ THE OUTPUT IS SIMULATED DATA (OUTDIR/SIMULATED.txt says so), in the real file fo
   gaia_source/GaiaSource_<a>-<b>.csv.gz              Gaia bulk ECSV.gz, a-b = HEALPix level-8 range
   xp_continuous/XpContinuousMeanSpectrum_<a>-<b>.csv.gz  the 26 XP columns, arrays "[...]"
   surveys/apogee_dr17_allstar.fits, galah_dr3.fits, lamost_dr8_lrs.csv, gbs_v3.fits
+  photometry/tmass_psc.csv, allwise.csv and their Gaia DR3 best-neighbour files (IRSA / archive layouts)
   truth.fits (true labels of every source), survey_truth.json (injected offsets/trends/noise)
   plots/*.png with --plots (Kiel diagram, [Fe/H] histogram, sky map)
 Deterministic for a given --seed and options (including --rows-per-file: noise is drawn per file).

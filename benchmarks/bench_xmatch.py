@@ -19,8 +19,8 @@ leaves them, survey rows just loaded and never analysed (autovacuum held off), t
 ``--fresh-repeats`` times: survey rows and their statistics dropped and loaded again.
 
 Then, after VACUUM ANALYZE, timed (median of --repeats):
-- ``xpmet xmatch`` (run_xmatch: epoch propagation, candidates, best neighbour, flags, INSERT of
-  one row per survey row, radius 1");
+- ``xpmet xmatch`` (run_xmatch: epoch propagation, candidates, best neighbour, flags, one row per
+  survey row into the run's own partition, radius 1"; with the WAL it wrote);
 - bare ``SELECT count(*) ... q3c_join(s.ra, s.dec, g.ra, g.dec, 1")`` over the same tables;
 - STILTS ``tmatch2 matcher=sky params=1 find=best1 join=1and2`` on the same rows exported to FITS
   (end to end: JVM start, read, match, write); the export itself is timed separately.
@@ -278,14 +278,21 @@ def main():
                                  "ON q3c_join(s.ra, s.dec, g.ra, g.dec, 1.0 / 3600)").fetchone()[0]
         t_bare, all_bare, n_bare = timed(bare, args.repeats)
         print(f"bare q3c_join count (1\")      : {t_bare:7.2f} s  {all_bare}  ({n_bare:,} pairs)", flush=True)
+        wal = "SELECT wal_bytes FROM pg_stat_wal"
+        with raw_connect() as c:
+            wal0, wal_level = c.execute(wal).fetchone()[0], c.execute("SHOW wal_level").fetchone()[0]
         t_xm, all_xm, run = timed(xmatch_once, args.repeats)
+        with raw_connect() as c:
+            wal_mb = float(c.execute(wal).fetchone()[0] - wal0) / args.repeats / 1e6
         print(f"xpmet xmatch (radius 1\")       : {t_xm:7.2f} s  {[round(x, 2) for x in all_xm]}  "
-              f"({run.n_matched:,}/{run.n_rows:,} matched: {run.by_method})", flush=True)
+              f"({run.n_matched:,}/{run.n_rows:,} matched: {run.by_method}; {wal_mb:.1f} MB of WAL per run "
+              f"at wal_level {wal_level})", flush=True)
         print("   stages of the last run: " + ", ".join(f"{k} {v:.2f} s" for k, v in run.stages.items()), flush=True)
 
         # STILTS on the same rows, exported to FITS
         res = {"n_gaia": args.n_gaia, "n_survey_rows": n_rows, "declared_ids": args.declared_ids,
-               "fresh_first_and_rerun_s": fresh, "bare_s": all_bare, "xmatch_s": all_xm}
+               "fresh_first_and_rerun_s": fresh, "bare_s": all_bare, "xmatch_s": all_xm,
+               "xmatch_wal_mb": wal_mb, "wal_level": wal_level, "xmatch_stages_s": run.stages}
         stilts = shutil.which("stilts")
         if stilts:
             from astropy.table import Table

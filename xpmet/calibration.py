@@ -229,15 +229,20 @@ def _fit_label(label, star, surv, y, err, floor0, Z, anchor, settings, log=None)
                 scale[s], floor[s] = res.x[2 * i], res.x[2 * i + 1] * med[s]
             noise_fitted = set(free)
         # robust clipping: a measurement far from its star's fitted value (relative to what the
-        # residual should be, leverage included) is dropped; with two surveys both go
+        # residual should be, leverage included, and to its survey's robust spread of that, so a
+        # noise model still being fitted cannot clip wholesale) is dropped; with two surveys both
+        # go. Decided afresh each round from every measurement.
         w, v = weights()
         D = S @ (np.where(w_ok, 1 / v, 0) * d * d)
-        h = np.where(w_ok, d * d / v / np.where(D[star] > 0, D[star], 1), 1)
+        h = np.where(w_ok, d * d / v / np.where(D[star] > 0, D[star], 1), 0)
         z = r / np.sqrt(v * np.clip(1 - h, 1e-6, None))
-        new_ok = w_ok & (np.abs(z) <= clip)
+        for s in range(n_surv):
+            sel = (surv == s) & w_ok
+            if sel.sum() >= MIN_NOISE_STARS:
+                z[surv == s] /= max(1.0, 1.4826 * float(np.median(np.abs(z[sel]))))
+        new_ok = np.abs(z) <= clip
         if round_ >= 1 and (new_ok == w_ok).all():
-            if round_ >= 3:
-                break
+            break
         w_ok = new_ok
         w, v = weights()
     x, A, r, d, J = gauss_newton(x, w)
@@ -302,10 +307,12 @@ def _component(star, surv, anchor, n_surv) -> set[int]:
     return seen
 
 
-_READ = """
-SELECT source_id, survey_id, survey, label, value, err_stat AS err,
-       sqrt(greatest(err ^ 2 - err_stat ^ 2, 0)) AS floor0
-FROM xpmet.survey_source_label
+LABELS = ("teff", "logg", "feh", "alpha_fe")
+# one binary COPY of fixed-width rows (xpmet.io.copyout.select_arrays): ~10^6 rows at full scale
+_READ = f"""
+SELECT source_id, survey_id::int4, array_position(ARRAY{list(LABELS)}::text[], label)::int4 - 1,
+       value, coalesce(err_stat, 'NaN'), coalesce(sqrt(greatest(err ^ 2 - err_stat ^ 2, 0)), 0)
+FROM xpmet.survey_source_label WHERE label = ANY (ARRAY{list(LABELS)}::text[])
 ORDER BY label, survey_id, source_id"""   # one order: the same data always give the same fit
 
 
@@ -370,21 +377,20 @@ COLUMNS = ("survey_id", "survey", "label", "status", "calibrated_on", "knots", "
 
 def _read(conn) -> dict:
     """survey_source_label rows as numpy arrays (psycopg connection, in the caller's transaction)."""
+    from xpmet.io.copyout import select_arrays
+    from xpmet.io.pgcopy import Col
     conn.execute("SET LOCAL enable_nestloop = off")
-    cur = conn.execute(_READ)
-    data = cur.fetchall()
-    names = [d.name for d in cur.description]
-    cols = list(zip(*data)) if data else [[] for _ in names]
-    out = {}
-    for n, c in zip(names, cols):
-        if n in ("survey", "label"):
-            out[n] = np.array(c, dtype=object)
-        elif n in ("source_id",):
-            out[n] = np.array(c, dtype=np.int64)
-        elif n == "survey_id":
-            out[n] = np.array(c, dtype=np.int32)
-        else:
-            out[n] = np.array([np.nan if v is None else v for v in c], dtype=float)
+    names = dict(conn.execute("SELECT survey_id::int4, name FROM xpmet.survey").fetchall())
+    keys = ("source_id", "survey_id", "label", "value", "err", "floor0")
+    cols = [Col(k, t) for k, t in zip(keys, ("i8", "i4", "i4", "f8", "f8", "f8"))]
+    blocks = list(select_arrays(conn, _READ, None, cols))
+    out = {k: np.concatenate([np.asarray(b[k]) for b in blocks]) if blocks else np.empty(0) for k in keys}
+    out["source_id"] = out["source_id"].astype(np.int64)
+    out["survey_id"] = out["survey_id"].astype(np.int32)
+    out["survey"] = np.array([names.get(i) for i in range(max(names, default=0) + 1)], object)[out["survey_id"]]
+    out["label"] = np.array(LABELS, object)[out["label"].astype(np.int64)]
+    for k in ("value", "err", "floor0"):
+        out[k] = out[k].astype(float)
     return out
 
 

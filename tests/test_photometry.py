@@ -295,3 +295,15 @@ def test_votable_fits_and_exact_ids(clean_db, run_cli, tmp_path):
     assert r.exit_code != 0 and f"FAILED {tmp_path / 'broken.tbl'}, row 0" in r.output and "Traceback" not in r.output
     with clean_db.connect() as c:
         assert c.execute(sa.text("SELECT ks_m, ks_msigcom FROM xpmet.photometry_tmass")).fetchall() == [(16.0, None)]
+
+
+def test_a_file_of_the_other_catalogue_is_refused(clean_db, run_cli, tmp_path, sky):
+    """2MASS rows given as AllWISE, or AllWISE best neighbours given for 2MASS: one line, nothing loaded."""
+    ph = sky / "photometry"
+    r = run_cli("etl", "photometry", "allwise", ph / "tmass_psc.csv", ok=False)
+    assert r.exit_code != 0 and "does not look like a allwise designation" in r.output
+    r = run_cli("etl", "photometry", "tmass", "-b", ph / ALLWISE_BN_DIR / ALLWISE_BN_FILE, ok=False)
+    assert r.exit_code != 0 and "another catalogue's" in r.output
+    with clean_db.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM xpmet.photometry_allwise")).scalar() == 0
+        assert c.execute(sa.text("SELECT count(*) FROM xpmet.tmass_best_neighbour")).scalar() == 0

@@ -13,6 +13,7 @@ loaded from another file is an error naming that file (``replace``: this file's 
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ class Catalogue:
     required: tuple = ()
     id_columns: tuple = ()              # text ids normalised so that catalogue and best neighbour agree
     drop_prefix: tuple = ()
+    id_pattern: str | None = None      # a normalised id must match it (catches a file given as the wrong catalogue)
+    id_example: str = ""
     sentinels: tuple = (-9999.0, -999.0, 9999.0)
     valid: dict = field(default_factory=dict)
 
@@ -90,8 +93,12 @@ def parse_catalogue(raw: dict, path: Path) -> Catalogue:
         if r not in columns:
             raise _err(path, f"required column {r!r} is not mapped in [columns]")
     ids = raw.get("identifiers", {})
-    if set(ids) - {"columns", "drop_prefix"}:
-        raise _err(path, "[identifiers] takes columns and drop_prefix")
+    if set(ids) - {"columns", "drop_prefix", "pattern", "example"}:
+        raise _err(path, "[identifiers] takes columns, drop_prefix, pattern and example")
+    try:
+        pattern = re.compile(ids["pattern"]) if "pattern" in ids else None
+    except re.error as e:
+        raise _err(path, f"[identifiers] pattern is not a regular expression ({e})") from None
     for c in ids.get("columns", ()):
         if c not in columns or model.c[c].type.python_type is not str:
             raise _err(path, f"[identifiers] {c!r} is not a mapped text column")
@@ -106,7 +113,8 @@ def parse_catalogue(raw: dict, path: Path) -> Catalogue:
                      title=raw.get("title", ""), release=str(raw.get("release", "")),
                      citation=raw.get("citation", ""), notes=raw.get("notes", ""),
                      best_neighbour=raw.get("best_neighbour"), hdu=raw.get("hdu"), required=required,
-                     id_columns=tuple(ids.get("columns", ())),
+                     id_columns=tuple(ids.get("columns", ())), id_pattern=pattern and pattern.pattern,
+                     id_example=ids.get("example", ""),
                      drop_prefix=tuple(sorted((p.upper() for p in ids.get("drop_prefix", ())), key=len, reverse=True)),
                      sentinels=tuple(float(s) for s in sentinels), valid=valid)
 
@@ -180,6 +188,8 @@ def normalise(path: Path, table, d: Catalogue) -> tuple[dict, list, dict]:
             mask = np.ma.getmaskarray(table[c])
             v = normalise_ids(raw, d.drop_prefix) if name in d.id_columns else np.char.strip(raw.astype(str))
             empty = mask | np.isin(np.char.lower(v), ["", "null", "nan", "none", "--"])
+            if name in d.id_columns and d.id_pattern:
+                _check_ids(path, v, empty, d, name, c)
             out[name] = np.where(empty, None, v.astype(object))
         elif code in ("f4", "f8"):
             v = _numeric(path, table, c)
@@ -219,6 +229,20 @@ def normalise(path: Path, table, d: Catalogue) -> tuple[dict, list, dict]:
         raise BadInput(path, f"{d.key} {kv[a]} appears twice (rows {a} and {b})", row=int(b), column=d.key)
     # in key order: the primary-key B-tree is filled page after page instead of split all over
     return {k: v[order] for k, v in out.items()}, absent, nulled
+
+
+def _check_ids(path, v, empty, d: Catalogue, name: str, column: str):
+    """Ids look like the catalogue's: a 2MASS file loaded as AllWISE (or the other catalogue's
+    best-neighbour file) would otherwise load and never join. A catalogue's own designations must all
+    match the pattern; in a best-neighbour file some must (2MASS neighbours may be XSC sources)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    ok = pc.match_substring_regex(pa.array(v[~empty]), f"^(?:{d.id_pattern})$").to_numpy(zero_copy_only=False)
+    if ok.all() or (name != d.key and ok.any()):
+        return
+    row = int(np.flatnonzero(~empty)[np.flatnonzero(~ok)[0]])
+    raise BadInput(path, f"{v[row]!s} does not look like a {d.name} designation (e.g. {d.id_example}); "
+                         "is this file another catalogue's?", row=row, column=column)
 
 
 def _missing(v) -> np.ndarray:

@@ -240,6 +240,7 @@ def main():
         subprocess.run(XPMET + ["db", "stop"], capture_output=True, cwd=ROOT)
         if not args.home:
             Cluster(home).destroy()
+            shutil.rmtree(home, ignore_errors=True)
 
     g = res["gzip"]
     print(f"\ngzip -dc > /dev/null         : {g['wall_s']:6.1f} s wall {g['cpu_s']:6.1f} busy CPU-s "

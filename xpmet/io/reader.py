@@ -253,12 +253,18 @@ def _text_blocks(path, fmt: Format, block_bytes: int) -> Iterator[memoryview]:
     opened = igzip_threaded.open(path, "rb", threads=1) if fmt.gzip else open(path, "rb")
     with opened as f:
         tail = b""
-        while data := f.read(block_bytes):
-            block = tail + data if tail else data
-            cut = block.rfind(b"\n") + 1
+        while True:
+            # a new buffer each time (Arrow never sees one that is rewritten), the last partial line first
+            block = bytearray(len(tail) + block_bytes)
+            block[:len(tail)] = tail
+            n = f.readinto(memoryview(block)[len(tail):])
+            if not n:
+                break
+            end = len(tail) + n
+            cut = block.rfind(b"\n", 0, end) + 1
             if cut:
                 yield memoryview(block)[:cut]
-            tail = block[cut:]
+            tail = bytes(block[cut:end])
         if tail:
             yield memoryview(tail)
 

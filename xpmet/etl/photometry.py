@@ -170,7 +170,6 @@ def normalise(path: Path, table, d: Catalogue) -> tuple[dict, list, dict]:
     from xpmet.db.models.columns import type_code
     from xpmet.etl.survey import Columns, _ids_as_text, _numeric
     cols = Columns(table)
-    n = len(table)
     out, absent, nulled = {}, [], {}
     sentinels = np.asarray(d.sentinels, float)
     for name, alts in d.columns.items():

@@ -57,6 +57,20 @@ def read_labels(true_feh: dict) -> dict:
     return out
 
 
+def survey_z(true_feh: dict, with_sys: bool) -> dict:
+    """Per survey: robust z-spread of its calibrated [Fe/H] against the truth (its error model)."""
+    from xpmet.db.engine import raw_connect
+    err = "sqrt(err ^ 2 + err_sys ^ 2)" if with_sys else "err"
+    with raw_connect() as c:
+        rows = c.execute(f"SELECT survey, source_id, value, {err} FROM xpmet.calibrated_measurement "
+                         "WHERE label = 'feh'").fetchall()
+    out = {}
+    for s in sorted({r[0] for r in rows}):
+        z = [(r[2] - true_feh[r[1]]) / r[3] for r in rows if r[0] == s and r[1] in true_feh and r[3]]
+        out[s] = robust_scatter(z)
+    return out
+
+
 def one_seed(seed: int, n_stars: int, workdir: Path) -> dict:
     from astropy.table import Table
     from xpmet import labels as xlabels
@@ -82,9 +96,13 @@ def one_seed(seed: int, n_stars: int, workdir: Path) -> dict:
     t0 = time.perf_counter()
     run_xmatch(labels=True)             # refreshes the labels (as xpmet xmatch does): joint calibration, defaults
     t_joint = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    xlabels.refresh()                   # the label refresh alone (fit + views), to set against the old one
+    t_refresh = time.perf_counter() - t0
     truth = Table.read(sky / "truth.fits")
     true_feh = dict(zip(np.asarray(truth["source_id"]).tolist(), np.asarray(truth["feh"], float).tolist()))
     joint = read_labels(true_feh)
+    joint_z = survey_z(true_feh, with_sys=True)
     zp = [{k: z[k] for k in ("survey", "label", "status", "zero_point", "zero_point_err", "err_scale",
                              "error_floor_fitted", "offsets", "offset_errs", "n_stars")}
           for z in xlabels.zero_points() if z["label"] == "feh"]
@@ -98,9 +116,12 @@ def one_seed(seed: int, n_stars: int, workdir: Path) -> dict:
         c.commit()
         t_old = time.perf_counter() - t0
     old = read_labels(true_feh)
+    old_z = survey_z(true_feh, with_sys=False)
     migrate.upgrade(libpq_url(), "head")
     return {"seed": seed, "joint": joint, "reference_only": old, "feh_calibration": zp,
-            "seconds": {"simulate": t_sim, "xmatch_and_joint_labels": t_joint, "old_refresh": t_old}}
+            "survey_z_spread": {"joint": joint_z, "reference_only": old_z},
+            "seconds": {"simulate": t_sim, "xmatch_and_joint_labels": t_joint, "joint_refresh": t_refresh,
+                        "old_refresh": t_old}}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -161,6 +182,11 @@ def main():
         print(f"{b:12s} {j['n']['median']:6.0f} | {f(j, 'offset', 3):>22s} {j['scatter']['median']:8.3f} "
               f"{f(j, 'z_spread', 2):>15s} | {f(o, 'offset', 3):>22s} {o['scatter']['median']:8.3f} "
               f"{f(o, 'z_spread', 2):>15s}")
+    print("\nper survey, robust z-spread of its calibrated [Fe/H] against the truth (median over seeds):")
+    for s_ in runs[0]["survey_z_spread"]["joint"]:
+        j = np.median([r["survey_z_spread"]["joint"].get(s_, np.nan) for r in runs])
+        o = np.median([r["survey_z_spread"]["reference_only"].get(s_, np.nan) for r in runs])
+        print(f"  {s_:8s} joint {j:.2f}   reference-only {o:.2f}")
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / "bench_labels.json"
     out.write_text(json.dumps({"n_stars": args.n_stars, "seeds": args.seeds, "summary": s, "runs": runs},

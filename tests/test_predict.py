@@ -187,6 +187,11 @@ def test_model_foreign_key_holds_while_a_chunk_writes(clean_db):
     t.start()
     try:
         assert entered.wait(30)
+        with raw_connect(autocommit=True) as c:  # the writer thread takes the lock as its chunk begins
+            deadline = time.monotonic() + 30
+            while not c.execute("SELECT count(*) FROM pg_locks WHERE relation = 'xpmet.models'::regclass "
+                                "AND mode = 'RowShareLock'").fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
         with raw_connect() as c:
             model_id = c.execute("SELECT max(model_id) FROM xpmet.models").fetchone()[0]
             c.execute("SET lock_timeout = '300ms'")

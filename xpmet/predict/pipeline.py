@@ -1,12 +1,15 @@
-"""One worker's pipeline: a model and two connections predicting one chunk at a time.
+"""One worker's pipeline: a model and two connections predicting a stream of chunks.
 
-Three stages overlap per chunk: a reader thread streams the rows not yet predicted (binary COPY TO,
-an anti-join on the predictions key), this thread runs the model batch by batch, a writer thread
-encodes and writes the results with one binary COPY FROM; the chunk commits all at once.
+Three stages overlap: a reader thread streams the rows not yet predicted (binary COPY TO, an
+anti-join on the predictions key), this thread runs the model batch by batch, a writer thread
+encodes and writes the results with one binary COPY FROM per chunk; each chunk commits all at once,
+while the reader already streams the next.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import queue
 import threading
 from pathlib import Path
@@ -18,7 +21,7 @@ from xpmet.db.readonly import reader_connect
 from xpmet.errors import XpmetError
 from xpmet.faults import fault
 from xpmet.io.copyout import select_arrays
-from xpmet.io.pgcopy import TRAILER, copy_sql, encode
+from xpmet.io.pgcopy import HEADER, TRAILER, copy_sql, encode
 from xpmet.predict import plan
 from xpmet.predict.plan import OUTPUTS, PREDICTED, _select, input_columns, where_error
 
@@ -125,53 +128,59 @@ class Worker:
         self.writer.close()
 
     def run_chunk(self, lo: int, hi: int) -> tuple[int, int]:
-        """Predict the missing stars of [lo, hi); returns (rows read, rows written). Retries once
-        when another process wrote part of the chunk meanwhile (the anti-join then skips them)."""
-        for attempt in (1, 2):
+        """Predict the missing stars of [lo, hi) and commit them; returns (rows read, rows written)."""
+        (result,) = self.run_chunks([(lo, hi)])
+        return result
+
+    def run_chunks(self, bounds):
+        """Predict the missing stars of each [lo, hi) in ``bounds``, each range committed on its own;
+        yields (rows read, rows written) per committed range, in order. A range that collides with
+        predictions another process wrote meanwhile is done again once (the anti-join skips them)."""
+        todo, pending, retried = iter(bounds), collections.deque(), set()
+        while True:
             try:
-                return self._chunk(lo, hi)
+                yield from self._stream(itertools.chain(list(pending), todo), pending)
+                return
             except psycopg.errors.UniqueViolation:
                 self.writer.rollback()
-                self.reader.rollback()
-                if attempt == 2:
+                if pending[0] in retried:
+                    lo, hi = pending[0]
                     raise XpmetError(f"source_id range [{lo}, {hi}) keeps colliding with predictions written "
                                      "by another process: is a second `xpmet predict` running for this model?")
-        raise AssertionError("unreachable")
+                retried.add(pending[0])
+                # the stream starts again at the first range not committed
 
-    def _chunk(self, lo, hi):
-        # Three stages overlap: a reader thread streams and decodes the chunk (the server spends
-        # its time in array output), this thread predicts, a writer thread encodes and COPYs.
-        # No WAL flush wait per chunk: a chunk lost to a server crash is predicted again by the next
-        # run, and the run's completion mark (a normal commit, after every chunk) flushes them all.
-        self.writer.execute("SET LOCAL synchronous_commit = off")
-        _drop_stale(self.writer, self.model_id, lo, hi)  # before the reader's snapshot: see _drop_stale
-        if self.fk_per_chunk:
-            _hold_model(self.writer, self.model_id)
+    def _stream(self, bounds, pending):
+        # Three stages overlap: a reader thread streams and decodes (the server spends its time in
+        # array output), this thread predicts, a writer thread encodes, COPYs and commits each range.
+        # The reader goes on to the next range while the writer finishes the last one, so neither
+        # server backend waits at a range's end.
         batches: queue.Queue = queue.Queue(maxsize=3)
         results: queue.Queue = queue.Queue(maxsize=3)
+        done: queue.Queue = queue.Queue()
         stop = threading.Event()
-        threads = [threading.Thread(target=self._read, args=(lo, hi, batches, stop), daemon=True),
-                   threading.Thread(target=self._write, args=(results, stop), daemon=True)]
+        threads = [threading.Thread(target=self._read, args=(bounds, batches, stop, pending), daemon=True),
+                   threading.Thread(target=self._write, args=(results, stop, done), daemon=True)]
         for t in threads:
             t.start()
         read = 0
         try:
-            while True:
-                item = batches.get()
-                if item is None:
-                    break
+            while (item := batches.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                n = len(item["source_id"])
-                load_id = item.pop("load_id")
-                results.put(_outputs(self.predictor.predict(item), n, self.model_id, item["source_id"], load_id))
-                read += n
+                if item[0] == "rows":
+                    rows = item[1]
+                    n, load_id = len(rows["source_id"]), rows.pop("load_id")
+                    results.put(("rows", _outputs(self.predictor.predict(rows), n, self.model_id,
+                                                  rows["source_id"], load_id)))
+                    read += n
+                else:  # ("begin", lo, hi) or ("end", lo, hi)
+                    results.put(item if item[0] == "begin" else ("end", read))
+                    read = 0
+                yield from _committed(done, pending)
             results.put(None)
             threads[1].join()
-            if self._write_error is not None:
-                raise self._write_error
-            self.writer.commit()  # the chunk becomes visible (and final) all at once
-            fault("predict_after_chunk")
+            yield from _committed(done, pending)
         except BaseException:
             stop.set()
             while any(t.is_alive() for t in threads):  # unblock stages waiting on their queues
@@ -182,53 +191,72 @@ class Worker:
                 try:
                     results.put_nowait(None)
                 except queue.Full:
-                    results.get_nowait()
+                    pass
                 for t in threads:
                     t.join(timeout=0.05)
-            self.writer.rollback()
+            self.writer.rollback()  # the range being written is dropped; committed ones stay
             raise
         finally:
             for t in threads:
                 t.join()
-        return read, self._written
 
-    def _write(self, results, stop):
-        """Writer thread: one binary COPY FROM for the whole chunk, opened at the first batch."""
-        self._write_error, self._written = None, 0
+    def _write(self, results, stop, done):
+        """Writer thread: per range, one transaction (stale rows dropped, one binary COPY FROM opened
+        at the first batch) committed at the range's end; (read, written) or the error on ``done``."""
         try:
-            with contextlib.ExitStack() as stack:
-                sink = None
-                while True:
-                    data = results.get()
-                    if data is None or stop.is_set():
-                        break
-                    first = sink is None
-                    if first:
-                        cur = stack.enter_context(self.writer.cursor())
-                        sink = stack.enter_context(cur.copy(copy_sql("xpmet.predictions", OUTPUTS)))
-                    sink.write(encode(OUTPUTS, data, header=first, trailer=False))
-                    self._written += len(data["source_id"])  # one COPY: all of them commit, or none
-                if sink is not None:
-                    if stop.is_set():
-                        raise XpmetError("chunk abandoned")  # makes psycopg abort the COPY
-                    sink.write(TRAILER)
+            while (item := results.get()) is not None and not stop.is_set():
+                _, lo, hi = item  # ("begin", lo, hi)
+                # No WAL flush wait per range: one lost to a server crash is predicted again by the
+                # next run, and the run's completion mark (a normal commit, after every range) flushes all.
+                self.writer.execute("SET LOCAL synchronous_commit = off")
+                _drop_stale(self.writer, self.model_id, lo, hi)
+                if self.fk_per_chunk:
+                    _hold_model(self.writer, self.model_id)
+                written = 0
+                with contextlib.ExitStack() as stack:
+                    sink = None
+                    while (item := results.get()) is None or item[0] != "end":
+                        if item is None or stop.is_set():
+                            raise XpmetError("range abandoned")  # makes psycopg abort the COPY
+                        if sink is None:
+                            sink = stack.enter_context(stack.enter_context(self.writer.cursor()).copy(
+                                copy_sql("xpmet.predictions", OUTPUTS)))
+                            sink.write(HEADER)
+                        sink.write(encode(OUTPUTS, item[1], header=False, trailer=False))
+                        written += len(item[1]["source_id"])  # one COPY: all of them commit, or none
+                    if sink is not None:
+                        sink.write(TRAILER)
+                self.writer.commit()  # the range becomes visible (and final) all at once
+                fault("predict_after_chunk")
+                done.put((item[1], written))
         except BaseException as e:
-            self._write_error = e
+            done.put(e)
+            while results.get() is not None:  # keep the main thread from blocking on a full queue
+                pass
 
-    def _read(self, lo, hi, batches, stop):
-        """Reader thread: COPY TO -> batches of at most ``batch`` rows on the queue, then None."""
-        sql = _select(self.inputs, self.model_id, lo, hi, self.where)
+    def _read(self, bounds, batches, stop, pending):
+        """Reader thread: per range, ("begin", lo, hi), ("rows", batch of at most ``batch`` rows)...,
+        ("end", lo, hi), each range in its own read-only snapshot; None after the last one."""
+        lo = hi = None
         try:
-            # Read in key order through the primary keys; a planner that sorts a big chunk of a
-            # small table instead spends ~30 % more server CPU on it (and spills to disk).
-            self.reader.execute("SET LOCAL enable_sort = off")
-            if self.where:  # a SET LOCAL per chunk: the condition cannot lift it for the next one
-                self.reader.execute(f"SET LOCAL statement_timeout = {int(plan.WHERE_CHUNK_TIMEOUT_MS)}")
-            with contextlib.closing(select_arrays(self.reader, sql, None, self.cols, max_rows=self.batch)) as rows:
-                for batch in rows:
-                    batches.put(batch)
-                    if stop.is_set():
-                        return  # closing the generator cancels the COPY
+            for lo, hi in bounds:
+                if stop.is_set():
+                    return
+                pending.append((lo, hi))
+                batches.put(("begin", lo, hi))
+                # Read in key order through the primary keys; a planner that sorts a big chunk of a
+                # small table instead spends ~30 % more server CPU on it (and spills to disk).
+                self.reader.execute("SET LOCAL enable_sort = off")
+                if self.where:  # a SET LOCAL per range: the condition cannot lift it for the next one
+                    self.reader.execute(f"SET LOCAL statement_timeout = {int(plan.WHERE_CHUNK_TIMEOUT_MS)}")
+                sql = _select(self.inputs, self.model_id, lo, hi, self.where)
+                with contextlib.closing(select_arrays(self.reader, sql, None, self.cols, max_rows=self.batch)) as rows:
+                    for batch in rows:
+                        batches.put(("rows", batch))
+                        if stop.is_set():
+                            return  # closing the generator cancels the COPY
+                self.reader.rollback()  # ends the read-only snapshot so VACUUM is not held back
+                batches.put(("end", lo, hi))
             batches.put(None)
         except BaseException as e:  # handed to the main thread, which raises it
             if self.where and isinstance(e, (psycopg.errors.QueryCanceled, psycopg.errors.InsufficientPrivilege,
@@ -237,6 +265,19 @@ class Worker:
             batches.put(e)
         finally:
             try:
-                self.reader.rollback()  # ends the read-only snapshot so VACUUM is not held back
+                self.reader.rollback()
             except psycopg.Error:
                 pass
+
+
+def _committed(done, pending):
+    """The writer's results so far: (read, written) per committed range, oldest first."""
+    while True:
+        try:
+            result = done.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(result, BaseException):
+            raise result
+        pending.popleft()
+        yield result

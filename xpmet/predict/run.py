@@ -158,9 +158,9 @@ def predict(model, *, where: str | None = None, batch: int = 4096, workers: int 
                     done(*res)
             elif workers == 1:
                 try:
-                    job = ChunkJob(predictor, model_id, url, where, batch, token)
-                    for bounds in chunks:
-                        done(*predict_chunk(job, bounds))
+                    # one stream: the next range is read while the last one is written and committed
+                    for res in _worker_for(ChunkJob(predictor, model_id, url, where, batch, token)).run_chunks(chunks):
+                        done(*res)
                 finally:
                     drop_worker_state()
             else:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -172,12 +173,27 @@ def xmatch_once():
             time.sleep(0.25)
 
 
-def timed(f, repeats):
+CPU = {"postmaster": None}   # set in main once the cluster runs
+
+
+def busy_cpu() -> float:
+    """CPU-seconds so far of this process (both xmatch connections' client side), its finished
+    children (STILTS) and the database server (postmaster and backends): load-independent work."""
+    from bench_cluster import server_cpu
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + server_cpu(CPU["postmaster"])
+
+
+def timed(f, repeats, cpu: list | None = None):
+    """Median wall seconds of ``repeats`` calls, all of them and the last result; the busy
+    CPU-seconds of each call are appended to ``cpu`` when given."""
     out, res = [], None
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), busy_cpu()
         res = f()
         out.append(time.perf_counter() - t)
+        if cpu is not None:
+            cpu.append(busy_cpu() - c)
     return statistics.median(out), out, res
 
 
@@ -211,6 +227,7 @@ def main():
 
     cluster = Cluster(args.home)
     cluster.start()
+    CPU["postmaster"] = cluster._pid()
     try:
         migrate.upgrade(libpq_url(), "head")
         with raw_connect() as c:
@@ -276,12 +293,13 @@ def main():
                 c.execute("SET LOCAL jit = off")
                 return c.execute("SELECT count(*) FROM xpmet.survey_star s JOIN xpmet.gaia_source g "
                                  "ON q3c_join(s.ra, s.dec, g.ra, g.dec, 1.0 / 3600)").fetchone()[0]
-        t_bare, all_bare, n_bare = timed(bare, args.repeats)
+        cpu = {"bare": [], "xmatch": [], "stilts": []}
+        t_bare, all_bare, n_bare = timed(bare, args.repeats, cpu["bare"])
         print(f"bare q3c_join count (1\")      : {t_bare:7.2f} s  {all_bare}  ({n_bare:,} pairs)", flush=True)
         wal = "SELECT wal_bytes FROM pg_stat_wal"
         with raw_connect() as c:
             wal0, wal_level = c.execute(wal).fetchone()[0], c.execute("SHOW wal_level").fetchone()[0]
-        t_xm, all_xm, run = timed(xmatch_once, args.repeats)
+        t_xm, all_xm, run = timed(xmatch_once, args.repeats, cpu["xmatch"])
         with raw_connect() as c:
             wal_mb = float(c.execute(wal).fetchone()[0] - wal0) / args.repeats / 1e6
         print(f"xpmet xmatch (radius 1\")       : {t_xm:7.2f} s  {[round(x, 2) for x in all_xm]}  "
@@ -292,7 +310,7 @@ def main():
         # STILTS on the same rows, exported to FITS
         res = {"n_gaia": args.n_gaia, "n_survey_rows": n_rows, "declared_ids": args.declared_ids,
                "fresh_first_and_rerun_s": fresh, "bare_s": all_bare, "xmatch_s": all_xm,
-               "xmatch_wal_mb": wal_mb, "wal_level": wal_level, "xmatch_stages_s": run.stages}
+               "xmatch_wal_mb": wal_mb, "wal_level": wal_level, "xmatch_stages_s": run.stages, "busy_cpu_s": cpu}
         stilts = shutil.which("stilts")
         if stilts:
             from astropy.table import Table
@@ -311,7 +329,7 @@ def main():
                                 f"in2={args.workdir / 'gaia.fits'}", "matcher=sky", "params=1",
                                 "values1=ra dec", "values2=ra dec", "find=best1", "join=1and2",
                                 f"out={out}", "ofmt=fits", "progress=none"], check=True, capture_output=True)
-            t_st, all_st, _ = timed(run_stilts, args.repeats)
+            t_st, all_st, _ = timed(run_stilts, args.repeats, cpu["stilts"])
             st = Table.read(out)
             theirs = dict(zip(np.asarray(st["star_id"]).tolist(), np.asarray(st["source_id"]).tolist()))
             with raw_connect() as c:
@@ -324,6 +342,10 @@ def main():
                   f"(xpmet propagates proper motions, STILTS matches at the Gaia epoch)")
             print(f"\nratios (median): STILTS / xmatch = {t_st / t_xm:.2f} (target >= 2); "
                   f"xmatch / bare join = {t_xm / t_bare:.2f} (target <= 3)")
+            med = {k: statistics.median(v) for k, v in cpu.items()}
+            print(f"busy CPU-seconds (median; client, children and server): xmatch {med['xmatch']:.2f}, "
+                  f"bare join {med['bare']:.2f}, STILTS {med['stilts']:.2f}: STILTS / xmatch = "
+                  f"{med['stilts'] / med['xmatch']:.2f}, xmatch / bare = {med['xmatch'] / med['bare']:.2f}")
             res.update(stilts_s=all_st, export_s=t_export, stilts_pairs=len(theirs), xmatch_pairs=len(ours),
                        identical_pairs=same)
         else:

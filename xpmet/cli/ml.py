@@ -61,6 +61,17 @@ def export_cmd(out, g_max, g_min, max_coef_error, min_surveys, require, split_, 
 @click.option("--ensemble", type=int, default=1, show_default=True, help="Estimator members (different seeds).")
 @click.option("--augment", type=float, default=0.5, show_default=True,
               help="Share of training spectra degraded to fainter magnitudes (estimator).")
+@click.option("--inputs", type=click.Choice(["xp", "xp+gaia"]), default="xp+gaia", show_default=True,
+              help="Estimator inputs: the coefficients alone, or also parallax and Gaia colours (and 2MASS/WISE "
+                   "colours when the file has them), each with its error and a missing indicator.")
+@click.option("--valid-copies", type=int, default=3, show_default=True,
+              help="Estimator: early stopping on the validation stars degraded this many times to the magnitudes "
+                   "of the stars to be predicted (fixed seed); 0: on the validation stars as observed.")
+@click.option("--prior-weight/--no-prior-weight", default=False, show_default=True,
+              help="Estimator: weight training stars by the target over the labelled G density.")
+@click.option("--augment-noise", type=click.Choice(["auto", "diagonal"]), default="auto", show_default=True,
+              help="Estimator: degrade with each star's own covariance when DATA has correlations "
+                   "(`xpmet export --correlations`), else diagonal; or diagonal always.")
 @click.option("--correlations", is_flag=True, help="Emulator: chi-squared with the full XP covariance.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
@@ -74,8 +85,9 @@ def export_cmd(out, g_max, g_min, max_coef_error, min_surveys, require, split_, 
                    "else CPU with gloo); --batch-size is their total. Under torchrun leave it at 1.")
 @click.option("--dist-timeout", type=float, default=1800, show_default=True,
               help="Seconds a process waits for the others (start-up, each collective) before failing.")
-def train_cmd(data, out_dir, kind, hidden, epochs, batch_size, lr, patience, ensemble, augment, correlations, seed,
-              device, threads, name, resume, no_register, nproc, dist_timeout):
+def train_cmd(data, out_dir, kind, hidden, epochs, batch_size, lr, patience, ensemble, augment, inputs, valid_copies,
+              prior_weight, augment_noise, correlations, seed, device, threads, name, resume, no_register, nproc,
+              dist_timeout):
     """Train a model on DATA (an `xpmet export` file) into --out.
 
     \b
@@ -95,7 +107,8 @@ def train_cmd(data, out_dir, kind, hidden, epochs, batch_size, lr, patience, ens
         raise click.BadParameter(f"{hidden!r}: expected comma-separated integers", param_hint="--hidden")
     cfg = TrainConfig(kind=kind, hidden=widths, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                       seed=seed, device=device, ensemble=ensemble, augment=augment, correlations=correlations,
-                      name=name)
+                      name=name, inputs=inputs, valid_copies=valid_copies, prior_weight=prior_weight,
+                      augment_noise=augment_noise)
     out = train(data, out_dir, cfg, resume=resume, register=not no_register, nproc=nproc,
                 dist_timeout=dist_timeout, threads=threads)
     if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 reports

@@ -13,6 +13,7 @@ is what the augmentation uses to degrade bright training spectra to fainter magn
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -304,7 +305,9 @@ def fit_extra(arr, noise: NoiseModel) -> ExtraInputs:
         c = np.linalg.lstsq(A * w[:, None], s2 * w, rcond=None)[0]
         c = (float(max(c[0], 0.0)), float(max(c[1], 1e-12)))
     val = _extra_physical(arr, names, noise, c)[0]
-    return ExtraInputs(tuple(names), Scaler.fit(val), c)
+    with warnings.catch_warnings():  # an input nobody has (a file without parallaxes): scale 1, always missing
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return ExtraInputs(tuple(names), Scaler.fit(val), c)
 
 
 def network_columns(norm: Normaliser, arr):

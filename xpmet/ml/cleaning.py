@@ -162,6 +162,8 @@ def _iterate(data: Path, opt: CleanOptions, emulator, progress: bool):
         raise XpmetError(f"{data.name}: only {len(idx)} train/valid rows with Teff, log g, [Fe/H] and both "
                          f"bands; cleaning needs at least {MIN_JUDGED}.")
     sub = arr.subset(idx)
+    if progress:
+        note(f"clean: GaiaXPy {', '.join(opt.bands)} of {len(idx):,} observed train/valid spectra")
     obs = _observed(data, idx, opt.bands)
     keep = np.ones(n, bool)
     dropped_in = np.zeros(n, np.int16)

@@ -123,10 +123,12 @@ def photometry(arrays, path):
 
 
 def cleaning_histogram(residual, dropped_in, thresholds, bands, path):
-    """Per band: the first iteration's normalised residuals (kept and dropped stars) and each iteration's cut."""
+    """Per band: each star's normalised residual where it was judged last (dropped stars: in the iteration
+    that dropped them; kept stars: the last) and each iteration's cut."""
     fig, axes = _subplots(1, len(bands), figsize=(5 * len(bands), 4), squeeze=False)
+    last = np.where(dropped_in > 0, dropped_in - 1, len(residual) - 1)
     for j, (ax, b) in enumerate(zip(axes[0], bands)):
-        z = residual[0][:, j]
+        z = residual[last, np.arange(len(last)), j]
         ok = np.isfinite(z)
         lo, hi = np.nanpercentile(z[ok], [0.5, 99.5]) if ok.any() else (-1, 1)
         span = max(hi - lo, 1e-6)
@@ -140,6 +142,6 @@ def cleaning_histogram(residual, dropped_in, thresholds, bands, path):
         ax.set_yscale("log")
         ax.set_xlabel(f"{b}: (emulated − observed) / σ")
         ax.set_ylabel("stars")
-        ax.set_title(f"cuts: iteration 1 (solid) … {len(thresholds)}")
+        ax.set_title(f"cuts of iterations 1 (solid) to {len(thresholds)}")
         ax.legend(fontsize=7)
     _save(fig, path)

@@ -25,7 +25,6 @@ The result is xpmet.survey_calibration (one row per survey and label), which the
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -82,7 +81,7 @@ class _Design:
         self.P = n
 
 
-def _fit_label(label, star, surv, y, err, floor0, Z, anchor, settings, log=None):
+def _fit_label(label, star, surv, y, err, floor0, Z, anchor, settings):
     """The fit described in the module docstring for one label (arrays over measurements; star and
     surv are dense indices). Returns per survey index a dict of results (absent: not fitted)."""
     knots = np.asarray(KNOTS.get(label, (0.0,)), float)
@@ -144,7 +143,6 @@ def _fit_label(label, star, surv, y, err, floor0, Z, anchor, settings, log=None)
     theta = np.zeros(D_.P)
     w_ok = np.ones(M, bool)
     S = sp.csr_matrix((np.ones(M), (star, np.arange(M))), shape=(N, M))   # star <- measurement
-    x = None
 
     def design(xs):
         B, dB = basis(xs, knots)
@@ -196,7 +194,8 @@ def _fit_label(label, star, surv, y, err, floor0, Z, anchor, settings, log=None)
         x, A, r, d, J = gauss_newton(x, w)
         # the noise model: maximum of the marginal likelihood (true values integrated out)
         noisy = [s for s in range(n_surv) if s in fitted or s == anchor]
-        free = [s for s in noisy if ((S @ (w_ok & (surv == s))) > 0).sum() >= MIN_NOISE_STARS]
+        n_kept = S @ w_ok.astype(float)
+        free = [s for s in noisy if (((S @ (w_ok & (surv == s))) > 0) & (n_kept >= 2)).sum() >= MIN_NOISE_STARS]
         if free and round_ < 3:
             med = {s: float(np.median(err[surv == s])) for s in free}
 
@@ -408,7 +407,3 @@ def refresh_on(conn) -> list[dict]:
         cur.executemany(f"INSERT INTO xpmet.survey_calibration ({cols}, reference) VALUES ({marks}, %(reference)s)",
                         [{**{c: r.get(c) for c in COLUMNS}, "reference": cfg[0]} for r in result])
     return result
-
-
-def dumps(result) -> str:  # for logs and the benchmark
-    return json.dumps(result, indent=1, default=float)

@@ -307,11 +307,17 @@ def _component(star, surv, anchor, n_surv) -> set[int]:
 
 
 LABELS = ("teff", "logg", "feh", "alpha_fe")
-# one binary COPY of fixed-width rows (xpmet.io.copyout.select_arrays): ~10^6 rows at full scale
+# one binary COPY of fixed-width rows (xpmet.io.copyout.select_arrays) of the stars measured by 2+
+# surveys (all the fit uses), and one row of every other (survey, label), so that it gets a status
 _READ = f"""
-SELECT source_id, survey_id::int4, array_position(ARRAY{list(LABELS)}::text[], label)::int4 - 1,
-       value, coalesce(err_stat, 'NaN'), coalesce(sqrt(greatest(err ^ 2 - err_stat ^ 2, 0)), 0)
-FROM xpmet.survey_source_label WHERE label = ANY (ARRAY{list(LABELS)}::text[])
+SELECT source_id, survey_id, label, value, err, floor0 FROM (
+  SELECT source_id, survey_id::int4, array_position(ARRAY{list(LABELS)}::text[], label)::int4 - 1 AS label,
+         value, coalesce(err_stat, 'NaN') AS err, coalesce(sqrt(greatest(err ^ 2 - err_stat ^ 2, 0)), 0) AS floor0,
+         min(survey_id) OVER star <> max(survey_id) OVER star AS shared,
+         row_number() OVER (PARTITION BY survey_id, label ORDER BY source_id) = 1 AS first
+  FROM xpmet.survey_source_label WHERE label = ANY (ARRAY{list(LABELS)}::text[])
+  WINDOW star AS (PARTITION BY source_id)) s
+WHERE shared OR first
 ORDER BY label, survey_id, source_id"""   # one order: the same data always give the same fit
 
 

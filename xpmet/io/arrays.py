@@ -155,14 +155,13 @@ def _without_blanks(data: np.ndarray, offsets: np.ndarray):
 
 def _parse_numbers(data, starts, commas, ends, length):
     """(rows, length) float64 from the text between the separators, or None when any is not a number."""
-    sep = np.empty((starts.size, length + 1), np.int64)
-    sep[:, 0] = starts
-    sep[:, 1:-1] = commas.reshape(starts.size, length - 1)
-    sep[:, -1] = ends - 1
     # element 2k: number k (after its separator up to the next one); element 2k+1: the separator, NULL
     bounds = np.empty((starts.size, length, 2), np.int64 if data.size >= 2 ** 31 else np.int32)
-    bounds[:, :, 0] = sep[:, :-1] + 1
-    bounds[:, :, 1] = sep[:, 1:]
+    inner = commas.reshape(starts.size, length - 1)
+    bounds[:, 0, 0] = starts + 1
+    bounds[:, 1:, 0] = inner + 1
+    bounds[:, :-1, 1] = inner
+    bounds[:, -1, 1] = ends - 1
     m = bounds.size - 1
     validity = np.full((m + 7) // 8, 0x55, np.uint8)
     kind = pa.large_binary() if bounds.dtype == np.int64 else pa.binary()

@@ -15,9 +15,10 @@ Runs in a throw-away embedded cluster (its own XPMET_HOME) and measures, in the 
 
 The rows are SYNTHETIC and inserted directly with xpmet.io.pgcopy (not through xpmet etl, which
 has its own benchmark): random coefficients with the real array shapes, source_ids that are real
-HEALPix level-12 indices, uniform positions. The default model is a cheap vectorised stand-in so
-that the numbers measure the database machinery; --model DIR also measures a trained model's
-own inference rate and folds it into the projection.
+HEALPix level-12 indices, uniform positions, inserted in source_id order like Gaia's bulk files.
+The default model is a cheap vectorised stand-in so that the numbers measure the database
+machinery; --model DIR also measures a trained model's own inference rate and folds it into the
+projection.
 
     .venv/bin/python benchmarks/bench_predict.py                 # 1M XP stars, 5M predictions
     .venv/bin/python benchmarks/bench_predict.py --xp-stars 100000 --cone-rows 500000 --cones 50
@@ -93,10 +94,13 @@ def insert_sources(conn, n, rng, with_xp: bool, block=100_000, taken=None, desc=
     xp_cols = [Col("source_id", "i8"), Col("bp_coefficients", "f8[]", 55), Col("bp_coefficient_errors", "f4[]", 55),
                Col("rp_coefficients", "f8[]", 55), Col("rp_coefficient_errors", "f4[]", 55), Col("load_id", "i4")]
     out = []
+    # in source_id (HEALPix) order, as Gaia's bulk files are and as etl loads them: a chunk's rows
+    # then lie together in the table, as they do in a real catalogue
+    pixels = np.sort(rng.integers(0, LEVEL12_PIXELS, n))
     with tqdm(total=n, unit="row", desc=desc, file=sys.stderr) as bar:
         for start in range(0, n, block):
             m = min(block, n - start)
-            pix = rng.integers(0, LEVEL12_PIXELS, m)
+            pix = pixels[start:start + m]
             sid = (pix.astype(np.int64) << 35) + rng.integers(0, 2 ** 30, m) * 2 + (1 if with_xp else 0)
             lon, lat = hp.healpix_to_lonlat(pix, dx=rng.random(m), dy=rng.random(m))
             g = rng.uniform(8, 17.6, m).astype(np.float32)

@@ -228,7 +228,8 @@ class Augmenter:
             g_new = torch.lerp(self.q[lo], self.q[lo + 1], pos - lo)
         else:
             g_new = g + 3 * u[:, 1]
-        g_new = torch.where((u[:, 0] < frac) & (g_new > g), g_new, g)  # unselected rows keep their G
+        sel = (u[:, 0] < frac) & (g_new > g)
+        g_new = torch.where(sel, g_new, g)  # unselected rows keep their G
         inv_f = (10 ** (0.4 * (g_new - G_ZERO_POINT)))[:, None]
         e = b[:, L["e"]]
         e2 = torch.where(e > 0, e, torch.zeros_like(e)) ** 2
@@ -236,8 +237,9 @@ class Augmenter:
         add = torch.sqrt(e2_new - e2)
         z = torch.randn(n, t.v, generator=gen, device=dev) if draws is None else draws[1]
         zc = z[:, :N_X].reshape(n, 2, N_COEF)
-        if t.chol is not None:
-            zc = (t.chol[idx] @ zc[..., None])[..., 0]
+        if t.chol is not None:  # only the degraded rows: gathering 2 55x55 factors per row is the cost
+            rows = torch.nonzero(sel).squeeze(1)
+            zc = zc.index_copy(0, rows, (t.chol[idx[rows]] @ zc[rows][..., None])[..., 0])
         # DR3: the noise is the published errors over the band's standard deviation, correlated
         zc = zc / b[:, L["sd"]][..., None]
         z = torch.cat([zc.reshape(n, N_X), z[:, N_X:]], dim=1)

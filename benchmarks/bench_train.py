@@ -155,7 +155,7 @@ def cramer_rao(emu_dir, ns, truth_fn):
     for i in range(0, len(arr), 2000):
         sl = slice(i, i + 2000)
         sig = fisher_sigma(p.members64[0], params[sl], d(arr.e[sl]), d(p.norm.x.mean), d(p.norm.x.std),
-                           d(arr.corr[sl]), d(arr.std_dev[sl]))
+                           d(arr.corr[sl]))
         out.append(sig[:, 2].numpy() * p.norm.params.std[2])
     full[star] = np.concatenate(out) if out else []
     return full

@@ -82,8 +82,7 @@ def test_missing_band_null_and_covariance(clean_db):
         r = c.execute(sa.text("SELECT * FROM xpmet.xp_continuous WHERE source_id = 5405570973190252288")).one()
         assert r.bp_coefficients is None and r.bp_coefficient_errors is None and r.bp_n_parameters is None
         assert len(r.rp_coefficients) == 55 and r.rp_n_parameters == 55
-        cov = covariance_matrix(np.array(r.rp_coefficient_errors), np.array(r.rp_coefficient_correlations),
-                                r.rp_standard_deviation)
+        cov = covariance_matrix(np.array(r.rp_coefficient_errors), np.array(r.rp_coefficient_correlations))
     assert cov.shape == (55, 55) and np.allclose(cov, cov.T) and (np.linalg.eigvalsh(cov) > 0).all()
 
 

@@ -38,12 +38,14 @@ def test_matches_gaiaxpy_on_real_spectra(real):
     for i, sid in enumerate(t["source_id"]):
         for b in ("bp", "rp"):
             err, corr, sd = _band(t, i, b)
-            assert corr.shape == (1485,) and sd != 1.0          # the scaling by standard_deviation matters
-            ours = covariance_matrix(err, corr, sd)
-            np.testing.assert_allclose(ours, correlation_to_covariance(corr, err, sd), rtol=1e-12)
+            assert corr.shape == (1485,) and sd != 1.0          # the standard deviation's place matters
+            ours = covariance_matrix(err, corr)
+            # GaiaXPy's matrices are unit-weight (errors / sd); every error it propagates from them is
+            # multiplied back by sd, so the coefficients' covariance is sd^2 times theirs
+            np.testing.assert_allclose(ours, sd ** 2 * correlation_to_covariance(corr, err, sd), rtol=1e-12)
             # GaiaXPy's inverse covariance, built from its own reading of the file
             theirs_inv = inv.loc[inv["source_id"] == sid, f"{b}_inverse_covariance"].iloc[0]
-            np.testing.assert_allclose(ours @ theirs_inv, np.eye(55), atol=1e-4)
+            np.testing.assert_allclose(ours @ theirs_inv / sd ** 2, np.eye(55), atol=1e-4)
             assert np.linalg.eigvalsh(ours).min() > 0
             # the matrix is symmetric with unit diagonal, and packing it again gives the file's values
             c = correlation_matrix(corr)
@@ -53,10 +55,10 @@ def test_matches_gaiaxpy_on_real_spectra(real):
 
 def test_batches_and_missing_band(real):
     t, _ = real
-    err, corr, sd = zip(*(_band(t, i, "bp") for i in range(len(t))))
-    batch = covariance_matrix(np.stack(err), np.stack(corr), np.array(sd))
+    err, corr, _ = zip(*(_band(t, i, "bp") for i in range(len(t))))
+    batch = covariance_matrix(np.stack(err), np.stack(corr))
     assert batch.shape == (2, 55, 55)
     for i in range(2):
-        np.testing.assert_allclose(batch[i], covariance_matrix(err[i], corr[i], sd[i]), rtol=1e-15)
-    missing = covariance_matrix(np.full(55, np.nan), np.full(1485, np.nan), np.nan)
+        np.testing.assert_allclose(batch[i], covariance_matrix(err[i], corr[i]), rtol=1e-15)
+    missing = covariance_matrix(np.full(55, np.nan), np.full(1485, np.nan))
     assert np.isnan(missing).all()

@@ -2,8 +2,11 @@
 
 Gaia ships each band's 55x55 correlation matrix as its 1485 off-diagonal values: the lower
 triangle, row by row (numpy's ``tril_indices(55, k=-1)`` order; GaiaXPy uses the same). The
-published coefficient errors already carry the solution's standard deviation, so the covariance
-is ``diag(err/sd) @ C @ diag(err/sd)``, as in GaiaXPy's ``correlation_to_covariance`` for DR3.
+published coefficient errors already carry the solution's standard deviation (``err = sd x`` the
+formal error), so the covariance of the coefficients is ``diag(err) @ C @ diag(err)``. GaiaXPy
+computes the same thing in two steps: its ``correlation_to_covariance`` gives the unit-weight
+matrix ``diag(err/sd) C diag(err/sd)``, and every error it propagates from it (sampled spectra,
+synthetic photometry) is multiplied back by ``sd``.
 """
 from __future__ import annotations
 
@@ -26,13 +29,13 @@ def correlation_matrix(correlations: np.ndarray) -> np.ndarray:
     return c
 
 
-def covariance_matrix(errors: np.ndarray, correlations: np.ndarray, standard_deviation=1.0) -> np.ndarray:
+def covariance_matrix(errors: np.ndarray, correlations: np.ndarray) -> np.ndarray:
     """Covariance of one band's coefficients, vectorised over leading axes.
 
-    errors (..., 55), correlations (..., 1485), standard_deviation (...) -> (..., 55, 55).
-    A missing band (NaN errors) gives a NaN matrix.
+    errors (..., 55), correlations (..., 1485) -> (..., 55, 55). A missing band (NaN errors) gives a
+    NaN matrix.
     """
-    err = np.asarray(errors, dtype=np.float64) / np.asarray(standard_deviation, dtype=np.float64)[..., None]
+    err = np.asarray(errors, dtype=np.float64)
     return correlation_matrix(correlations) * err[..., :, None] * err[..., None, :]
 
 

@@ -15,7 +15,7 @@ def xp(paths, workers, replace, errors_to, no_progress, cluster, no_correlations
     Formats (detected by content): bulk XpContinuousMeanSpectrum_*.csv.gz (ECSV), archive CSV and
     ECSV, FITS, VOTable (BINARY2/TABLEDATA), DataLink products and zips of them, flattened
     bp_coeff_0..54 layouts. A missing band is stored as NULL. Full covariance matrices:
-    xpmet.xp_coefficients.covariance_matrix(errors, correlations, standard_deviation).
+    xpmet.xp_coefficients.covariance_matrix(errors, correlations).
     """
     from xpmet.etl.xp_loader import load_xp
     try:

@@ -208,7 +208,6 @@ class Predictor:
         d = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float64, device=self.device)  # noqa: E731
         x, e = d(arr.x), d(arr.e)
         corr = d(arr.corr) if self.uses_correlations and arr.corr is not None else None
-        sd = None if arr.std_dev is None else d(arr.std_dev)  # the diagonal likelihood uses it too
         P = self.members[0].n_params
         starts = self._starts().double()
         prior_mu = torch.zeros(P, dtype=torch.float64, device=self.device)
@@ -217,7 +216,7 @@ class Predictor:
         ps, covs, c2s = [], [], []
         for m in self.members64:
             p, cov, c2, nused = fit_emulator(m, x, e, x_mean, x_scale, prior_mu, prior_sigma, starts,
-                                             corr=corr, std_dev=sd)
+                                             corr=corr)
             ps.append(p.cpu().numpy())
             covs.append(torch.diagonal(cov, dim1=1, dim2=2).cpu().numpy())
             c2s.append(c2.cpu().numpy())

@@ -104,24 +104,13 @@ def known_label_nll(mu, log_sigma, y, y_err, known):
     return nll.sum() / known.sum().clamp(min=1e-12)
 
 
-def dr3_errors(e, std_dev=None):
-    """The errors that enter the covariance, DR3's convention (GaiaXPy's ``correlation_to_covariance``):
-    the published coefficient errors divided by the band's ``standard_deviation``.
-
-    e (n,110), std_dev (n,2) or None; a missing or non-positive standard deviation counts as 1.
-    Both the diagonal and the full-covariance likelihoods use this one function.
-    """
-    if std_dev is None:
-        return e
-    sd = torch.where(torch.isfinite(std_dev) & (std_dev > 0), std_dev, torch.ones_like(std_dev)).to(e.dtype)
-    return (e.view(e.shape[0], 2, N_COEF) / sd[..., None]).reshape(e.shape)
-
-
-def covariance(e, corr, std_dev=None, extra_var=None):
+def covariance(e, corr, extra_var=None):
     """Per-band covariance (n,2,55,55) of flux-normalised coefficients, in the units of ``e``.
 
     e (n,110) errors, corr (n,2,1485) Gaia correlations (order of :mod:`xpmet.xp_coefficients`), extra_var
     (n,110) added to the diagonal (the emulator's model scatter). A missing band -> identity.
+    DR3's published errors already carry the band's standard deviation, so they enter as they are
+    (see :func:`xpmet.xp_coefficients.covariance_matrix`); the diagonal likelihood uses the same e**2.
     """
     n = e.shape[0]
     c = torch.zeros(n, 2, N_COEF, N_COEF, dtype=e.dtype, device=e.device)
@@ -129,7 +118,7 @@ def covariance(e, corr, std_dev=None, extra_var=None):
     c[:, :, r, k] = corr.to(e.dtype)
     c = c + c.transpose(-1, -2)
     c.diagonal(dim1=-2, dim2=-1).fill_(1.0)
-    s = dr3_errors(e, std_dev).view(n, 2, N_COEF)
+    s = e.view(n, 2, N_COEF)
     bad = ~torch.isfinite(s).all(-1) | ~torch.isfinite(c).flatten(-2).all(-1)
     s = torch.where(bad[..., None], torch.ones_like(s), s)
     c = torch.where(bad[..., None, None], torch.eye(N_COEF, dtype=e.dtype, device=e.device), c)
@@ -148,7 +137,7 @@ def cholesky(cov):
     return torch.where((info > 0)[..., None, None], fallback, L)
 
 
-def gaussian_terms(r, e, ok, model_var=None, corr=None, std_dev=None):
+def gaussian_terms(r, e, ok, model_var=None, corr=None):
     """Per-star chi2 and log-determinant of residuals r (n,110) under cov = C_obs + diag(model_var).
 
     Coefficients that are not ``ok`` (missing) contribute nothing.
@@ -156,10 +145,10 @@ def gaussian_terms(r, e, ok, model_var=None, corr=None, std_dev=None):
     r = torch.where(ok, r, torch.zeros_like(r))
     mv = torch.zeros_like(r) if model_var is None else model_var
     if corr is None:
-        var = torch.where(ok, dr3_errors(e, std_dev) ** 2 + mv, torch.ones_like(r))
+        var = torch.where(ok, e ** 2 + mv, torch.ones_like(r))
         return (r ** 2 / var).sum(1), torch.where(ok, torch.log(var), torch.zeros_like(r)).sum(1)
     eo = torch.where(ok, e, torch.ones_like(e))
-    L = cholesky(covariance(eo, corr, std_dev, torch.where(ok, mv, torch.zeros_like(mv))))
+    L = cholesky(covariance(eo, corr, torch.where(ok, mv, torch.zeros_like(mv))))
     z = torch.linalg.solve_triangular(L, r.reshape(-1, 2, N_COEF, 1), upper=False).reshape(-1, N_X)
     diag = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).reshape(-1, N_X)
     return (z ** 2).sum(1), 2 * torch.where(ok, diag, torch.zeros_like(diag)).sum(1)
@@ -171,12 +160,12 @@ def emulator_outputs(model, p_std, x_mean, x_scale):
     return mean_std * x_scale + x_mean, (torch.exp(log_s) * x_scale) ** 2
 
 
-def emulator_nll(model, p_std, x, e, x_mean, x_scale, corr=None, std_dev=None):
+def emulator_nll(model, p_std, x, e, x_mean, x_scale, corr=None):
     """Mean negative log-likelihood per used coefficient, and the per-star reduced chi2."""
     pred, mvar = emulator_outputs(model, p_std, x_mean, x_scale)
     pred, mvar = pred.float(), mvar.float()
     ok = torch.isfinite(x) & torch.isfinite(e) & (e > 0)
-    c2, logdet = gaussian_terms(pred - torch.where(ok, x, torch.zeros_like(x)), e, ok, mvar, corr, std_dev)
+    c2, logdet = gaussian_terms(pred - torch.where(ok, x, torch.zeros_like(x)), e, ok, mvar, corr)
     n = ok.sum(1).clamp(min=1)
     # the constant log|C_obs| part of logdet does not matter; dividing by e keeps numbers O(1)
     base = torch.where(ok, torch.log(torch.where(ok, e, torch.ones_like(e)) ** 2), torch.zeros_like(e)).sum(1)
@@ -197,17 +186,17 @@ def _jacobian(fn, p, n_params, h=1e-4):
     return ((out[:, 0] - out[:, 1]) / (2 * h)).transpose(1, 2)
 
 
-def _whiten(v, e, ok, mvar, corr, std_dev):
+def _whiten(v, e, ok, mvar, corr):
     """C^-1/2 v for v (n,110[,P]) with C = C_obs + diag(model var)."""
     n = v.shape[0]
     P = v.shape[2] if v.dim() == 3 else 1
     v3 = torch.where(ok.view(n, N_X, 1), v.reshape(n, N_X, P), torch.zeros(1, dtype=v.dtype, device=v.device))
     if corr is None:
-        var = torch.where(ok, dr3_errors(e, std_dev) ** 2 + mvar, torch.ones_like(e))
+        var = torch.where(ok, e ** 2 + mvar, torch.ones_like(e))
         out = v3 / torch.sqrt(var)[..., None]
     else:
         eo = torch.where(ok, e, torch.ones_like(e))
-        L = cholesky(covariance(eo, corr, std_dev, torch.where(ok, mvar, torch.zeros_like(mvar))))
+        L = cholesky(covariance(eo, corr, torch.where(ok, mvar, torch.zeros_like(mvar))))
         out = torch.linalg.solve_triangular(L, v3.reshape(n, 2, N_COEF, P), upper=False).reshape(n, N_X, P)
     out = torch.where(ok.view(n, N_X, 1), out, torch.zeros_like(out))
     return out if v.dim() == 3 else out[..., 0]
@@ -215,7 +204,7 @@ def _whiten(v, e, ok, mvar, corr, std_dev):
 
 @torch.no_grad()
 def fit_emulator(model: Emulator, x, e, x_mean, x_scale, prior_mu, prior_sigma, starts, n_iter=30,
-                 corr=None, std_dev=None):
+                 corr=None):
     """Batched maximum likelihood of the standardised parameters for every star.
 
     Levenberg–Marquardt on chi2(p) = r^T (C_obs + diag s(p)^2)^-1 r + prior, with r the
@@ -233,7 +222,7 @@ def fit_emulator(model: Emulator, x, e, x_mean, x_scale, prior_mu, prior_sigma, 
 
     def evaluate(p):
         pred, mvar = emulator_outputs(model, p, x_mean, x_scale)
-        z = _whiten(pred - xz, e, ok, mvar, corr, std_dev)
+        z = _whiten(pred - xz, e, ok, mvar, corr)
         return (z ** 2).sum(1), z, mvar
 
     prior_w = 1.0 / prior_sigma ** 2
@@ -250,7 +239,7 @@ def fit_emulator(model: Emulator, x, e, x_mean, x_scale, prior_mu, prior_sigma, 
     c2, z, mvar = evaluate(p)
     cost = c2 + prior(p)
     for _ in range(n_iter):
-        J = _whiten(_jacobian(mean_fn, p, P), e, ok, mvar, corr, std_dev)
+        J = _whiten(_jacobian(mean_fn, p, P), e, ok, mvar, corr)
         JtJ = J.transpose(1, 2) @ J + torch.diag_embed(prior_w.expand(n, P))
         g = (J.transpose(1, 2) @ z[..., None])[..., 0] + prior_w * (p - prior_mu)
         A = JtJ + lam[:, None, None] * torch.diag_embed(torch.diagonal(JtJ, dim1=1, dim2=2)) + 1e-9 * eye
@@ -265,14 +254,14 @@ def fit_emulator(model: Emulator, x, e, x_mean, x_scale, prior_mu, prior_sigma, 
         z = torch.where(accept[:, None], nz, z)
         mvar = torch.where(accept[:, None], nmvar, mvar)
         lam = torch.where(accept, lam * 0.3, lam * 10).clamp(1e-6, 1e6)
-    J = _whiten(_jacobian(mean_fn, p, P), e, ok, mvar, corr, std_dev)
+    J = _whiten(_jacobian(mean_fn, p, P), e, ok, mvar, corr)
     fisher = J.transpose(1, 2) @ J + torch.diag_embed(prior_w.expand(n, P))
     cov = torch.linalg.inv(fisher + 1e-12 * eye)
     return p, cov, c2, ok.sum(1)
 
 
 @torch.no_grad()
-def fisher_sigma(model: Emulator, p, e, x_mean, x_scale, corr=None, std_dev=None, model_scatter=False):
+def fisher_sigma(model: Emulator, p, e, x_mean, x_scale, corr=None, model_scatter=False):
     """Cramér–Rao bound sqrt(diag(F^-1)) of the standardised parameters at p, F = J^T C^-1 J.
 
     C is the published covariance (plus the emulator's model scatter if ``model_scatter``).
@@ -280,6 +269,6 @@ def fisher_sigma(model: Emulator, p, e, x_mean, x_scale, corr=None, std_dev=None
     P = p.shape[1]
     ok = torch.isfinite(e) & (e > 0)
     mvar = emulator_outputs(model, p, x_mean, x_scale)[1] if model_scatter else torch.zeros_like(e)
-    J = _whiten(_jacobian(lambda q: model(q)[0] * x_scale + x_mean, p, P), e, ok, mvar, corr, std_dev)
+    J = _whiten(_jacobian(lambda q: model(q)[0] * x_scale + x_mean, p, P), e, ok, mvar, corr)
     F = J.transpose(1, 2) @ J
     return torch.sqrt(torch.clamp(torch.diagonal(torch.linalg.pinv(F), dim1=1, dim2=2), min=0))

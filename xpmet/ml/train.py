@@ -93,7 +93,7 @@ def seed_everything(seed: int):
 
 def _layout(v: int) -> dict:
     """Column slices of Tensors.packed for v noisy columns (coefficients + extra inputs)."""
-    names = [("x", v), ("e", v), ("ka", v), ("kb", v), ("g", 1), ("sd", 2), ("missing", 2), ("y", 4),
+    names = [("x", v), ("e", v), ("ka", v), ("kb", v), ("g", 1), ("missing", 2), ("y", 4),
              ("y_err", 4), ("known", 4)]
     out, i = {}, 0
     for k, w in names:
@@ -122,14 +122,12 @@ class Tensors:
             x, e, ka, kb = network_columns(norm, arr)
             ok = np.isfinite(x) & (e > 0)
             ka, kb = np.where(ok, ka, 0.0), np.where(ok, kb, 0.0)  # missing: never degraded
-            sd = np.ones((self.n, 2)) if arr.std_dev is None else arr.std_dev
-            sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
             y = norm.labels.transform(arr.labels)
             w = np.ones(self.n) if weights is None else weights
             self.v = x.shape[1]
             self.layout = _layout(self.v)
             self.packed = f(np.concatenate([
-                x, e, ka, kb, np.nan_to_num(arr.g_mag, nan=99.0)[:, None], sd, arr.missing, np.nan_to_num(y),
+                x, e, ka, kb, np.nan_to_num(arr.g_mag, nan=99.0)[:, None], arr.missing, np.nan_to_num(y),
                 np.nan_to_num(arr.label_err / norm.labels.std), np.isfinite(y) * w[:, None]], axis=1)).contiguous()
             if arr.corr is not None:
                 self.chol = _correlation_cholesky(arr.corr, device)
@@ -139,7 +137,6 @@ class Tensors:
             self.x = f(arr.x)
             self.e = f(arr.e)
             self.corr = f(arr.corr) if correlations and arr.corr is not None else None
-            self.sd = f(arr.std_dev) if arr.std_dev is not None else None  # both likelihoods use it
 
     def inputs(self, b, x=None, e=None):
         """Network inputs of packed rows b (with x, e in place of theirs when given)."""
@@ -207,7 +204,7 @@ class Augmenter:
 
     Noise is added so the degraded columns have exactly the errors the noise model predicts at the
     new magnitude (times the star's own error factor): for the coefficients correlated as the star's
-    published covariance says (DR3: errors / standard deviation, times the correlation matrix; diagonal
+    published covariance says (DR3: the published errors times the correlation matrix; diagonal
     when the file has no correlations), for parallax and colours independently (xpmet.ml.normalise).
     """
 
@@ -240,8 +237,6 @@ class Augmenter:
         if t.chol is not None:  # only the degraded rows: gathering 2 55x55 factors per row is the cost
             rows = torch.nonzero(sel).squeeze(1)
             zc = zc.index_copy(0, rows, (t.chol[idx[rows]] @ zc[rows][..., None])[..., 0])
-        # DR3: the noise is the published errors over the band's standard deviation, correlated
-        zc = zc / b[:, L["sd"]][..., None]
         z = torch.cat([zc.reshape(n, N_X), z[:, N_X:]], dim=1)
         x = b[:, L["x"]] + z * add
         e_new = torch.where(e2_new > e2, torch.sqrt(e2_new), e)
@@ -271,8 +266,7 @@ class Trainer:
             mu, log_sigma = model(inp)
             return known_label_nll(mu.float(), log_sigma.float(), b[:, L["y"]], b[:, L["y_err"]], b[:, L["known"]])
         corr = None if t.corr is None else t.corr[idx]
-        sd = None if t.sd is None else t.sd[idx]
-        return emulator_nll(model, t.p[idx], t.x[idx], t.e[idx], self.x_mean, self.x_scale, corr, sd)[0]
+        return emulator_nll(model, t.p[idx], t.x[idx], t.e[idx], self.x_mean, self.x_scale, corr)[0]
 
 
 def _wants_corr(config: TrainConfig) -> bool:

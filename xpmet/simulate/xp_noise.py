@@ -5,8 +5,9 @@ Correlations: a fixed set of templates per band, each a convex combination of tw
 matrices (valid by construction). Templates are formatted to text once per run, so a star's
 correlation column costs a lookup, not 1,485 float formats -- the choice that makes writing a million
 XP stars with correlations feasible. The noise added to a star's coefficients is drawn from the
-covariance its own row publishes, ``diag(err/sd) C diag(err/sd)`` (GaiaXPy's DR3 convention), so the
-published uncertainties are honest.
+covariance its own row publishes, ``diag(err) C diag(err)`` (DR3: the published errors already
+include the standard deviation; see :mod:`xpmet.xp_coefficients`), so the published uncertainties
+are honest.
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def observe(rng, true_coef: np.ndarray, g: np.ndarray, band: str, templates: Tem
     sd = (1.0 + np.abs(rng.normal(0.0, 0.12, n))).astype(np.float32)
     z = rng.normal(size=(n, N_COEF))
     corr_noise = np.einsum("nij,nj->ni", templates.chol[band][t_idx], z)
-    coef = true_coef + corr_noise * (err.astype(np.float64) / sd[:, None])
+    coef = true_coef + corr_noise * err.astype(np.float64)
     dof = (n_meas - n_rej - N_COEF).astype(np.int16)
     chi2 = (dof * sd.astype(np.float64) ** 2 * rng.gamma(200.0, 1 / 200.0, n)).astype(np.float32)
     nrel = n_relevant_bases(rng, g, band)

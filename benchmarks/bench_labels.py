@@ -4,7 +4,7 @@ For each seed: simulate a sky (xpmet.simulate: APOGEE-, GALAH-, LAMOST-like surv
 trends, LAMOST's compressed metal-poor scale, GALAH's too-small errors, GBS benchmark stars), load
 it into a throw-away embedded database, crossmatch (which refreshes the labels with the default
 settings) and read xpmet.labels. The baseline is the previous calibration itself: the schema is
-migrated down to the revision before 0008 (the reference-only SQL zero points of migration 0002),
+migrated down to the revision before 0009 (the reference-only SQL zero points of migration 0002),
 the labels refreshed there and read, then migrated back up.
 
 Per true-[Fe/H] bin: median offset of the homogenised [Fe/H] from the truth, robust scatter, and
@@ -106,9 +106,9 @@ def one_seed(seed: int, n_stars: int, workdir: Path) -> dict:
     zp = [{k: z[k] for k in ("survey", "label", "status", "zero_point", "zero_point_err", "err_scale",
                              "error_floor_fitted", "offsets", "offset_errs", "n_stars")}
           for z in xlabels.zero_points() if z["label"] == "feh"]
-    # the baseline: the schema before migration 0008, refreshed by its own SQL
+    # the baseline: the schema before migration 0009, refreshed by its own SQL
     from alembic.script import ScriptDirectory
-    before = ScriptDirectory.from_config(migrate.alembic_config()).get_revision("0008").down_revision
+    before = ScriptDirectory.from_config(migrate.alembic_config()).get_revision("0009").down_revision
     migrate.downgrade(libpq_url(), before)
     with raw_connect() as c:
         t0 = time.perf_counter()

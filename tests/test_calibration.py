@@ -99,7 +99,7 @@ def test_network_recovers_offsets_trend_compression_and_error_scale(clean_db, tm
         m = (feh[sid - ids[0]] >= lo) & (feh[sid - ids[0]] < hi)
         assert m.sum() > 100 and abs(np.median(res[m])) < 3 * np.median(sys_[m]) + 0.02, (lo, hi, np.median(res[m]))
         assert 0.75 < 1.4826 * np.median(np.abs(z[m] - np.median(z[m]))) < 1.3, (lo, hi)
-    # the reference-only calibration (before 0008) had no way to see GALAH's compression: without
+    # the reference-only calibration (before 0009) had no way to see GALAH's compression: without
     # it, GALAH's metal-poor stars would be ~0.4 dex too metal-rich
     gal_only = np.array([r["feh_n"] == 1 for r in lab]) & (feh[sid - ids[0]] < -2.5)
     assert gal_only.sum() > 20 and abs(np.median(res[gal_only])) < 0.1

@@ -2,7 +2,7 @@
 
 xpmet.calibration fits every survey's scale jointly over the overlap network (table
 survey_calibration, shown by the view survey_zero_point); the SQL views apply it
-(db/sql/calibration_0008.sql): calibrated_measurement -> labels (one row per Gaia source) ->
+(db/sql/calibration_0009.sql): calibrated_measurement -> labels (one row per Gaia source) ->
 training_set (what the export reads). This module sets the one row of xpmet.label_setting, fits,
 and refreshes the materialized view, in one transaction.
 

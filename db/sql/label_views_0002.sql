@@ -1,5 +1,5 @@
 -- The label views of migrations 0002/0005 (survey_zero_point through labels, and refresh_labels),
--- copied from labels.sql and integrity.sql: migration 0008's downgrade restores them with this file
+-- copied from labels.sql and integrity.sql: migration 0009's downgrade restores them with this file
 -- (the settings by name: SELECT * would tie the views to columns later migrations add and drop).
 
 -- Zero point (and trend where the overlap allows) of every survey and label against the reference:

@@ -1,4 +1,4 @@
--- Migration 0010: xpmet.xmatch partitioned by run_id, one partition per crossmatch run. A run
+-- Migration 0008: xpmet.xmatch partitioned by run_id, one partition per crossmatch run. A run
 -- writes its rows into a table it creates in its own transaction (so a wal_level = minimal server
 -- skips their WAL), indexes it after the rows are in and attaches it; pruning a run drops its
 -- partition instead of deleting rows. Undone by xmatch_partitioned_drop.sql.

@@ -1,4 +1,4 @@
--- Undoes xmatch_partitioned.sql (migration 0010): xpmet.xmatch one plain table again, and the
+-- Undoes xmatch_partitioned.sql (migration 0008): xpmet.xmatch one plain table again, and the
 -- view xmatch_current as migration 0002 made it.
 -- (No percent signs in this file: SQLAlchemy's text() would double them.)
 

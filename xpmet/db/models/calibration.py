@@ -1,5 +1,5 @@
 """The survey calibration: one row per survey and label, fitted by xpmet.calibration over the whole
-overlap network and applied by the label views (db/sql/calibration_0008.sql, migration 0008)."""
+overlap network and applied by the label views (db/sql/calibration_0009.sql, migration 0009)."""
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION
 

@@ -32,7 +32,7 @@ xmatch = sa.Table(
     # No foreign keys on purpose: their per-row triggers doubled the time of xpmet xmatch. Rows of
     # survey rows replaced since the run are left with it (star_id values are never reused) and the
     # label views join survey_star, so they never show.
-    # Partitioned by run_id (migration 0010): a run creates, fills, indexes and attaches its own
+    # Partitioned by run_id (migration 0008): a run creates, fills, indexes and attaches its own
     # partition xmatch_r<run_id> (xpmet.xmatch.run); pruning a run drops it.
     sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("star_id", sa.BigInteger, primary_key=True, autoincrement=False),

@@ -1,8 +1,8 @@
--- Label views of migration 0008: the joint calibration (table xpmet.survey_calibration, fitted by
+-- Label views of migration 0009: the joint calibration (table xpmet.survey_calibration, fitted by
 -- xpmet.calibration over the whole overlap network) replaces the reference-only zero points.
 -- Chain: survey_source_label -> [xpmet.calibration, Python] -> survey_calibration -> survey_zero_point
 --        -> calibrated_measurement -> label_measurement -> labels (materialized) -> training_set.
--- Undone by calibration_0008_drop.sql (which restores the 0002 views from label_views_0002.sql).
+-- Undone by calibration_0009_drop.sql (which restores the 0002 views from label_views_0002.sql).
 
 DROP VIEW xpmet.training_set;
 DROP MATERIALIZED VIEW xpmet.labels;
@@ -181,7 +181,7 @@ CREATE UNIQUE INDEX ix_labels_source ON xpmet.labels (source_id);
 COMMENT ON MATERIALIZED VIEW xpmet.labels IS
   'One row per Gaia source: homogenised labels on the reference scale; <label>_err includes the calibration''s systematic <label>_err_sys (bits: xpmet.flags.LABEL_BITS)';
 
--- xpmet.training_set: training_set_0006.sql (migration 0008 applies it again after this file).
+-- xpmet.training_set: training_set_0006.sql (migration 0009 applies it again after this file).
 
 -- Recompute the materialized label view (xpmet.labels.refresh() fits survey_calibration first; from
 -- SQL alone the stored calibration is applied as it is), and remember the crossmatch it was built from.

@@ -1,4 +1,4 @@
--- Downgrade of calibration_0008.sql: the joint calibration's views go, the 0002 views come back
+-- Downgrade of calibration_0009.sql: the joint calibration's views go, the 0002 views come back
 -- (label_views_0002.sql, then training_set_0006.sql; the table itself is dropped by the migration).
 DROP VIEW IF EXISTS xpmet.training_set;
 DROP MATERIALIZED VIEW IF EXISTS xpmet.labels;

@@ -6,10 +6,10 @@ drops its partition. The view xmatch_current reads the current run's partition o
 view text in db/sql/xmatch_partitioned.sql; the downgrade (xmatch_partitioned_drop.sql) makes
 xmatch one table again with the rows of every run.
 
-Revision ID: 0010
+Revision ID: 0008
 Revises: 0007
 """
-revision = '0010'
+revision = '0008'
 down_revision = '0007'
 branch_labels = None
 depends_on = None

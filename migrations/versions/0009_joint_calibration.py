@@ -4,19 +4,19 @@ xpmet.calibration fits every survey and label over the whole overlap network (pi
 offsets in the label, Teff and log g terms, error floors and scales from the overlaps) and writes
 xpmet.survey_calibration; survey_zero_point becomes a view of it; calibrated_measurement applies it
 (xpmet.calibrate_value) and carries the calibration's systematic error, which labels reports as
-<label>_err_sys and adds to <label>_err without averaging it down. SQL in db/sql/calibration_0008.sql;
+<label>_err_sys and adds to <label>_err without averaging it down. SQL in db/sql/calibration_0009.sql;
 the downgrade restores the 0002 views (db/sql/label_views_0002.sql). The 0002 fit function
 (xpmet.fit_zero_points) stays: the restored views use it.
 
-Revision ID: 0008
-Revises: 0010
+Revision ID: 0009
+Revises: 0008
 """
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION
 
-revision = '0008'
-down_revision = '0010'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
@@ -74,13 +74,13 @@ def upgrade():
         schema='xpmet',
         comment='Per survey and label: the joint calibration onto the reference scale (xpmet.calibration)',
     )
-    run_sql_file("calibration_0008.sql")
+    run_sql_file("calibration_0009.sql")
     run_sql_file("training_set_0006.sql")
     _grant(READABLE)
 
 
 def downgrade():
-    run_sql_file("calibration_0008_drop.sql")
+    run_sql_file("calibration_0009_drop.sql")
     run_sql_file("label_views_0002.sql")
     run_sql_file("training_set_0006.sql")
     _grant(READABLE[1:])

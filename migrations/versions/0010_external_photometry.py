@@ -4,15 +4,15 @@ Tables from xpmet/db/models/photometry.py (filled by `xpmet etl photometry`); th
 db/sql/external_photometry.sql (dropped by external_photometry_drop.sql). The reader may read all four
 tables and the view.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 """
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = '0009'
-down_revision = '0008'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 

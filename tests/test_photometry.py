@@ -136,6 +136,41 @@ def test_load_join_reload_and_export(loaded, engine, run_cli, tmp_path):
     np.testing.assert_allclose(np.nan_to_num(phot, nan=-1), np.nan_to_num(expect, nan=-1), atol=1e-3)
 
 
+def test_a_model_with_infrared_inputs_reads_them_when_predicting(loaded, engine, run_cli, tmp_path):
+    """Trained on 2MASS/WISE colours, a model gets them at predict time from xpmet.external_photometry
+    (not marked missing): what predict stored equals the model run here on the same rows."""
+    import torch
+    from xpmet.db.engine import raw_connect
+    from xpmet.db.models.columns import fixed_width_columns
+    from xpmet.io.copyout import select_arrays
+    from xpmet.ml.inference import load_predictor
+    from xpmet.predict.plan import _select, input_columns
+    ph = loaded / "photometry"
+    # (the test before may have loaded part of 2MASS: --replace makes the whole file win)
+    run_cli("etl", "photometry", "tmass", ph / "tmass_psc.csv", "-b", ph / TMASS_BN_DIR / TMASS_BN_FILE, "--replace")
+    run_cli("etl", "photometry", "allwise", ph / "allwise.csv", "-b", ph / ALLWISE_BN_DIR / ALLWISE_BN_FILE, "--replace")
+    run_cli("export", tmp_path / "ir.h5", "--noise-sample", 0)
+    run_cli("train", tmp_path / "ir.h5", "--out", tmp_path / "m", "--hidden", "16", "--epochs", 3,
+            "--batch-size", 64)
+    torch.set_num_threads(1)
+    pred = load_predictor(tmp_path / "m")
+    assert {"g_j", "ks_w1"} <= set(pred.norm.extra.names) and set(EXTERNAL_PHOT) <= set(pred.needs)
+    assert "LEFT JOIN xpmet.external_photometry e" in _select(input_columns(pred.needs), 1, 0, 2 ** 62, None)
+    run_cli("predict", "--model", tmp_path / "m")
+    with engine.connect() as c:
+        stored = dict(c.execute(sa.text("SELECT source_id, feh FROM xpmet.predictions")).fetchall())
+    sql = (f"SELECT {', '.join(e for e, _ in fixed_width_columns(pred.needs))} FROM xpmet.xp_continuous x "
+           "JOIN xpmet.gaia_source g USING (source_id) "
+           "JOIN xpmet.external_photometry e USING (source_id) WHERE e.tmass_j IS NOT NULL ORDER BY source_id")
+    with raw_connect() as conn:
+        batch = next(select_arrays(conn, sql, None, [col for _, col in fixed_width_columns(pred.needs)]))
+    here = pred.predict(batch)
+    np.testing.assert_allclose([stored[s] for s in batch["source_id"]], here["feh"], rtol=1e-4, atol=1e-4)
+    # and with the infrared marked missing the answers differ (so the comparison can fail)
+    blind = pred.predict({k: (np.full_like(v, np.nan) if k in EXTERNAL_PHOT else v) for k, v in batch.items()})
+    assert np.abs(blind["feh"] - here["feh"]).max() > 1e-3
+
+
 def _csv(path, header, rows):
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
     return path

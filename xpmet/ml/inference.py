@@ -19,10 +19,11 @@ import torch
 
 from xpmet.errors import XpmetError
 from xpmet.ml import checkpoint, ood
+from xpmet.db.models.photometry import EXTERNAL_PHOT
 from xpmet.flags import PREDICTION_BITS
 from xpmet.ml.dataset import XPArrays, from_batch
 from xpmet.ml.models import Emulator, Estimator, emulator_outputs, estimator_inputs, fit_emulator
-from xpmet.ml.normalise import GAIA_SOURCES, LABELS, Normaliser, emulator_params, network_columns
+from xpmet.ml.normalise import GAIA_SOURCES, IR_EXTRAS, LABELS, Normaliser, emulator_params, network_columns
 
 #: whole-spectrum S/N below which ``low_snr`` is set: the 5th percentile of real DR3 spectra at
 #: 17 < G < 17.65 is ~310 (tests/data/xp/xp_continuous_combined_chunk0.fits, tests/test_ood.py),
@@ -85,12 +86,12 @@ class Predictor:
             self.model_id = json.loads(mj.read_text()).get("model_id")
         self.uses_correlations = bool(self.config.get("correlations")) and self.kind == "emulator"
         self.needs = list(BASE_NEEDS)
-        if self.kind == "emulator":  # its likelihood scales the errors by them (DR3's convention)
-            self.needs += ["bp_standard_deviation", "rp_standard_deviation"]
         if self.uses_correlations:
             self.needs += ["bp_coefficient_correlations", "rp_coefficient_correlations"]
-        if n_extra:  # 2MASS/WISE columns are used when a batch carries them, else marked missing
+        if n_extra:
             self.needs += [c for c in GAIA_SOURCES if c not in self.needs]
+            if set(self.norm.extra.names) & set(IR_EXTRAS):  # read from xpmet.external_photometry
+                self.needs += list(EXTERNAL_PHOT)
         self._f = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=self.device)  # noqa: E731
         self.x_mean, self.x_scale = self._f(self.norm.x.mean), self._f(self.norm.x.std)
         self.ood = ood.load(d)  # None for directories written before it existed: no unlike_training bit

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import psycopg
 
-from xpmet.db.models.columns import copy_columns, fixed_width_columns
+from xpmet.db.models.columns import EXTERNAL_ALIAS, copy_columns, fixed_width_columns
 from xpmet.db.models.core import predictions as predictions_table
 from xpmet.errors import XpmetError
 from xpmet.io.pgcopy import Col
@@ -58,8 +58,11 @@ def _select(inputs, model_id: int, lo: int, hi: int, where: str | None) -> str:
     # would otherwise walk every gaia_source row and earlier prediction below the chunk.
     rng = lambda t: f"{t}.source_id >= {int(lo)} AND {t}.source_id < {int(hi)}"  # noqa: E731
     cond = rng("x") + (f" AND ({where})" if where else "")
+    e = EXTERNAL_ALIAS
+    external = (f"LEFT JOIN xpmet.external_photometry {e} ON {e}.source_id = x.source_id AND {rng(e)} "
+                if any(expr.startswith(f"coalesce({e}.") for expr, _ in inputs) else "")
     return (f"SELECT {', '.join(e for e, _ in inputs)} FROM xpmet.xp_continuous x "
-            f"LEFT JOIN xpmet.gaia_source g ON g.source_id = x.source_id AND {rng('g')} "
+            f"LEFT JOIN xpmet.gaia_source g ON g.source_id = x.source_id AND {rng('g')} {external}"
             f"WHERE {cond} AND NOT EXISTS (SELECT 1 FROM xpmet.predictions p "
             f"WHERE p.model_id = {int(model_id)} AND {rng('p')} AND p.source_id = x.source_id "
             f"AND p.load_id = x.load_id) ORDER BY x.source_id")

@@ -43,14 +43,18 @@ def numpy_dtype(column: sa.Column) -> str:
     return {"bool": "bool", "text": "object"}.get(code, code)
 
 
+#: the alias fixed_width_columns gives xpmet.external_photometry (its callers join it under this name)
+EXTERNAL_ALIAS = "e"
 _SQL_ARRAY = {"f8[]": "float8", "f4[]": "real"}
 
 
 def fixed_width_columns(names) -> list[tuple[str, Col]]:
-    """(SQL expression, Col) per column of xp_continuous (alias x) or gaia_source (alias g), in a form
-    every row has the same width in: NULL scalars become NaN, a NULL array a row of NaN. What
-    :func:`xpmet.io.copyout.select_arrays` decodes."""
+    """(SQL expression, Col) per column of xp_continuous (alias x), gaia_source (alias g) or the view
+    external_photometry (alias e, :data:`EXTERNAL_ALIAS`), in a form every row has the same width in:
+    NULL scalars become NaN, a NULL array a row of NaN. What :func:`xpmet.io.copyout.select_arrays`
+    decodes."""
     from xpmet.db.models.core import N_COEF, N_CORR, gaia_source, xp_continuous
+    from xpmet.db.models.photometry import EXTERNAL_PHOT
     from xpmet.errors import XpmetError
     out = []
     for name in dict.fromkeys(names):
@@ -60,10 +64,13 @@ def fixed_width_columns(names) -> list[tuple[str, Col]]:
             typ = type_code(xp_continuous.c[name])
             n = N_CORR if name.endswith("correlations") else N_COEF
             out.append((f"coalesce(x.{name}, array_fill('NaN'::{_SQL_ARRAY[typ]}, ARRAY[{n}]))", Col(name, typ, n)))
+        elif name in EXTERNAL_PHOT:
+            out.append((f"coalesce({EXTERNAL_ALIAS}.{name}::float8, 'NaN')", Col(name, "f8")))
         else:
             table = "x" if name in xp_continuous.c else "g" if name in gaia_source.c else None
             if table is None:
-                raise XpmetError(f"column {name!r}, which is neither in xp_continuous nor in gaia_source")
+                raise XpmetError(f"column {name!r}, which is in none of xp_continuous, gaia_source and "
+                                 "external_photometry")
             col = (xp_continuous if table == "x" else gaia_source).c[name]
             typ = type_code(col)
             if typ not in ("f4", "f8"):

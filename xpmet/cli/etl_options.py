@@ -1,4 +1,5 @@
-"""Options and the closing summary shared by ``xpmet etl gaia-source`` and ``xpmet etl xp``."""
+"""Options and the closing summary shared by ``xpmet etl gaia-source`` and ``xpmet etl xp``; the choice of
+descriptor shared by the descriptor-driven ``xpmet etl survey`` and ``xpmet etl photometry``."""
 import click
 
 from xpmet.distributed import CLUSTER_HELP
@@ -17,6 +18,32 @@ _common = [
     click.option("--no-progress", is_flag=True, help="No progress bar."),
     click.option("--cluster", metavar="ADDRESS", help=CLUSTER_HELP + " One task per file."),
 ]
+
+
+def descriptor_and_files(name, files, descriptor_path, load, what: str):
+    """(descriptor, files) of a descriptor-driven command: a shipped NAME, or --descriptor (then a NAME
+    given too is the first file)."""
+    if descriptor_path:
+        return load(descriptor_path), ((name, *files) if name else files)
+    if name:
+        return load(name), files
+    raise XpmetError(f"give a {what} (see --list) or --descriptor my.toml, then the files")
+
+
+def report_files(results, describe) -> None:
+    """One line per file of a descriptor-driven load (``describe(result)`` says what a loaded one
+    holds), then an error naming how many failed."""
+    for r in results:
+        if r.error:
+            click.secho(f"FAILED {r.error}", fg="red", err=True)
+        elif r.skipped:
+            click.echo(f"{r.path}: already loaded ({r.n_rows} rows), skipped; --replace reloads it")
+        else:
+            describe(r)
+    failed = [r for r in results if r.error]
+    if failed:
+        raise XpmetError(f"{len(failed)} of {len(results)} file(s) failed (listed above); the others loaded. "
+                         "Fix the failed files and run again: loaded files are skipped.")
 
 
 def with_common(f):

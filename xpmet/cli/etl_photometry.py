@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from xpmet.errors import XpmetError
+from xpmet.cli.etl_options import descriptor_and_files, report_files
 
 
 @click.command("photometry")
@@ -36,27 +36,12 @@ def photometry(catalogue, files, best_neighbour, descriptor_path, replace, list_
             d = load_catalogue(n)
             click.echo(f"{n:24s} {d.title} -> xpmet.{d.table}")
         return
-    if descriptor_path:
-        if catalogue:  # CATALOGUE given with --descriptor is the first file
-            files = (catalogue, *files)
-        d = load_catalogue(descriptor_path)
-    elif catalogue:
-        d = load_catalogue(catalogue)
-    else:
-        raise XpmetError("give a CATALOGUE (see --list) or --descriptor my.toml, then the files")
-    results = load_photometry(d, files, best_neighbour=best_neighbour, replace=replace)
-    for r in results:
-        if r.error:
-            click.secho(f"FAILED {r.error}", fg="red", err=True)
-        elif r.skipped:
-            click.echo(f"{r.path}: already loaded ({r.n_rows} rows), skipped; --replace reloads it")
-        else:
-            nulled = ", ".join(f"{k} {v}" for k, v in r.nulled.items())
-            click.echo(f"{r.path}: {r.n_rows} rows of {r.catalogue}"
-                       + (f"; sentinels or out-of-range values stored as NULL: {nulled}" if nulled else ""))
-            if r.absent:
-                click.echo(f"  not in this file (left NULL): {', '.join(r.absent)}")
-    failed = [r for r in results if r.error]
-    if failed:
-        raise XpmetError(f"{len(failed)} of {len(results)} file(s) failed (listed above); the others loaded. "
-                         "Fix the failed files and run again: loaded files are skipped.")
+    d, files = descriptor_and_files(catalogue, files, descriptor_path, load_catalogue, "CATALOGUE")
+
+    def describe(r):
+        nulled = ", ".join(f"{k} {v}" for k, v in r.nulled.items())
+        click.echo(f"{r.path}: {r.n_rows} rows of {r.catalogue}"
+                   + (f"; sentinels or out-of-range values stored as NULL: {nulled}" if nulled else ""))
+        if r.absent:
+            click.echo(f"  not in this file (left NULL): {', '.join(r.absent)}")
+    report_files(load_photometry(d, files, best_neighbour=best_neighbour, replace=replace), describe)

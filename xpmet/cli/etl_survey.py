@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
+from xpmet.cli.etl_options import descriptor_and_files, report_files
 from xpmet.distributed import CLUSTER_HELP
-from xpmet.errors import XpmetError
 
 
 @click.command("survey")
@@ -33,22 +33,9 @@ def survey(name, files, descriptor_path, replace, list_, cluster):
             d = load_descriptor(n)
             click.echo(f"{n:10s} {d.title} ({d.release})")
         return
-    if descriptor_path:
-        if name:  # NAME given with --descriptor is the first file
-            files = (name, *files)
-        d = load_descriptor(descriptor_path)
-    elif name:
-        d = load_descriptor(name)
-    else:
-        raise XpmetError("give a survey NAME (see --list) or --descriptor my.toml, then the files")
-    results = load_survey(d, files, replace=replace, check=False, cluster=cluster)
-    for r in results:
-        if r.error:
-            click.secho(f"FAILED {r.error}", fg="red", err=True)
-            continue
-        if r.skipped:
-            click.echo(f"{r.path}: already loaded ({r.n_rows} rows), skipped; --replace reloads it")
-            continue
+    d, files = descriptor_and_files(name, files, descriptor_path, load_descriptor, "survey NAME")
+
+    def describe(r):
         flagged = ", ".join(f"{k} {v}" for k, v in r.bit_counts.items() if v)
         click.echo(f"{r.path}: {r.n_rows} rows of {r.survey}, {r.n_ok} quality_ok"
                    + (f"; flagged: {flagged}" if flagged else ""))
@@ -56,7 +43,4 @@ def survey(name, files, descriptor_path, replace, list_, cluster):
             click.echo(f"  not in this file (left NULL / rule skipped): {', '.join(r.absent)}")
         for note in r.notes:
             click.echo(f"  WARNING {note}")
-    failed = [r for r in results if r.error]
-    if failed:
-        raise XpmetError(f"{len(failed)} of {len(results)} file(s) failed (listed above); the others loaded. "
-                         "Fix the failed files and run again: loaded files are skipped.")
+    report_files(load_survey(d, files, replace=replace, check=False, cluster=cluster), describe)

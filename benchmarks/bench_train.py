@@ -169,7 +169,6 @@ def by_g(values, g, edges):
 def throughput(a, h5):
     """Samples/s of xpmet's training epoch vs a bare loop over in-memory tensors (same model, batch)."""
     import torch
-    from xpmet.ml import dataset as ds
     from xpmet.ml.models import estimator_inputs, heteroscedastic_nll
     from xpmet.ml.normalise import network_columns
     from xpmet.ml.train import Tensors, TrainConfig, Trainer, build_model, load_splits, train_epoch
@@ -239,10 +238,15 @@ def main():
         for seed in (int(v) for v in a.seeds.split(",")):
             a.seed, a.workdir = seed, str(root / f"s{seed}")
             reports.append(run_one(a))
-        agg = aggregate(reports)
+        agg = aggregate(reports) if a.only == "estimator" else aggregate_flags(reports)
         (root / f"report{a.tag}.json").write_text(json.dumps({"seeds": reports, "aggregate": agg}, indent=1,
                                                              default=float))
-        print_table(agg, [r["seed"] for r in reports], train_options(a))
+        if a.only == "estimator":
+            print_table(agg, [r["seed"] for r in reports], train_options(a))
+        else:
+            print(f"quality flags, median [min,max] of seeds {a.seeds}:")
+            for k, (m, lo, hi) in agg.items():
+                print(f"  {k:40s} {m:8.3f} [{lo:.3f}, {hi:.3f}]")
         return
     run_one(a)
 
@@ -449,6 +453,17 @@ def aggregate(reports) -> list[dict]:
     return out
 
 
+def aggregate_flags(reports) -> dict:
+    """--only flags: each scalar figure's median over seeds and (min, max)."""
+    out = {}
+    for k, v0 in reports[0]["flags"].items():
+        if isinstance(v0, (int, float)):
+            v = np.asarray([rep["flags"][k] for rep in reports], np.float64)
+            v = v[np.isfinite(v)]
+            out[k] = (float(np.median(v)), float(v.min()), float(v.max())) if v.size else (np.nan,) * 3
+    return out
+
+
 def print_table(agg, seeds, opts):
     def f(t, fmt):
         m, lo, hi = t
@@ -521,6 +536,9 @@ def flag_figures(model_dir, truth_path, max_stars, seed) -> dict:
     r["vmp_outside_training_range"] = int((vmp & ~inside).sum())
     r["out_of_training_range_on_vmp_outside"] = float(has_bit["out_of_training_range"][vmp & ~inside].mean()) \
         if (vmp & ~inside).any() else float("nan")
+    # the stars the training labels cover: rare is not reason enough to withhold `recommended`
+    r["recommended_vmp_inside"] = float(rec[inside].mean()) if inside.any() else float("nan")
+    r["recommended_gap_points_inside"] = 100 * (r["recommended_all_stars"] - r["recommended_vmp_inside"])
     # poor_fit: are the flagged answers worse? (stars, both bands)
     res = out["feh"] - feh
     z = res / out["feh_err"]
@@ -539,7 +557,8 @@ def print_flags(f):
           f"of {f['quasar']['n']}, white dwarfs {pct(f['white_dwarf']['flagged'])} of {f['white_dwarf']['n']}")
     print(f"  recommended: all stars {pct(f['recommended_all_stars'])}, [Fe/H] < -2 {pct(f['recommended_vmp'])} "
           f"(gap {f['recommended_gap_points']:+.1f} points, target within 5); at G < 16: "
-          f"{pct(f['recommended_all_stars_g16'])} vs {pct(f['recommended_vmp_g16'])}")
+          f"{pct(f['recommended_all_stars_g16'])} vs {pct(f['recommended_vmp_g16'])}; [Fe/H] < -2 inside the "
+          f"training labels' range {pct(f['recommended_vmp_inside'])} (gap {f['recommended_gap_points_inside']:+.1f})")
     print(f"  out_of_training_range on the {f['vmp_inside_training_range']} [Fe/H] < -2 stars inside the training "
           f"labels' range (Teff, log g, [Fe/H]; [Fe/H] {f['training_feh_range'][0]:.2f}..{f['training_feh_range'][1]:.2f}): "
           f"{pct(f['out_of_training_range_on_vmp_inside'])}; on the {f.get('vmp_outside_training_range')} outside it: "

@@ -270,3 +270,31 @@ def test_prior_weights_make_the_labelled_stars_count_as_the_target_magnitudes():
     assert w.mean() == pytest.approx(1.0)
     assert w[900:].mean() > 5 * w[:900].mean()
     assert np.all(prior_weights(g, []) == 1)
+
+
+def test_sigma_scale_matches_the_validation_residuals():
+    """A model stating twice the spread its answers have gets its uncertainty halved (k ~ 0.5), solved
+    here independently of the bisection; label errors count, and a label without stars keeps k = 1."""
+    from scipy.optimize import brentq
+    from xpmet.ml import distributed as dist
+    from xpmet.ml.train import Tensors, TrainConfig, build_model, sigma_scale
+    rng = np.random.default_rng(5)
+    arr = _arrays(400, 14.0)
+    arr.labels[:, 2] = rng.normal(-1.0, 0.5, 400)
+    arr.labels[:, 3] = np.nan                      # no [alpha/Fe] labels at all
+    norm, _, _, _ = _degrade(arr, 16.0)
+    norm.labels.mean[:], norm.labels.std[:] = 0.0, 1.0  # physical units = network units
+    t = Tensors(arr, norm, "estimator", torch.device("cpu"))
+    config = TrainConfig(hidden=(8,))
+    net = build_model(config, norm)
+    last = net.net[-1]
+    torch.nn.init.zeros_(last.weight)
+    rms = float(np.sqrt(np.mean((arr.labels[:, 2] + 1.0) ** 2)))
+    with torch.no_grad():
+        last.bias[:] = torch.tensor([5000.0, 4.0, -1.0, 0.0] + [np.log(2 * rms)] * 4)
+    k = sigma_scale([net.state_dict()], config, norm, t, 128, dist.Context())
+    r2, v, e2 = (arr.labels[:, 2] + 1.0) ** 2, (2 * rms) ** 2, 0.1 ** 2
+    keep = r2 < 25 * (v + e2)
+    want = brentq(lambda s: np.sum(r2[keep] / (s * s * v + e2)) - keep.sum(), 0.25, 4.0)
+    assert abs(k[2] - want) < 1e-3 and 0.4 < k[2] < 0.5
+    assert k[3] == 1.0

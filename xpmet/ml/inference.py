@@ -178,7 +178,8 @@ class Predictor:
         spread = mus.var(0)
         var = sig2.mean(0) + spread  # ensemble = mixture: aleatoric + disagreement
         mean = n.labels.inverse(mu)
-        err = np.sqrt(var) * n.labels.std
+        # the training's calibration on the degraded validation stars (xpmet.ml.train.sigma_scale)
+        err = np.sqrt(var) * n.labels.std * np.asarray(self.config.get("sigma_scale") or 1.0)
         if len(self.members) > 1:
             fit_stat = np.sqrt(spread[:, 2] / sig2.mean(0)[:, 2])  # [Fe/H] disagreement in units of sigma
             poor = fit_stat > POOR_FIT_SPREAD

@@ -61,6 +61,7 @@ class TrainConfig:
     inputs: str = "xp+gaia"      # estimator: "xp" (coefficients only) or + parallax and colours (+ 2MASS/WISE)
     valid_copies: int = 3        # estimator: validation stars degraded this many times to the target G (0: as observed)
     prior_weight: bool = False   # estimator: weight training stars by target/labelled G density
+    calibrate_sigma: bool = True # estimator: scale the stated uncertainties to the degraded validation residuals
     augment_noise: str = "auto"  # estimator: "auto" (each star's covariance when the file has correlations) | "diagonal"
     dropout: float = 0.0
     clip: float = 10.0           # gradient-norm clipping (0: off); steadies the heteroscedastic loss
@@ -495,6 +496,9 @@ def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume,
         state["current"] = None
         if main:
             _atomic_save(state, ckpt_path)
+    scale = None
+    if config.kind == "estimator" and config.calibrate_sigma:  # every rank: the sums are shared
+        scale = sigma_scale(state["members"], config, norm, t_valid, batch * 8, ctx)
     seconds = time.time() - t0
     if not main:
         return out
@@ -511,6 +515,8 @@ def _train(ctx: dist.Context, data_path, out: Path, config: TrainConfig, resume,
                             "run_id": state.get("run_id")}
     if config.kind == "estimator":  # what the degradation drew from: a file without correlations -> diagonal
         cfg |= {"augment_noise_used": noise, "extra_inputs": list(norm.extra.names) if norm.extra else []}
+        if scale is not None:
+            cfg["sigma_scale"] = scale
     (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
     fp = ds.fingerprint(data_path)
     (out / "fingerprint.txt").write_text(fp + "\n")
@@ -600,6 +606,38 @@ def validation_loss(model, trainer: Trainer, t: Tensors, batch: int) -> float:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def sigma_scale(members, config: TrainConfig, norm: Normaliser, t: Tensors, batch: int, ctx,
+                bounds=(0.25, 4.0), clip: float = 5.0, steps: int = 40) -> list[float]:
+    """Per label, the factor k for the stated uncertainty that makes the validation stars' residuals
+    (degraded to the target magnitudes, as the stars predicted) consistent with it:
+    sum w r^2 / (k^2 var + y_err^2) = sum w, over the stars with |r| < clip sqrt(var + y_err^2) at k = 1.
+    r and var are the ensemble's, combined as inference combines them (mixture). Bisection in log k;
+    the sums are taken over the ranks' shards, so every rank finds the same k."""
+    L = t.layout
+    mus, sig2 = [], []
+    for state in members:
+        net = build_model(config, norm).to(t.packed.device)
+        net.load_state_dict(state)
+        net.eval()
+        out = [net(t.fixed[i:i + batch]) for i in range(0, t.n, batch)]
+        mus.append(torch.cat([o[0] for o in out]).double())
+        sig2.append(torch.exp(2 * torch.cat([o[1] for o in out]).double()))
+    mu, s2 = torch.stack(mus), torch.stack(sig2)
+    var = s2.mean(0) + mu.var(0, unbiased=False)
+    r2 = (t.packed[:, L["y"]].double() - mu.mean(0)) ** 2
+    e2 = t.packed[:, L["y_err"]].double() ** 2
+    w = t.packed[:, L["known"]].double() * (r2 < clip ** 2 * (var + e2))
+    target = dist.sum_across(ctx, w.sum(0).tolist())
+    lo, hi = np.full(len(target), np.log(bounds[0])), np.full(len(target), np.log(bounds[1]))
+    for _ in range(steps):  # the sum falls as k grows
+        k2 = torch.as_tensor(np.exp(2 * (lo + hi) / 2), device=var.device)
+        got = np.asarray(dist.sum_across(ctx, (w * r2 / (k2 * var + e2)).sum(0).tolist()))
+        above = got > np.asarray(target)
+        lo, hi = np.where(above, (lo + hi) / 2, lo), np.where(above, hi, (lo + hi) / 2)
+    return [float(np.exp((a + b) / 2)) if n > 0 else 1.0 for a, b, n in zip(lo, hi, target)]
+
+
 def validation_sums(model, trainer: Trainer, t: Tensors, batch: int) -> tuple[float, int]:
     """(sum of batch losses x batch sizes, rows): summable over the ranks' shards."""
     model.eval()

@@ -391,7 +391,7 @@ TABLE_G = (9.0, 12.0, 14.0, 16.0, 17.65)
 
 def _never_surveyed_sources(truth_path, max_stars, seed):
     """Never-surveyed XP sources (stars and the injected non-stellar ones) from the database, with
-    their true class and labels."""
+    their true class and true (Teff, log g, [Fe/H]) as an (n, 3) array."""
     from astropy.table import Table
     from xpmet.ml import dataset as ds
     t = Table.read(truth_path)
@@ -404,14 +404,15 @@ def _never_surveyed_sources(truth_path, max_stars, seed):
     order = np.argsort(sid)
     pos = order[np.searchsorted(sid[order], arr.source_id)]
     cls = np.asarray(t["source_class"]).astype(str)[pos] if "source_class" in t.colnames else np.full(len(arr), "star")
-    return arr, cls, np.asarray(t["feh"], np.float64)[pos]
+    return arr, cls, np.column_stack([np.asarray(t[k], np.float64)[pos] for k in ("teff", "logg", "feh")])
 
 
 def estimator_table(est_dir, ref_dir, truth_path, max_stars, seed) -> list[dict]:
     """Per G bin (TABLE_G) figures of the estimator on never-surveyed sources against the truth."""
     from xpmet.ml.evaluate import robust_scatter
     from xpmet.ml.inference import load_predictor
-    arr, cls, feh = _never_surveyed_sources(truth_path, max_stars, seed)
+    arr, cls, true3 = _never_surveyed_sources(truth_path, max_stars, seed)
+    feh = true3[:, 2]
     p, r = load_predictor(est_dir).predict_arrays(arr), load_predictor(ref_dir).predict_arrays(arr)
     g, star = arr.g_mag, cls == "star"
     rows = []
@@ -486,25 +487,11 @@ def print_table(agg, seeds, opts):
 
 def flag_figures(model_dir, truth_path, max_stars, seed) -> dict:
     """Quality flags of a model on never-surveyed XP sources, scored against the simulation's truth."""
-    from astropy.table import Table
     from xpmet.flags import PREDICTION_BITS
-    from xpmet.ml import dataset as ds
     from xpmet.ml.evaluate import OUTLIER, robust_scatter
     from xpmet.ml.inference import load_predictor
-    t = Table.read(truth_path)
-    sid = np.asarray(t["source_id"], np.int64)
-    surveyed = np.char.strip(np.asarray(t["surveys"]).astype(str)) != ""
-    sel = np.flatnonzero(np.asarray(t["has_xp"], bool) & ~surveyed)
-    if max_stars and sel.size > max_stars:
-        sel = np.sort(np.random.default_rng(seed).choice(sel, max_stars, replace=False))
-    arr = ds.read_db(sid[sel])
-    pos = np.searchsorted(sid, arr.source_id) if np.all(np.diff(sid) > 0) else None
-    if pos is None:
-        order = np.argsort(sid)
-        pos = order[np.searchsorted(sid[order], arr.source_id)]
-    cls = np.asarray(t["source_class"]).astype(str)[pos] if "source_class" in t.colnames else np.full(len(arr), "star")
-    feh = np.asarray(t["feh"], np.float64)[pos]
-    true3 = np.column_stack([np.asarray(t[k], np.float64)[pos] for k in ("teff", "logg", "feh")])
+    arr, cls, true3 = _never_surveyed_sources(truth_path, max_stars, seed)
+    feh = true3[:, 2]
     p = load_predictor(model_dir)
     out = p.predict_arrays(arr)
     qf, rec, g = out["quality_flags"], out["recommended"], arr.g_mag

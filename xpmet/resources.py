@@ -34,19 +34,27 @@ def sql_text(name: str) -> str:
     return files(SQL).joinpath(name).read_text()
 
 
+def _toml(package: str, name: str) -> Traversable:
+    return files(package).joinpath(f"{name}.toml")
+
+
+def _toml_names(package: str) -> list[str]:
+    return sorted(p.name[:-5] for p in files(package).iterdir() if p.name.endswith(".toml"))
+
+
 def survey_descriptor(name: str) -> Traversable:
     """etl/surveys/<name>.toml (may not exist: check .is_file())."""
-    return files(SURVEY_DESCRIPTORS).joinpath(f"{name}.toml")
+    return _toml(SURVEY_DESCRIPTORS, name)
 
 
 def survey_descriptor_names() -> list[str]:
-    return sorted(p.name[:-5] for p in files(SURVEY_DESCRIPTORS).iterdir() if p.name.endswith(".toml"))
+    return _toml_names(SURVEY_DESCRIPTORS)
 
 
 def photometry_descriptor(name: str) -> Traversable:
     """etl/photometry/<name>.toml (may not exist: check .is_file())."""
-    return files(PHOTOMETRY_DESCRIPTORS).joinpath(f"{name}.toml")
+    return _toml(PHOTOMETRY_DESCRIPTORS, name)
 
 
 def photometry_descriptor_names() -> list[str]:
-    return sorted(p.name[:-5] for p in files(PHOTOMETRY_DESCRIPTORS).iterdir() if p.name.endswith(".toml"))
+    return _toml_names(PHOTOMETRY_DESCRIPTORS)

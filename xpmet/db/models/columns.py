@@ -45,7 +45,7 @@ def numpy_dtype(column: sa.Column) -> str:
 
 #: the alias fixed_width_columns gives xpmet.external_photometry (its callers join it under this name)
 EXTERNAL_ALIAS = "e"
-_SQL_ARRAY = {"f8[]": "float8", "f4[]": "real"}
+_SQL_FLOAT = {"f8": "float8", "f4": "real"}
 
 
 def fixed_width_columns(names) -> list[tuple[str, Col]]:
@@ -63,7 +63,7 @@ def fixed_width_columns(names) -> list[tuple[str, Col]]:
         elif name.endswith(("_coefficients", "_coefficient_errors", "_coefficient_correlations")):
             typ = type_code(xp_continuous.c[name])
             n = N_CORR if name.endswith("correlations") else N_COEF
-            out.append((f"coalesce(x.{name}, array_fill('NaN'::{_SQL_ARRAY[typ]}, ARRAY[{n}]))", Col(name, typ, n)))
+            out.append((f"coalesce(x.{name}, array_fill('NaN'::{_SQL_FLOAT[typ[:-2]]}, ARRAY[{n}]))", Col(name, typ, n)))
         elif name in EXTERNAL_PHOT:
             out.append((f"coalesce({EXTERNAL_ALIAS}.{name}::float8, 'NaN')", Col(name, "f8")))
         else:
@@ -73,8 +73,7 @@ def fixed_width_columns(names) -> list[tuple[str, Col]]:
                                  "external_photometry")
             col = (xp_continuous if table == "x" else gaia_source).c[name]
             typ = type_code(col)
-            if typ not in ("f4", "f8"):
+            if typ not in _SQL_FLOAT:
                 raise XpmetError(f"column {name!r}, which is not a float column (type {typ})")
-            sqltype = "float8" if typ == "f8" else "real"
-            out.append((f"coalesce({table}.{name}::{sqltype}, 'NaN')", Col(name, typ)))
+            out.append((f"coalesce({table}.{name}::{_SQL_FLOAT[typ]}, 'NaN')", Col(name, typ)))
     return out

@@ -198,6 +198,8 @@ def _fit_label(label, star, surv, y, err, floor0, Z, anchor, settings):
         free = [s for s in noisy if (((S @ (w_ok & (surv == s))) > 0) & (n_kept >= 2)).sum() >= MIN_NOISE_STARS]
         if free and round_ < 3:
             med = {s: float(np.median(err[surv == s])) for s in free}
+            use = w_ok & (n_kept[star] >= 2)   # fixed while the noise model is fitted
+            shared = n_kept >= 2
 
             def nll(p):
                 sc, fl = scale.copy(), floor.copy()
@@ -209,15 +211,13 @@ def _fit_label(label, star, surv, y, err, floor0, Z, anchor, settings):
                 ok = D > 0
                 dx = np.where(ok, (S @ (ww * d * r)) / np.where(ok, D, 1), 0)
                 rr = r - d * dx[star]
-                n_k = S @ w_ok.astype(float)
-                use = w_ok & (n_k[star] >= 2)
                 # + weak priors (reported errors are right unless the data say otherwise; a floor
                 # about the descriptor's): two surveys seen mostly with each other only fix the sum
                 # of their variances
                 prior = sum((math.log(p[2 * i]) / SCALE_PRIOR) ** 2
                             + (p[2 * i + 1] * med[s] / max(prior_floor[s], 1e-3 * med[s])) ** 2
                             for i, s in enumerate(free))
-                return float(np.sum(np.log(vv[use])) + np.sum(np.log(D[n_k >= 2])) + np.sum(ww[use] * rr[use] ** 2)
+                return float(np.sum(np.log(vv[use])) + np.sum(np.log(D[shared])) + np.sum(ww[use] * rr[use] ** 2)
                              + prior)
 
             p0 = np.concatenate([[scale[s], floor[s] / med[s]] for s in free])

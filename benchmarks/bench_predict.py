@@ -216,19 +216,15 @@ def model_rate(url, model_dir, n=50_000, repeat=3) -> float:
     """Rows/s of a trained model's own predict() on decoded batches (no database in the timing),
     median of ``repeat`` passes."""
     from xpmet.db.engine import raw_connect
-    from xpmet.io.copyout import RowReader
+    from xpmet.io.copyout import select_arrays
     from xpmet.ml.inference import load_predictor
     from xpmet.predict import input_columns
     p = load_predictor(model_dir)
     inputs = input_columns(p.needs)
-    sql = (f"COPY (SELECT {', '.join(e for e, _ in inputs)} FROM xpmet.xp_continuous x LEFT JOIN "
-           f"xpmet.gaia_source g ON g.source_id = x.source_id ORDER BY x.source_id LIMIT {int(n)}) TO STDOUT (FORMAT binary)")
-    dec = RowReader([c for _, c in inputs], max_rows=4096)
-    batches = []
-    with raw_connect(url) as c, c.cursor() as cur, cur.copy(sql) as cp:
-        for block in cp:
-            batches += dec.feed(block)
-    batches += dec.finish()
+    sql = (f"SELECT {', '.join(e for e, _ in inputs)} FROM xpmet.xp_continuous x LEFT JOIN "
+           f"xpmet.gaia_source g ON g.source_id = x.source_id ORDER BY x.source_id LIMIT {int(n)}")
+    with raw_connect(url) as c:
+        batches = list(select_arrays(c, sql, None, [col for _, col in inputs], max_rows=4096))
     rates = []
     for _ in range(repeat):
         t0 = time.perf_counter()

@@ -326,6 +326,12 @@ def fit(rows: dict, reference: str, fallback: str | None, settings: dict) -> lis
     survey, label, value, err, floor0; one entry per source, survey and label)."""
     out = []
     names = dict(zip(rows["survey_id"].tolist(), rows["survey"].tolist()))
+    # each survey's own Teff and log g of a star, the covariates of the other labels' fits
+    by_star = {}
+    for cov in ("teff", "logg"):
+        c = rows["label"] == cov
+        by_star[cov] = dict(zip(zip(rows["source_id"][c].tolist(), rows["survey_id"][c].tolist()),
+                                rows["value"][c].tolist()))
     for label in sorted(set(rows["label"].tolist())):
         sel = rows["label"] == label
         sid, src = rows["survey_id"][sel], rows["source_id"][sel]
@@ -342,14 +348,8 @@ def fit(rows: dict, reference: str, fallback: str | None, settings: dict) -> lis
             s_ids = np.array(present)
             surv = np.searchsorted(s_ids, sid)
             _, star = np.unique(src, return_inverse=True)
-            Z = {}
-            for cov in ("teff", "logg"):
-                if cov == label:
-                    continue
-                c = rows["label"] == cov
-                key = dict(zip(zip(rows["source_id"][c].tolist(), rows["survey_id"][c].tolist()),
-                               rows["value"][c].tolist()))
-                Z[cov] = np.array([key.get(k, np.nan) for k in zip(src.tolist(), sid.tolist())], float)
+            Z = {cov: np.array([key.get(k, np.nan) for k in zip(src.tolist(), sid.tolist())], float)
+                 for cov, key in by_star.items() if cov != label}
             y = rows["value"][sel].astype(float)
             err = rows["err"][sel].astype(float)
             floor0 = np.nan_to_num(rows["floor0"][sel].astype(float))
@@ -367,8 +367,9 @@ def fit(rows: dict, reference: str, fallback: str | None, settings: dict) -> lis
                 row["status"] = status.get(s, "uncalibrated")
             r = res.get(s, {})
             if s == anchor_id and not r:
-                r = {"knots": list(KNOTS.get(label, (0.0,))), "offsets": [0.0] * len(KNOTS.get(label, (0.0,))),
-                     "offset_errs": [0.0] * len(KNOTS.get(label, (0.0,))), "zero_point": 0.0, "zero_point_err": 0.0}
+                knots = list(KNOTS.get(label, (0.0,)))
+                r = {"knots": knots, "offsets": [0.0] * len(knots), "offset_errs": [0.0] * len(knots),
+                     "zero_point": 0.0, "zero_point_err": 0.0}
             row.update(r, teff_pivot=TEFF_PIVOT, logg_pivot=LOGG_PIVOT)
             out.append(row)
     return out

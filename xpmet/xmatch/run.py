@@ -128,6 +128,12 @@ def analyze_if_changed(conn, tables):
 SEARCH_SETTINGS = ("work_mem = '256MB'", "enable_seqscan = off", "enable_nestloop = off")
 
 
+def _set_search_settings(conn) -> None:
+    """SET LOCAL each of SEARCH_SETTINGS in ``conn``'s open transaction."""
+    for s in SEARCH_SETTINGS:
+        conn.execute("SET LOCAL " + s)
+
+
 class _WorkerRows(threading.Thread):
     """Runs the matching SELECT on its own connection, on an exported snapshot, into binary COPY data."""
 
@@ -142,8 +148,7 @@ class _WorkerRows(threading.Thread):
             with raw_connect(self.url) as c:
                 c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ   # needed to import a snapshot
                 c.execute(psql.SQL("SET TRANSACTION SNAPSHOT {}").format(psql.Literal(self.snapshot)))
-                for s in SEARCH_SETTINGS:   # jit is off per session (raw_connect)
-                    c.execute("SET LOCAL " + s)
+                _set_search_settings(c)   # jit is off per session (raw_connect)
                 query = psycopg.ClientCursor(c).mogrify(self.select, self.params)   # COPY takes no parameters
                 with c.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT (FORMAT binary)") as cp:
                     self.chunks = [bytes(b) for b in cp]
@@ -177,6 +182,8 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
     from xpmet.progress import progress_bar
     p = params or XmatchParams()
     p.validate()
+    matcher = algorithm(p.epoch)
+    matcher.validate(p)  # before the lock and any statement: a refusal costs nothing
     t0 = time.perf_counter()
     stages, last = {}, [t0]
 
@@ -220,11 +227,8 @@ def run_xmatch(params: XmatchParams | None = None, url: str | None = None, make_
         args = {"pm_cap": p.pm_cap, "max_r": max_r, "max_dt": float(max_dt), "run_id": run_id,
                 "sid": [s[0] for s in per_survey], "radius": [s[2] for s in per_survey],
                 "nopm_radius": [s[3] for s in per_survey], "id_radius": [s[4] for s in per_survey]}
-        matcher = algorithm(p.epoch)
-        matcher.validate(p)
         part = create_partition(conn, run_id)
-        for s in SEARCH_SETTINGS:
-            conn.execute("SET LOCAL " + s)
+        _set_search_settings(conn)
         if workers > 1:
             # q3c's functions are not parallel safe, so PostgreSQL runs the probes on one core: a second
             # connection, on this transaction's snapshot, matches a share of the rows at the same time

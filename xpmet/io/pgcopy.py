@@ -126,7 +126,9 @@ def encode(cols: list[Col], data: dict, header: bool = True, trailer: bool = Tru
         for i in numeric:
             c = cols[i]
             vals = None if pattern[i] else np.asarray(np.ma.getdata(data[c.name]))
-            _fill(rec, c, bool(pattern[i]), vals if vals is None or inverse is None else vals[rows])
+            if vals is not None and inverse is not None:  # one pattern: every row, no gather
+                vals = vals[rows]
+            _fill(rec, c, bool(pattern[i]), vals)
         if not text:
             parts.append(rec.tobytes())
             continue

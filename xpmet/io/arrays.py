@@ -123,7 +123,7 @@ def _parse(data, offsets, valid, length, dtype):
         raise ArrayParseError(rows[bad], "array value must be enclosed in [...] or (...)")
     lo, hi = int(offsets[0]), int(offsets[-1])
     commas = np.flatnonzero(data[lo:hi] == 44) + lo
-    if rows.size < n and (np.diff(offsets)[rows].sum() < hi - lo):  # bytes behind NULL entries: drop their commas
+    if rows.size < n and (ends - starts).sum() < hi - lo:  # bytes behind NULL entries: drop their commas
         holder = np.zeros(n, bool)
         holder[rows] = True
         commas = commas[holder[np.searchsorted(offsets, commas, side="right") - 1]]

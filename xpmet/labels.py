@@ -94,14 +94,9 @@ def refresh(reference: str | None = None, engine=None, **options) -> dict:
         if changes:
             sets = ", ".join(f"{k} = :{k}" for k in changes)
             c.execute(sa.text(f"UPDATE xpmet.label_setting SET {sets}, updated_at = now() WHERE id = 1"), changes)
-        _refresh(c.connection.driver_connection)  # the same transaction, through psycopg
-        ref = c.execute(sa.text("SELECT reference FROM xpmet.label_setting")).scalar()
-        n_labels = c.execute(sa.text("SELECT count(*) FROM xpmet.labels")).scalar()
-        status = dict(c.execute(sa.text("SELECT status, count(*) FROM xpmet.survey_zero_point GROUP BY status")).all())
+        summary = refresh_on(c.connection.driver_connection)  # the same transaction, through psycopg
         fault("labels_before_commit")
-    if ref not in names:
-        status["warning"] = f"reference {ref!r} is not loaded: every survey is uncalibrated"
-    return {"reference": ref, "n_labels": n_labels, "zero_points": status}
+    return summary
 
 
 def refresh_on(conn) -> dict:

@@ -123,15 +123,7 @@ def clean(path, options: CleanOptions | None = None, progress: bool = True, plot
 
 
 def _check_file(path: Path):
-    if not path.exists():
-        raise XpmetError(f"{path}: no such file; create it with `xpmet export {path}`.")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise XpmetError(f"{path}: not a readable HDF5 file ({e}).") from None
-    with f:
-        if f.attrs.get("layout") != "xpmet-training" or "split" not in f:
-            raise XpmetError(f"{path}: not an xpmet training file; create it with `xpmet export`.")
+    with ds.open_training(path, need=("split",)) as f:
         missing = [k for k in LABELS[:3] if f"labels/{k}" not in f]
         if missing:
             raise XpmetError(f"{path}: no labels ({', '.join('/labels/' + k for k in missing)} missing); "

@@ -87,6 +87,24 @@ def from_batch(batch: dict) -> XPArrays:
                     get("bp_rp"), get("ag_gspphot"), labels, errs, corr, sd, **opt, extra=extra, extra_names=names)
 
 
+def open_training(path, need: tuple = ("source_id",)) -> h5py.File:
+    """Open a training file (``xpmet export``) for reading, or raise XpmetError saying how to make one.
+    ``need``: datasets it must hold."""
+    path = Path(path)
+    if not path.exists():
+        raise XpmetError(f"{path}: no such file; create it with `xpmet export {path}`.")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise XpmetError(f"{path}: not a readable HDF5 file ({e}); re-run `xpmet export`.") from None
+    lacking = "'layout' attribute" if f.attrs.get("layout") != "xpmet-training" else \
+        next(("/" + k for k in need if k not in f), None)
+    if lacking:
+        f.close()
+        raise XpmetError(f"{path}: not an xpmet training file (no {lacking}); create it with `xpmet export`.")
+    return f
+
+
 def read(path, split: str | None = None, correlations: bool = False, limit: int | None = None,
          rows: np.ndarray | None = None, cleaned: bool = True) -> XPArrays:
     """Read one split ('train', 'valid', 'test') or all rows of a training file.
@@ -95,17 +113,7 @@ def read(path, split: str | None = None, correlations: bool = False, limit: int 
     without any of them are not read. ``cleaned``: leave out the train/valid rows that
     ``xpmet clean`` dropped (/cleaning/keep, :mod:`xpmet.ml.cleaning`); False reads them too.
     """
-    path = Path(path)
-    if not path.exists():
-        raise XpmetError(f"{path}: no such file; create it with `xpmet export {path}`.")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise XpmetError(f"{path}: not a readable HDF5 file ({e}); re-run `xpmet export`.") from None
-    with f:
-        if f.attrs.get("layout") != "xpmet-training" or "source_id" not in f:
-            raise XpmetError(f"{path}: not an xpmet training file (no 'layout' attribute); "
-                             "create it with `xpmet export`.")
+    with open_training(path) as f:
         want_corr = correlations and "xp/bp_coefficient_correlations" in f
         n = f["source_id"].shape[0]
         parts = []

@@ -213,13 +213,11 @@ def main():
     os.environ["XPMET_HOME"] = str(home)
     os.environ.pop("XPMET_DATABASE_URL", None)
     from xpmet.db.cluster import Cluster
-    from xpmet.db.engine import raw_connect
+    from xpmet.db.engine import cluster
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # a killed benchmark still stops its cluster
     try:
         subprocess.run(XPMET + ["db", "start"], check=True, capture_output=True, cwd=ROOT)
-        with raw_connect() as c:
-            data_dir = c.execute("SHOW data_directory").fetchone()[0]
-        postmaster = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
+        postmaster = cluster()._pid()  # the server `xpmet db start` started (this XPMET_HOME's)
         res = {"rows": rows, "files": len(files), "mb": mb, "load_average": os.getloadavg()[0], "runs": {}}
         gz = []
         keys = ("wall_s", "client_cpu_s", "server_cpu_s", "cpu_s", "efficiency")

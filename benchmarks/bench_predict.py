@@ -312,7 +312,7 @@ def main(argv=None):
            "note": "synthetic rows inserted with xpmet.io.pgcopy; shared 2-core machine: numbers are noisy"}
     try:
         cluster.start()
-        postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+        postmaster = cluster._pid()
         url = libpq_url()
         migrate.upgrade(url, "head")
         with raw_connect(url) as conn:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xpmet.simulate import galaxy
+
 TMASS_BN_DIR, TMASS_BN_FILE = "tmasspscxsc_best_neighbour", "tmasspscxscBestNeighbour0001.csv.gz"
 ALLWISE_BN_DIR, ALLWISE_BN_FILE = "allwise_best_neighbour", "allwiseBestNeighbour0001.csv.gz"
 
@@ -145,11 +147,8 @@ def _hms(ra, dec, ra_digits: int, dec_digits: int, sep: bool) -> np.ndarray:
 
 def _at_epoch(truth, epoch):
     """ICRS positions at ``epoch`` (Julian years) from the Gaia 2016.0 positions and proper motions."""
-    dt = epoch - 2016.0
-    pmra, pmdec = np.nan_to_num(truth["pmra"]), np.nan_to_num(truth["pmdec"])
-    dec = truth["dec"] + pmdec * dt / 3.6e6
-    ra = (truth["ra"] + pmra * dt / 3.6e6 / np.cos(np.radians(truth["dec"]))) % 360.0
-    return ra, dec
+    return galaxy.propagate(truth["ra"], truth["dec"], np.nan_to_num(truth["pmra"]), np.nan_to_num(truth["pmdec"]),
+                            epoch - 2016.0)
 
 
 def _catalogue(rng, truth, mags, bands, radius, epoch, pos_noise, keep_snr):

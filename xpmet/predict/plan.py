@@ -4,7 +4,6 @@ level-12 pixel edges, so each is a compact patch of sky) and the checks of a use
 """
 from __future__ import annotations
 
-
 import psycopg
 
 from xpmet.db.models.columns import EXTERNAL_ALIAS, copy_columns, fixed_width_columns
@@ -16,17 +15,11 @@ from xpmet.io.pgcopy import Col
 #: source_id // 2**35 is the HEALPix level-12 (nested) pixel of a Gaia source.
 LEVEL12_SHIFT = 35
 
-
-#: --where runs as xpmet_reader under these statement timeouts: the check on a sample of stars,
-#: and each chunk's read.
+#: --where runs as xpmet_reader under these statement timeouts: the check (on the first
+#: WHERE_CHECK_SAMPLE stars) and each chunk's read.
 WHERE_CHECK_TIMEOUT_MS = 5_000
-
-
 WHERE_CHECK_SAMPLE = 100
-
-
 WHERE_CHUNK_TIMEOUT_MS = 300_000
-
 
 #: Batch keys of the inference contract (used when a predictor does not declare ``needs``).
 DEFAULT_NEEDS = ["source_id", "bp_coefficients", "bp_coefficient_errors", "rp_coefficients",

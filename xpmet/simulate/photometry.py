@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from xpmet.simulate import galaxy
+from xpmet.simulate.surveys import _sexagesimal_ids
 
 TMASS_BN_DIR, TMASS_BN_FILE = "tmasspscxsc_best_neighbour", "tmasspscxscBestNeighbour0001.csv.gz"
 ALLWISE_BN_DIR, ALLWISE_BN_FILE = "allwise_best_neighbour", "allwiseBestNeighbour0001.csv.gz"
@@ -121,30 +122,6 @@ def _qual(snr, edges, letters, upper) -> np.ndarray:
     return np.where(snr < edges[0], upper, np.asarray(list(letters))[::-1][np.clip(idx - 1, 0, len(letters) - 1)])
 
 
-def _hms(ra, dec, ra_digits: int, dec_digits: int, sep: bool) -> np.ndarray:
-    """Truncated sexagesimal designations: 2MASS hhmmssss+ddmmsss, AllWISE hhmmss.ss+ddmmss.s."""
-    def digits(v, width):
-        return np.char.zfill(v.astype(np.int64).astype(str), width)
-
-    def seconds(s, n):  # s: seconds times 10**n, truncated
-        return (np.char.add(np.char.add(digits(s // 10 ** n, 2), "."), digits(s % 10 ** n, n)) if sep
-                else digits(s, 2 + n))
-
-    h = ra / 15.0
-    hh = np.floor(h)
-    mm = np.floor((h - hh) * 60)
-    ss = np.floor(((h - hh) * 60 - mm) * 60 * 10 ** ra_digits)
-    a = np.abs(dec)
-    dd = np.floor(a)
-    dm = np.floor((a - dd) * 60)
-    ds = np.floor(((a - dd) * 60 - dm) * 60 * 10 ** dec_digits)
-    out = digits(hh, 2)
-    for part in (digits(mm, 2), seconds(ss, ra_digits), np.where(dec < 0, "-", "+"), digits(dd, 2), digits(dm, 2),
-                 seconds(ds, dec_digits)):
-        out = np.char.add(out, part)
-    return out
-
-
 def _at_epoch(truth, epoch):
     """ICRS positions at ``epoch`` (Julian years) from the Gaia 2016.0 positions and proper motions."""
     return galaxy.propagate(truth["ra"], truth["dec"], np.nan_to_num(truth["pmra"]), np.nan_to_num(truth["pmdec"]),
@@ -196,7 +173,7 @@ def write_photometry(rng, truth: dict, outdir) -> dict:
     # 2MASS PSC
     epoch = rng.uniform(1997.5, 2001.0)
     obs, keep, ra, dec, inverse, members, sep = _catalogue(rng, truth, mags, ("j", "h", "ks"), 2.5, epoch, 0.08, 7.0)
-    desig = _hms(ra, dec, 2, 1, sep=False)
+    desig = _sexagesimal_ids(ra, dec, "", 2, 1)
     keep &= _first_of_each(desig)
     cols = {"designation": desig, "ra": np.round(ra, 6), "dec": np.round(dec, 6)}
     qual = []
@@ -221,7 +198,7 @@ def write_photometry(rng, truth: dict, outdir) -> dict:
 
     # AllWISE
     obs, keep, ra, dec, inverse, members, sep = _catalogue(rng, truth, mags, ("w1", "w2"), 5.0, 2010.5, 0.2, 5.0)
-    desig = np.char.add("J", _hms(ra, dec, 2, 1, sep=True))
+    desig = _sexagesimal_ids(ra, dec, "J", 2, 1, dot=True)
     keep &= _first_of_each(desig)
     cols = {"designation": desig, "ra": np.round(ra, 7), "dec": np.round(dec, 7)}
     qual = []

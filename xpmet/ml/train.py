@@ -606,7 +606,6 @@ def validation_loss(model, trainer: Trainer, t: Tensors, batch: int) -> float:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def sigma_scale(members, config: TrainConfig, norm: Normaliser, t: Tensors, batch: int, ctx,
                 bounds=(0.25, 4.0), clip: float = 5.0, steps: int = 40) -> list[float]:
     """Per label, the factor k for the stated uncertainty that makes the validation stars' residuals
@@ -638,6 +637,7 @@ def sigma_scale(members, config: TrainConfig, norm: Normaliser, t: Tensors, batc
     return [float(np.exp((a + b) / 2)) if n > 0 else 1.0 for a, b, n in zip(lo, hi, target)]
 
 
+@torch.no_grad()
 def validation_sums(model, trainer: Trainer, t: Tensors, batch: int) -> tuple[float, int]:
     """(sum of batch losses x batch sizes, rows): summable over the ranks' shards."""
     model.eval()

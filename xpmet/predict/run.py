@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from xpmet.db.readonly import reader_connect
-from xpmet.distributed import drop_worker_state
+from xpmet.distributed import drop_worker_state, error_line, open_session, parse_cluster, worker_state
 from xpmet.errors import XpmetError
 from xpmet.progress import progress_bar
 from xpmet.predict.pipeline import Worker, load, model_id_for
@@ -61,7 +61,6 @@ def predict_chunk(job: ChunkJob, bounds: tuple[int, int], topic=None) -> tuple[i
 
 
 def _worker_for(job: ChunkJob) -> Worker:
-    from xpmet.distributed import worker_state
     return worker_state(("predict", job.token),
                         lambda: Worker(load(job.model), job.model_id, job.url, job.where, job.batch))
 
@@ -108,14 +107,12 @@ def predict(model, *, where: str | None = None, batch: int = 4096, workers: int 
     if cluster and workers > 1:
         raise XpmetError("give --workers or --cluster, not both")
     if cluster:
-        from xpmet.distributed import parse_cluster
         parse_cluster(cluster)  # a bad address fails before any work
     given_url, url = url, url or libpq_url()
     predictor = load(model)
     t0 = time.perf_counter()
     stack = contextlib.ExitStack()
     if cluster:  # connected before the bar is drawn: an unreachable scheduler is the one line printed
-        from xpmet.distributed import error_line, open_session
         session = stack.enter_context(open_session(cluster))
         job = ChunkJob(model, 0, session.db_url(given_url), where, batch, uuid.uuid4().hex)
     with stack, raw_connect(url, autocommit=True) as ctl:

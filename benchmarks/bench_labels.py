@@ -25,18 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from xpmet.ml.evaluate import robust_scatter
+
 ROOT = Path(__file__).resolve().parents[1]
 BINS = [(-np.inf, -2.5), (-2.5, -2.0), (-2.0, -1.5), (-1.5, -1.0), (-1.0, -0.5), (-0.5, 0.0), (0.0, np.inf)]
 
 
 def bin_name(lo, hi):
     return f"< {hi}" if lo == -np.inf else f"> {lo}" if hi == np.inf else f"{lo}..{hi}"
-
-
-def robust_scatter(r) -> float:
-    r = np.asarray(r, float)
-    r = r[np.isfinite(r)]
-    return float(1.4826 * np.median(np.abs(r - np.median(r)))) if r.size else float("nan")
 
 
 def read_labels(true_feh: dict) -> dict:

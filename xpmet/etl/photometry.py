@@ -69,7 +69,7 @@ def parse_catalogue(raw: dict, path: Path) -> Catalogue:
     name = raw.get("name")
     if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
         raise _err(path, f"name must be a lower-case identifier, not {name!r}")
-    tables = [t for t in ("photometry_tmass", "photometry_allwise", "tmass_best_neighbour", "allwise_best_neighbour")]
+    tables = ["photometry_tmass", "photometry_allwise", "tmass_best_neighbour", "allwise_best_neighbour"]
     if raw.get("table") not in tables:
         raise _err(path, f"table must be one of {tables}, not {raw.get('table')!r}")
     model = getattr(photometry, raw["table"])

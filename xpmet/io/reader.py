@@ -375,7 +375,8 @@ def _scalar(col, code, path, row, name):
     if col.null_count == 0:
         a = to_numpy(col)
     elif code in ("i2", "i4", "i8", "bool"):
-        a = np.ma.MaskedArray(to_numpy(col, fill=0), mask=null_mask(col))
+        mask = null_mask(col)  # once: to_numpy(fill=) would unpack the validity bits a second time
+        a = np.ma.MaskedArray(np.where(mask, 0, to_numpy(col)), mask=mask)
     else:
         a = to_numpy(col, fill=np.nan)
     return _cast_scalar(a, code, path, row, name)

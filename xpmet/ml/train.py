@@ -261,11 +261,12 @@ class Trainer:
 
     def loss(self, model, t: Tensors, idx, gen=None, train=False):
         if self.config.kind == "estimator":
-            L = t.layout
-            b = t.packed[idx]
+            L, p = t.layout, t.packed
             inp = self.augment(t, idx, self.config.augment, gen) if train and self.config.augment > 0 else t.fixed[idx]
             mu, log_sigma = model(inp)
-            return known_label_nll(mu.float(), log_sigma.float(), b[:, L["y"]], b[:, L["y_err"]], b[:, L["known"]])
+            # only the label columns: the augmenter gathers the rows it needs itself
+            return known_label_nll(mu.float(), log_sigma.float(), p[idx, L["y"]], p[idx, L["y_err"]],
+                                   p[idx, L["known"]])
         corr = None if t.corr is None else t.corr[idx]
         return emulator_nll(model, t.p[idx], t.x[idx], t.e[idx], self.x_mean, self.x_scale, corr)[0]
 

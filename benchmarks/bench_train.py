@@ -439,30 +439,23 @@ def estimator_table(est_dir, ref_dir, truth_path, max_stars, seed) -> list[dict]
     return rows
 
 
+def _median_range(values) -> tuple:
+    """(median, min, max) of the finite values; NaNs when there are none."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return (float(np.median(v)), float(v.min()), float(v.max())) if v.size else (np.nan,) * 3
+
+
 def aggregate(reports) -> list[dict]:
     """Per bin and figure: median over seeds and (min, max)."""
-    out = []
-    for i, row in enumerate(reports[0]["bins"]):
-        agg = {"g": row["g"]}
-        for k in row:
-            if k == "g":
-                continue
-            v = np.asarray([rep["bins"][i][k] for rep in reports], np.float64)
-            v = v[np.isfinite(v)]
-            agg[k] = (float(np.median(v)), float(v.min()), float(v.max())) if v.size else (np.nan,) * 3
-        out.append(agg)
-    return out
+    return [{"g": row["g"]} | {k: _median_range([rep["bins"][i][k] for rep in reports]) for k in row if k != "g"}
+            for i, row in enumerate(reports[0]["bins"])]
 
 
 def aggregate_flags(reports) -> dict:
     """--only flags: each scalar figure's median over seeds and (min, max)."""
-    out = {}
-    for k, v0 in reports[0]["flags"].items():
-        if isinstance(v0, (int, float)):
-            v = np.asarray([rep["flags"][k] for rep in reports], np.float64)
-            v = v[np.isfinite(v)]
-            out[k] = (float(np.median(v)), float(v.min()), float(v.max())) if v.size else (np.nan,) * 3
-    return out
+    return {k: _median_range([rep["flags"][k] for rep in reports])
+            for k, v0 in reports[0]["flags"].items() if isinstance(v0, (int, float))}
 
 
 def print_table(agg, seeds, opts):

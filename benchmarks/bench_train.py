@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from xpmet.ml.config import HIDDEN
 
 
 def parse():
@@ -56,8 +57,8 @@ def parse():
     ap.add_argument("--seeds", help="comma-separated seeds: the pipeline per seed in WORKDIR/s<seed>, figures "
                     "aggregated (median and range); --only estimator or flags")
     ap.add_argument("--epochs", type=int, help="[xpmet train's default]")
-    ap.add_argument("--hidden", default="256,256", help="estimator widths")
-    ap.add_argument("--emulator-hidden", default="128,128,128")
+    ap.add_argument("--hidden", default=",".join(map(str, HIDDEN["estimator"])), help="estimator widths")
+    ap.add_argument("--emulator-hidden", default=",".join(map(str, HIDDEN["emulator"])))
     ap.add_argument("--ensemble", type=int, help="[xpmet train's default]")
     ap.add_argument("--patience", type=int, help="[xpmet train's default]")
     ap.add_argument("--augment", type=float, help="[xpmet train's default]")
@@ -519,8 +520,13 @@ def flag_figures(model_dir, truth_path, max_stars, seed) -> dict:
     # the stars the training labels cover: rare is not reason enough to withhold `recommended`
     r["recommended_vmp_inside"] = float(rec[inside].mean()) if inside.any() else float("nan")
     r["recommended_gap_points_inside"] = 100 * (r["recommended_all_stars"] - r["recommended_vmp_inside"])
-    # poor_fit: are the flagged answers worse? (stars, both bands)
     res = out["feh"] - feh
+    # what withholding costs: the [Fe/H] error of the [Fe/H] < -2 stars outside the training labels'
+    # range (hot blue horizontal-branch stars, stars below the lowest training [Fe/H]), flagged or not
+    for name, m in (("flagged", vmp & ~inside & has_bit["out_of_training_range"]),
+                    ("kept", vmp & ~inside & ~has_bit["out_of_training_range"])):
+        r[f"vmp_outside_{name}_feh_bias"] = float(np.nanmedian(res[m])) if m.any() else float("nan")
+    # poor_fit: are the flagged answers worse? (stars, both bands)
     z = res / out["feh_err"]
     ok = star & np.isfinite(res) & ~arr.missing.any(1)
     for name, m in (("poor_fit", ok & has_bit["poor_fit"]), ("not_poor_fit", ok & ~has_bit["poor_fit"])):
@@ -542,7 +548,8 @@ def print_flags(f):
     print(f"  out_of_training_range on the {f['vmp_inside_training_range']} [Fe/H] < -2 stars inside the training "
           f"labels' range (Teff, log g, [Fe/H]; [Fe/H] {f['training_feh_range'][0]:.2f}..{f['training_feh_range'][1]:.2f}): "
           f"{pct(f['out_of_training_range_on_vmp_inside'])}; on the {f.get('vmp_outside_training_range')} outside it: "
-          f"{pct(f.get('out_of_training_range_on_vmp_outside'))}")
+          f"{pct(f.get('out_of_training_range_on_vmp_outside'))} (their median [Fe/H] error: flagged "
+          f"{f.get('vmp_outside_flagged_feh_bias', np.nan):+.2f}, not flagged {f.get('vmp_outside_kept_feh_bias', np.nan):+.2f} dex)")
     print("  share of stars each bit flags: " + ", ".join(f"{k} {pct(v)}" for k, v in f["bits_share_of_stars"].items()))
     if "bits_share_of_vmp" in f:
         print("  ... of [Fe/H] < -2 stars: " + ", ".join(f"{k} {pct(v)}" for k, v in f["bits_share_of_vmp"].items()))

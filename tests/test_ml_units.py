@@ -273,9 +273,9 @@ def test_prior_weights_make_the_labelled_stars_count_as_the_target_magnitudes():
 
 
 def test_sigma_scale_matches_the_validation_residuals():
-    """A model stating twice the spread its answers have gets its uncertainty halved (k ~ 0.5), solved
-    here independently of the bisection; label errors count, and a label without stars keeps k = 1."""
-    from scipy.optimize import brentq
+    """A model stating twice the spread its answers have gets its uncertainty halved (k ~ 0.5): 68.27 %
+    of the stars then lie within k sigma (with their label errors), the quantile solved here directly;
+    a label without stars keeps k = 1."""
     from xpmet.ml import distributed as dist
     from xpmet.ml.train import Tensors, TrainConfig, build_model, sigma_scale
     rng = np.random.default_rng(5)
@@ -294,7 +294,8 @@ def test_sigma_scale_matches_the_validation_residuals():
         last.bias[:] = torch.tensor([5000.0, 4.0, -1.0, 0.0] + [np.log(2 * rms)] * 4)
     k = sigma_scale([net.state_dict()], config, norm, t, 128, dist.Context())
     r2, v, e2 = (arr.labels[:, 2] + 1.0) ** 2, (2 * rms) ** 2, 0.1 ** 2
-    keep = r2 < 25 * (v + e2)
-    want = brentq(lambda s: np.sum(r2[keep] / (s * s * v + e2)) - keep.sum(), 0.25, 4.0)
-    assert abs(k[2] - want) < 1e-3 and 0.4 < k[2] < 0.5
+    q = np.sort(r2)[int(np.ceil(0.6827 * len(r2))) - 1]  # the smallest r^2 that 68.27 % lie within
+    want = np.sqrt((q - e2) / v)
+    assert abs(k[2] - want) < 2e-3 and 0.4 < k[2] < 0.55
+    assert np.mean(r2 < k[2] ** 2 * v + e2) == pytest.approx(0.6827, abs=0.005)
     assert k[3] == 1.0

@@ -3,21 +3,23 @@ from __future__ import annotations
 
 import click
 
+from xpmet.ml.cleaning import CleanOptions
+
 
 @click.command("clean")
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.option("--emulator", type=click.Path(), metavar="MODEL",
               help="An emulator model directory (`xpmet train --kind emulator`), used as it is. "
                    "Without it an emulator is trained on the kept rows in every iteration.")
-@click.option("--k", type=float, default=4.0, show_default=True,
+@click.option("--k", type=float, default=CleanOptions.k, show_default=True,
               help="Drop beyond median +/- k * 1.4826 MAD of the normalised residuals.")
-@click.option("--max-iter", type=int, default=3, show_default=True, help="Iterations at most (stops when none drop).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the emulators trained here.")
-@click.option("--bands", default="CaHK,g_sdss", show_default=True,
+@click.option("--max-iter", type=int, default=CleanOptions.max_iter, show_default=True, help="Iterations at most (stops when none drop).")
+@click.option("--seed", type=int, default=CleanOptions.seed, show_default=True, help="Seed of the emulators trained here.")
+@click.option("--bands", default=",".join(CleanOptions.bands), show_default=True,
               help="GaiaXPy synthetic bands compared (CaHK, g_sdss, G, BP, RP).")
-@click.option("--epochs", type=int, default=200, show_default=True,
+@click.option("--epochs", type=int, default=CleanOptions.epochs, show_default=True,
               help="Epochs at most of each emulator trained here (early stopping as `xpmet train`).")
-@click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
+@click.option("--threads", type=int, default=CleanOptions.threads, help="torch CPU threads (0: torch's default).")
 @click.option("--no-plot", is_flag=True, help="Do not write DATA's .cleaning.png histogram.")
 def clean_cmd(data, emulator, k, max_iter, seed, bands, epochs, threads, no_plot):
     """Drop train/valid stars of DATA whose emulated synthetic photometry disagrees with the observed.
@@ -32,7 +34,7 @@ def clean_cmd(data, emulator, k, max_iter, seed, bands, epochs, threads, no_plot
     xpmet clean train.h5                         # emulator trained here, k=4, 3 iterations
     xpmet clean train.h5 --emulator models/emu --k 5 --bands CaHK
     """
-    from xpmet.ml.cleaning import CleanOptions, clean
+    from xpmet.ml.cleaning import clean
     opt = CleanOptions(k=k, max_iter=max_iter, seed=seed, bands=tuple(b.strip() for b in bands.split(",") if b.strip()),
                        emulator=emulator, epochs=epochs, threads=threads)
     s = clean(data, opt, plot=not no_plot)

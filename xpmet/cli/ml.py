@@ -6,6 +6,7 @@ import json
 import click
 
 from xpmet.distributed import CLUSTER_HELP
+from xpmet.ml.config import AUGMENT_NOISE, HIDDEN, INPUTS, KINDS, TrainConfig
 from xpmet.ml.normalise import LABELS
 
 
@@ -52,29 +53,30 @@ def export_cmd(out, g_max, g_min, max_coef_error, min_surveys, require, split_, 
 @click.command("train")
 @click.argument("data", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Model directory.")
-@click.option("--kind", type=click.Choice(["estimator", "emulator"]), default="estimator", show_default=True)
-@click.option("--hidden", default=None, help="Hidden layer widths, e.g. 256,256 [estimator 256,256; emulator 128,128,128].")
-@click.option("--epochs", type=int, default=200, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--patience", type=int, default=15, show_default=True, help="Early stopping on the validation loss.")
-@click.option("--ensemble", type=int, default=1, show_default=True, help="Estimator members (different seeds).")
-@click.option("--augment", type=float, default=0.5, show_default=True,
+@click.option("--kind", type=click.Choice(KINDS), default=TrainConfig.kind, show_default=True)
+@click.option("--hidden", default=None, help="Hidden layer widths, e.g. 256,256 [" + "; ".join(
+    f"{k} {','.join(map(str, v))}" for k, v in HIDDEN.items()) + "].")
+@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
+@click.option("--lr", type=float, default=TrainConfig.lr, show_default=True)
+@click.option("--patience", type=int, default=TrainConfig.patience, show_default=True, help="Early stopping on the validation loss.")
+@click.option("--ensemble", type=int, default=TrainConfig.ensemble, show_default=True, help="Estimator members (different seeds).")
+@click.option("--augment", type=float, default=TrainConfig.augment, show_default=True,
               help="Share of training spectra degraded to fainter magnitudes (estimator).")
-@click.option("--inputs", type=click.Choice(["xp", "xp+gaia"]), default="xp+gaia", show_default=True,
+@click.option("--inputs", type=click.Choice(INPUTS), default=TrainConfig.inputs, show_default=True,
               help="Estimator inputs: the coefficients alone, or also parallax and Gaia colours (and 2MASS/WISE "
                    "colours when the file has them), each with its error and a missing indicator.")
-@click.option("--valid-copies", type=int, default=3, show_default=True,
+@click.option("--valid-copies", type=int, default=TrainConfig.valid_copies, show_default=True,
               help="Estimator: early stopping on the validation stars degraded this many times to the magnitudes "
                    "of the stars to be predicted (fixed seed); 0: on the validation stars as observed.")
-@click.option("--prior-weight/--no-prior-weight", default=False, show_default=True,
+@click.option("--prior-weight/--no-prior-weight", default=TrainConfig.prior_weight, show_default=True,
               help="Estimator: weight training stars by the target over the labelled G density.")
-@click.option("--augment-noise", type=click.Choice(["auto", "diagonal"]), default="auto", show_default=True,
+@click.option("--augment-noise", type=click.Choice(AUGMENT_NOISE), default=TrainConfig.augment_noise, show_default=True,
               help="Estimator: degrade with each star's own covariance when DATA has correlations "
                    "(`xpmet export --correlations`), else diagonal; or diagonal always.")
 @click.option("--correlations", is_flag=True, help="Emulator: chi-squared with the full XP covariance.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
+@click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
+@click.option("--device", default=TrainConfig.device, show_default=True, help="auto (CUDA when present), cpu or cuda.")
 @click.option("--threads", type=int, default=0,
               help="CPU threads for torch (0: torch's default; 1 is fastest on a busy small machine).")
 @click.option("--name", help="Name in the models table [the directory name].")
@@ -98,11 +100,9 @@ def train_cmd(data, out_dir, kind, hidden, epochs, batch_size, lr, patience, ens
     torchrun --nproc_per_node 4 -m xpmet.ml.train train.h5 --out models/est   # same, any launcher
     """
     import os
-    from xpmet.ml.train import TrainConfig, train
-    if hidden is None:
-        hidden = "256,256" if kind == "estimator" else "128,128,128"
+    from xpmet.ml.train import train
     try:
-        widths = tuple(int(h) for h in hidden.split(","))
+        widths = None if hidden is None else tuple(int(h) for h in hidden.split(","))
     except ValueError:
         raise click.BadParameter(f"{hidden!r}: expected comma-separated integers", param_hint="--hidden")
     cfg = TrainConfig(kind=kind, hidden=widths, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,

@@ -267,7 +267,7 @@ def _train_emulator(data: Path, out: Path, keep, source_id, opt: CleanOptions, p
             a.labels = np.where(gone[:, None], np.nan, a.labels)
         return a
 
-    cfg = TrainConfig(kind="emulator", hidden=(128, 128, 128), epochs=opt.epochs, seed=opt.seed, device="cpu")
+    cfg = TrainConfig(kind="emulator", epochs=opt.epochs, seed=opt.seed, device="cpu")
     train(data, out, cfg, register=False, label_override=without_dropped, progress=progress, threads=opt.threads)
     return load_predictor(out)
 

@@ -22,7 +22,7 @@ from xpmet.ml import checkpoint, ood
 from xpmet.db.models.photometry import EXTERNAL_PHOT
 from xpmet.flags import PREDICTION_BITS
 from xpmet.ml.dataset import XPArrays, from_batch
-from xpmet.ml.models import Emulator, Estimator, emulator_outputs, estimator_inputs, fit_emulator
+from xpmet.ml.models import Emulator, Estimator, emulator_outputs, ensemble_mixture, estimator_inputs, fit_emulator
 from xpmet.ml.normalise import GAIA_SOURCES, IR_EXTRAS, LABELS, Normaliser, emulator_params, network_columns
 
 #: whole-spectrum S/N below which ``low_snr`` is set: the 5th percentile of real DR3 spectra at
@@ -173,15 +173,13 @@ class Predictor:
             mu, log_sigma = m(inp)
             mus.append(mu.cpu().numpy())
             sig2.append(np.exp(2 * log_sigma.cpu().numpy()))
-        mus, sig2 = np.stack(mus), np.stack(sig2)
-        mu = mus.mean(0)
-        spread = mus.var(0)
-        var = sig2.mean(0) + spread  # ensemble = mixture: aleatoric + disagreement
+        mu, var = ensemble_mixture(np.stack(mus), np.stack(sig2))
         mean = n.labels.inverse(mu)
         # the training's calibration on the degraded validation stars (xpmet.ml.train.sigma_scale)
         err = np.sqrt(var) * n.labels.std * np.asarray(self.config.get("sigma_scale") or 1.0)
         if len(self.members) > 1:
-            fit_stat = np.sqrt(spread[:, 2] / sig2.mean(0)[:, 2])  # [Fe/H] disagreement in units of sigma
+            aleatoric = np.mean(sig2, 0)[:, 2]
+            fit_stat = np.sqrt((var[:, 2] - aleatoric) / aleatoric)  # [Fe/H] disagreement in units of sigma
             poor = fit_stat > POOR_FIT_SPREAD
         else:
             fit_stat = self._sensitivity(inp, self._f(e[:, :arr.e.shape[1]]))

@@ -84,6 +84,14 @@ def estimator_inputs(x_std, e_std, missing):
     return torch.cat(parts, dim=1)
 
 
+def ensemble_mixture(mus, sig2):
+    """Members' (mean, variance) stacked on axis 0, as one equal-weight mixture: its mean, and its
+    variance = the mean stated variance (aleatoric) + the members' disagreement (population variance).
+    numpy or torch alike; inference and the training's sigma calibration combine members this way."""
+    mu = mus.mean(0)
+    return mu, sig2.mean(0) + ((mus - mu) ** 2).mean(0)
+
+
 def heteroscedastic_nll(mu, log_sigma, y, y_err):
     """Mean Gaussian NLL with variance sigma_model^2 + sigma_label^2; NaN labels are masked out."""
     ok = torch.isfinite(y)

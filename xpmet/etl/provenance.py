@@ -27,12 +27,9 @@ from xpmet.db.engine import raw_connect
 from xpmet.faults import fault
 
 
-def sha256_of(path: Path, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_of(path: Path) -> str:
     with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass

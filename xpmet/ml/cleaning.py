@@ -166,7 +166,7 @@ def _iterate(data: Path, opt: CleanOptions, emulator, progress: bool):
                 emu = emulator
             else:
                 emu = _train_emulator(data, Path(work) / f"emulator{it}", keep, arr.source_id, opt, progress)
-                emu_ids.append(_sha256(emu.dir / "weights.pt"))
+                emu_ids.append(ds.fingerprint(emu.dir / "weights.pt"))
             emu_mag = _emulated(emu, sub, opt.bands)
             r = np.column_stack([emu_mag[b] - obs[b] for b in opt.bands])
             err = np.column_stack([obs[b + "_err"] for b in opt.bands])
@@ -197,7 +197,7 @@ def _iterate(data: Path, opt: CleanOptions, emulator, progress: bool):
         fp = d / "fingerprint.txt"
         emu_info = {"path": str(d.resolve()), "model_id": emulator.model_id,
                     "data_fingerprint": fp.read_text().strip() if fp.exists() else None,
-                    "weights_sha256": _sha256(d / "weights.pt")}
+                    "weights_sha256": ds.fingerprint(d / "weights.pt")}
     else:
         emu_info = {"trained": "on the kept train/valid rows, each iteration", "epochs": opt.epochs,
                     "seed": opt.seed, "weights_sha256": emu_ids}
@@ -302,5 +302,3 @@ def _rows_sha256(arr: ds.XPArrays, split) -> str:
     return h.hexdigest()
 
 
-def _sha256(p: Path) -> str:
-    return hashlib.sha256(Path(p).read_bytes()).hexdigest()

@@ -195,11 +195,8 @@ def noise_sample(path):
 
 def fingerprint(path) -> str:
     """sha256 of the file's bytes: identifies exactly which data a model was trained on."""
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 #: what read_db reads of each source (fixed-width forms: xpmet.db.models.columns.fixed_width_columns)

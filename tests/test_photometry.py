@@ -144,7 +144,7 @@ def test_a_model_with_infrared_inputs_reads_them_when_predicting(loaded, engine,
     from xpmet.db.models.columns import fixed_width_columns
     from xpmet.io.copyout import select_arrays
     from xpmet.ml.inference import load_predictor
-    from xpmet.predict.plan import _select, input_columns
+    from xpmet.predict.plan import chunk_select, input_columns
     ph = loaded / "photometry"
     # (the test before may have loaded part of 2MASS: --replace makes the whole file win)
     run_cli("etl", "photometry", "tmass", ph / "tmass_psc.csv", "-b", ph / TMASS_BN_DIR / TMASS_BN_FILE, "--replace")
@@ -155,7 +155,7 @@ def test_a_model_with_infrared_inputs_reads_them_when_predicting(loaded, engine,
     torch.set_num_threads(1)
     pred = load_predictor(tmp_path / "m")
     assert {"g_j", "ks_w1"} <= set(pred.norm.extra.names) and set(EXTERNAL_PHOT) <= set(pred.needs)
-    assert "LEFT JOIN xpmet.external_photometry e" in _select(input_columns(pred.needs), 1, 0, 2 ** 62, None)
+    assert "LEFT JOIN xpmet.external_photometry e" in chunk_select(input_columns(pred.needs), 1, 0, 2 ** 62, None)
     run_cli("predict", "--model", tmp_path / "m")
     with engine.connect() as c:
         stored = dict(c.execute(sa.text("SELECT source_id, feh FROM xpmet.predictions")).fetchall())

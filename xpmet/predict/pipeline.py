@@ -23,7 +23,7 @@ from xpmet.faults import fault
 from xpmet.io.copyout import select_arrays
 from xpmet.io.pgcopy import HEADER, TRAILER, copy_sql, encode
 from xpmet.predict import plan
-from xpmet.predict.plan import OUTPUTS, PREDICTED, _select, input_columns, where_error
+from xpmet.predict.plan import OUTPUTS, PREDICTED, chunk_select, input_columns, where_error
 
 
 def _drop_stale(conn, model_id: int, lo: int, hi: int) -> int:
@@ -249,7 +249,7 @@ class Worker:
                 self.reader.execute("SET LOCAL enable_sort = off")
                 if self.where:  # a SET LOCAL per range: the condition cannot lift it for the next one
                     self.reader.execute(f"SET LOCAL statement_timeout = {int(plan.WHERE_CHUNK_TIMEOUT_MS)}")
-                sql = _select(self.inputs, self.model_id, lo, hi, self.where)
+                sql = chunk_select(self.inputs, self.model_id, lo, hi, self.where)
                 with contextlib.closing(select_arrays(self.reader, sql, None, self.cols, max_rows=self.batch)) as rows:
                     for batch in rows:
                         batches.put(("rows", batch))

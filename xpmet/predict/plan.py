@@ -44,7 +44,9 @@ def input_columns(needs) -> list[tuple[str, Col]]:
         raise XpmetError(f"the model needs {e}") from None
 
 
-def _select(inputs, model_id: int, lo: int, hi: int, where: str | None) -> str:
+def chunk_select(inputs, model_id: int, lo: int, hi: int, where: str | None) -> str:
+    """The SELECT one chunk streams: the model's input columns of XP stars with lo <= source_id < hi
+    that match --where and have no prediction of this model yet (so a resumed run skips them)."""
     # COPY takes no bind parameters: the only values pasted here are integers we made ourselves
     # and the user's own --where expression (checked by check_where; both run as xpmet_reader).
     # Each table gets the range: the planner does not carry it over a join, and a merge join

@@ -25,32 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xpmet.ml.evaluate import robust_scatter
+from xpmet.ml.evaluate import homogenised_vs_truth, read_truth, robust_scatter
 
 ROOT = Path(__file__).resolve().parents[1]
-BINS = [(-np.inf, -2.5), (-2.5, -2.0), (-2.0, -1.5), (-1.5, -1.0), (-1.0, -0.5), (-0.5, 0.0), (0.0, np.inf)]
-
-
-def bin_name(lo, hi):
-    return f"< {hi}" if lo == -np.inf else f"> {lo}" if hi == np.inf else f"{lo}..{hi}"
-
-
-def read_labels(true_feh: dict) -> dict:
-    from xpmet.db.engine import raw_connect
-    with raw_connect() as c:
-        rows = c.execute("SELECT source_id, feh, feh_err FROM xpmet.labels WHERE feh IS NOT NULL").fetchall()
-    sid = np.array([r[0] for r in rows], np.int64)
-    keep = np.array([s in true_feh for s in sid.tolist()], bool)
-    feh = np.array([r[1] for r in rows], float)[keep]
-    err = np.array([r[2] for r in rows], float)[keep]
-    truth = np.array([true_feh[s] for s in sid[keep].tolist()], float)
-    out = {}
-    for lo, hi in BINS:
-        m = (truth >= lo) & (truth < hi)
-        res = feh[m] - truth[m]
-        out[bin_name(lo, hi)] = {"n": int(m.sum()), "offset": float(np.median(res)) if m.any() else float("nan"),
-                                 "scatter": robust_scatter(res), "z_spread": robust_scatter(res / err[m])}
-    return out
 
 
 def survey_z(true_feh: dict, with_sys: bool) -> dict:
@@ -68,7 +45,6 @@ def survey_z(true_feh: dict, with_sys: bool) -> dict:
 
 
 def one_seed(seed: int, n_stars: int, workdir: Path) -> dict:
-    from astropy.table import Table
     from xpmet import labels as xlabels
     from xpmet.db import migrate
     from xpmet.db.engine import libpq_url, raw_connect
@@ -95,9 +71,9 @@ def one_seed(seed: int, n_stars: int, workdir: Path) -> dict:
     t0 = time.perf_counter()
     xlabels.refresh()                   # the label refresh alone (fit + views), to set against the old one
     t_refresh = time.perf_counter() - t0
-    truth = Table.read(sky / "truth.fits")
-    true_feh = dict(zip(np.asarray(truth["source_id"]).tolist(), np.asarray(truth["feh"], float).tolist()))
-    joint = read_labels(true_feh)
+    truth = read_truth(sky / "truth.fits")
+    true_feh = dict(zip(truth["source_id"].tolist(), truth["labels"][:, 2].tolist()))
+    joint = homogenised_vs_truth(truth)
     joint_z = survey_z(true_feh, with_sys=True)
     zp = [{k: z[k] for k in ("survey", "label", "status", "zero_point", "zero_point_err", "err_scale",
                              "error_floor_fitted", "offsets", "offset_errs", "n_stars")}
@@ -111,7 +87,7 @@ def one_seed(seed: int, n_stars: int, workdir: Path) -> dict:
         c.execute("SELECT xpmet.refresh_labels()")
         c.commit()
         t_old = time.perf_counter() - t0
-    old = read_labels(true_feh)
+    old = homogenised_vs_truth(truth)
     old_z = survey_z(true_feh, with_sys=False)
     migrate.upgrade(libpq_url(), "head")
     return {"seed": seed, "joint": joint, "reference_only": old, "feh_calibration": zp,

@@ -27,10 +27,12 @@ Runs: xpmet simulate -> etl -> xmatch/labels -> export -> train, then reports
    reference, z-spread, recall and purity at [Fe/H] < -2 and < -2.5, the share of injected
    non-stellar sources flagged and of genuine [Fe/H] < -2 stars recommended next to all stars;
    each figure the median over the seeds with its range. Targets: |bias| <= 0.02, ratio <= 1.2 at
-   G < 16, z-spread 0.8-1.25.
+   G < 16, z-spread 0.8-1.25. Also per true-[Fe/H] bin the homogenised labels (view xpmet.labels)
+   minus the truth: offset (target |offset| <= 0.03 dex), scatter, z-spread.
 
     .venv/bin/python benchmarks/bench_train.py --n-stars 20000 --workdir /tmp/bench_train
-    .venv/bin/python benchmarks/bench_train.py --only estimator --seeds 7,8,9 --n-stars 20000
+    .venv/bin/python benchmarks/bench_train.py --only estimator --seeds 7,8,9 --n-stars 60000
+    .venv/bin/python benchmarks/bench_train.py --only flags --seeds 7,8,9 --n-stars 60000
 
 Timings on a shared 2-core machine are noisy: compare the ratios, not the absolute numbers.
 """
@@ -240,10 +242,12 @@ def main():
             a.seed, a.workdir = seed, str(root / f"s{seed}")
             reports.append(run_one(a))
         agg = aggregate(reports) if a.only == "estimator" else aggregate_flags(reports)
-        (root / f"report{a.tag}.json").write_text(json.dumps({"seeds": reports, "aggregate": agg}, indent=1,
-                                                             default=float))
+        labels = aggregate_labels(reports) if a.only == "estimator" else None
+        (root / f"report{a.tag}.json").write_text(json.dumps({"seeds": reports, "aggregate": agg,
+                                                              "labels_aggregate": labels}, indent=1, default=float))
         if a.only == "estimator":
             print_table(agg, [r["seed"] for r in reports], train_options(a))
+            print_labels(labels, [r["seed"] for r in reports])
         else:
             print(f"quality flags, median [min,max] of seeds {a.seeds}:")
             for k, (m, lo, hi) in agg.items():
@@ -280,7 +284,8 @@ def run_benchmark(a, work: Path):
     else:
         from xpmet.db.cluster import Cluster
         Cluster(work / "home").start()
-    from xpmet.ml.evaluate import G_BINS, compute_metrics, never_surveyed, photometry_check, read_truth
+    from xpmet.ml.evaluate import (G_BINS, compute_metrics, homogenised_vs_truth, never_surveyed, photometry_check,
+                                   read_truth)
     from xpmet.ml.inference import load_predictor
     from xpmet.ml.train import TrainConfig, train
     from xpmet.ml import dataset as ds
@@ -315,11 +320,13 @@ def run_benchmark(a, work: Path):
         report = {"seed": a.seed, "n_stars": a.n_stars, "attributes": ds.attributes(h5),
                   "bins": estimator_table(dirs["estimator"], dirs["reference_estimator"], truth_path, a.max_truth,
                                           a.seed),
+                  "labels_vs_truth": homogenised_vs_truth(read_truth(truth_path)),
                   "epochs": {n: [h["epochs"] for h in json.loads((d / "history.json").read_text())]
                              for n, d in dirs.items()},
                   "seconds": time.time() - t_start}
         (work / f"report{a.tag}.json").write_text(json.dumps(report, indent=1, default=float))
         print_table(aggregate([report]), [a.seed], opts)
+        print_labels(aggregate_labels([report]), [a.seed])
         return report
     step("quality flags")
     flags_report = flag_figures(dirs["estimator"], truth_path, a.max_truth, a.seed)
@@ -457,6 +464,26 @@ def aggregate_flags(reports) -> dict:
     """--only flags: each scalar figure's median over seeds and (min, max)."""
     return {k: _median_range([rep["flags"][k] for rep in reports])
             for k, v0 in reports[0]["flags"].items() if isinstance(v0, (int, float))}
+
+
+def aggregate_labels(reports) -> dict:
+    """--only estimator: per true-[Fe/H] bin, the homogenised labels' figures, median and (min, max) over seeds."""
+    first = reports[0]["labels_vs_truth"]
+    return {b: {k: _median_range([rep["labels_vs_truth"][b][k] for rep in reports]) for k in first[b]}
+            for b in first}
+
+
+def print_labels(agg, seeds):
+    def f(t, fmt):
+        m, lo, hi = t
+        return "n/a" if not np.isfinite(m) else f"{m:{fmt}}" + (f" [{lo:{fmt}},{hi:{fmt}}]" if len(seeds) > 1 else "")
+    print(f"homogenised labels (view xpmet.labels) minus truth by true [Fe/H], median [min,max] of seeds "
+          f"{','.join(map(str, seeds))} (target: |offset| <= 0.03 dex in every bin)")
+    print("| [Fe/H] | n | offset | scatter | z-spread |")
+    print("|---|---|---|---|---|")
+    for b, row in agg.items():
+        print(f"| {b} | {f(row['n'], '.0f')} | {f(row['offset'], '+.3f')} | {f(row['scatter'], '.3f')} | "
+              f"{f(row['z_spread'], '.2f')} |")
 
 
 def print_table(agg, seeds, opts):

@@ -82,6 +82,12 @@ def test_export_train_evaluate(loaded, run_cli, engine):
     assert ns["scatter"] < 0.35 and abs(ns["bias"]) < 0.15      # sane for a tiny model and ~200 stars
     assert 0.6 < ns["calibration"] < 1.6
     assert ev["test"]["by_g"] and ev["never_surveyed"]["by_feh"]
+    # the label views against the truth, per true-[Fe/H] bin: every labelled star counted once
+    hom = ev["homogenised_labels_vs_truth"]
+    with engine.connect() as c:
+        n_labels = c.execute(sa.text("SELECT count(feh) FROM xpmet.labels")).scalar()
+    assert sum(b["n"] for b in hom.values()) == n_labels > 300
+    assert abs(hom["-0.5..0.0"]["offset"]) < 0.05 and 0.5 < hom["-0.5..0.0"]["z_spread"] < 2
     for name in ("never_surveyed_one_to_one", "never_surveyed_kiel", "test_calibration", "learning_curves"):
         assert (d / "est" / "evaluation" / f"{name}.png").exists(), name
 

@@ -112,6 +112,29 @@ def truth_labels(truth: dict, source_ids) -> np.ndarray:
     return out
 
 
+def feh_bin_name(lo, hi) -> str:
+    return f"< {hi}" if lo == -np.inf else f"> {lo}" if hi == np.inf else f"{lo}..{hi}"
+
+
+def homogenised_vs_truth(truth: dict, url: str | None = None) -> dict:
+    """The homogenised [Fe/H] of the label views (xpmet.labels) against a simulation's truth, per
+    true-[Fe/H] bin (FEH_BINS): n, median offset, robust scatter and z-spread over feh_err (which
+    carries the calibration's systematic)."""
+    from xpmet.db.engine import raw_connect
+    with raw_connect(url) as c:
+        rows = c.execute("SELECT source_id, feh, feh_err FROM xpmet.labels WHERE feh IS NOT NULL").fetchall()
+    sid = np.array([r[0] for r in rows], np.int64)
+    feh, err = (np.array([r[k] for r in rows], np.float64) for k in (1, 2))
+    true = truth_labels(truth, sid)[:, 2]
+    out = {}
+    for lo, hi in zip(FEH_BINS[:-1], FEH_BINS[1:]):
+        m = (true >= lo) & (true < hi)
+        res = feh[m] - true[m]
+        out[feh_bin_name(lo, hi)] = {"n": int(m.sum()), "offset": float(np.median(res)) if m.any() else float("nan"),
+                                     "scatter": robust_scatter(res), "z_spread": robust_scatter(res / err[m])}
+    return out
+
+
 def never_surveyed(truth: dict, max_stars: int | None = 20000, seed: int = 0, url: str | None = None) -> ds.XPArrays:
     """The never-surveyed XP stars of a simulation, read from the database, with the true labels."""
     sel = np.flatnonzero(truth["has_xp"] & ~truth["surveyed"])
@@ -145,6 +168,7 @@ def evaluate(model_dir, data_path, truth_path=None, out_dir=None, emulator_dir=N
         ns = never_surveyed(truth, max_truth, url=url)
         p_ns = pred.predict_arrays(ns)
         result["never_surveyed"] = compute_metrics(p_ns, ns.labels, ns.label_err, ns.g_mag)
+        result["homogenised_labels_vs_truth"] = homogenised_vs_truth(truth, url=url)
         sets["never_surveyed"] = (ns, p_ns, ns.labels)
     emu = pred if pred.kind == "emulator" else (load_predictor(emulator_dir) if emulator_dir else None)
     if emu is not None:

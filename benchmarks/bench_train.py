@@ -118,7 +118,7 @@ def pipeline(a, work: Path):
     run("xmatch")
     step("export")
     from xpmet.ml.export import ExportOptions, export
-    print(json.dumps(export(work / "train.h5", ExportOptions(seed=a.seed, correlations=True), progress=False)),
+    print(json.dumps(export(work / "train.h5", ExportOptions(seed=a.seed), progress=False)),
           file=sys.stderr)
 
 

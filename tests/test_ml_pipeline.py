@@ -40,7 +40,8 @@ def loaded(sky, engine, run_cli):
 def test_export_train_evaluate(loaded, run_cli, engine):
     d = loaded
     h5 = d / "train.h5"
-    r = run_cli("export", h5, "--seed", 2, "--correlations", "--split", "train=0.7,valid=0.15,test=0.15")
+    # the database holds correlations, so the default export carries them (the estimator's degradation)
+    r = run_cli("export", h5, "--seed", 2, "--split", "train=0.7,valid=0.15,test=0.15")
     assert "wrote" in r.output
     with engine.connect() as c:
         n_view = c.execute(sa.text("SELECT count(*) FROM xpmet.training_set")).scalar()
@@ -57,15 +58,18 @@ def test_export_train_evaluate(loaded, run_cli, engine):
         assert f["noise/phot_g_mean_mag"].shape[0] > n        # unlabelled stars for the noise model
         split_a = dict(zip(f["source_id"][:], f["split"][:]))
     # same seed, a G cut: the stars that remain keep their split (no leakage between exports)
-    run_cli("export", d / "bright.h5", "--seed", 2, "--g-max", 15, "--split", "train=0.7,valid=0.15,test=0.15")
+    run_cli("export", d / "bright.h5", "--seed", 2, "--g-max", 15, "--split", "train=0.7,valid=0.15,test=0.15",
+            "--no-correlations")
     with h5py.File(d / "bright.h5", "r") as f:
         assert (f["phot/phot_g_mean_mag"][:] <= 15).all()
+        assert "xp/bp_coefficient_correlations" not in f and not json.loads(f.attrs["cuts"])["correlations"]
         assert all(split_a[s] == v for s, v in zip(f["source_id"][:], f["split"][:]))
     bad = run_cli("export", d / "none.h5", "--g-max", 3, ok=False)
     assert bad.exit_code == 1 and "no star passed the cuts" in bad.output and not (d / "none.h5").exists()
 
     run_cli("train", h5, "--out", d / "est", "--hidden", "32,32", "--epochs", 25, "--batch-size", 64,
             "--lr", 4e-3, "--patience", 6)
+    assert json.loads((d / "est" / "config.json").read_text())["augment_noise_used"] == "covariance"
     run_cli("train", h5, "--out", d / "emu", "--kind", "emulator", "--hidden", "32,32", "--epochs", 25,
             "--batch-size", 64, "--lr", 4e-3, "--patience", 6, "--correlations")
     with engine.connect() as c:

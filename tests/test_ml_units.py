@@ -217,9 +217,11 @@ def test_degradation_draws_noise_from_each_stars_own_covariance():
     np.testing.assert_allclose(e1, want_e1, rtol=1e-4)
     want = np.sqrt(e1 ** 2 - e0 ** 2)
     np.testing.assert_allclose(added.std(0), want, rtol=0.06)
-    # without correlations in the file: independent noise of the same size
+    # without correlations in the file (or only NaN ones: exported from a database loaded without
+    # them): independent noise of the same size
     _, t2, _, inp2 = _degrade(_arrays(6000, 12.0), 16.5)
     assert t2.chol is None
+    assert _degrade(_arrays(50, 12.0, corr=np.full_like(corr, np.nan)), 16.5)[1].chol is None
     added2 = (inp2[:, :110] - t2.fixed[:, :110]).numpy().astype(np.float64)
     off = np.corrcoef(added2[:, :55], rowvar=False)[np.tril_indices(55, -1)]
     assert np.abs(off).max() < 0.08

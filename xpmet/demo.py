@@ -126,7 +126,8 @@ class Demo:
 
     def load_xp(self):
         from xpmet.etl.xp_loader import load_xp as load
-        # The estimator the demo trains does not use the correlations: skip them (12x less data).
+        # Without the correlations (12x less data, a quicker demo): the demo's estimator then degrades its
+        # training spectra with diagonal noise (its config.json says so); `xpmet etl xp` loads them by default.
         load(self.sky / "xp_continuous", correlations=False, progress=self.progress, url=self.url)
         self.report.counts["XP spectra"] = self._count("xpmet.xp_continuous")
 

@@ -22,7 +22,9 @@ from xpmet.ml.normalise import LABELS
 @click.option("--split", "split_", default="train=0.8,valid=0.1,test=0.1", show_default=True,
               help="Split fractions; a star's split depends only on its source_id and --seed.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--correlations", is_flag=True, help="Also export the 2x1485 coefficient correlations (12x larger).")
+@click.option("--correlations/--no-correlations", default=None,
+              help="Export the 2x1485 coefficient correlations (12x larger; the estimator then degrades spectra "
+                   "with each star's own covariance). [default: when the stars carry them in the database]")
 @click.option("--noise-sample", type=int, default=20000, show_default=True,
               help="Unlabelled XP sources sampled for the noise model and the target magnitudes (0: none).")
 @click.option("--limit", type=int, help="At most this many stars (for quick experiments).")
@@ -73,7 +75,7 @@ def export_cmd(out, g_max, g_min, max_coef_error, min_surveys, require, split_, 
               help="Estimator: weight training stars by the target over the labelled G density.")
 @click.option("--augment-noise", type=click.Choice(AUGMENT_NOISE), default=TrainConfig.augment_noise, show_default=True,
               help="Estimator: degrade with each star's own covariance when DATA has correlations "
-                   "(`xpmet export --correlations`), else diagonal; or diagonal always.")
+                   "(`xpmet export` writes them when the database has them), else diagonal; or diagonal always.")
 @click.option("--correlations", is_flag=True, help="Emulator: chi-squared with the full XP covariance.")
 @click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
 @click.option("--device", default=TrainConfig.device, show_default=True, help="auto (CUDA when present), cpu or cuda.")

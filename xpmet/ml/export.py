@@ -12,7 +12,7 @@ Layout (all datasets have one row per star, gzip + shuffle, chunked by CHUNK row
     /xp/bp_coefficient_errors          f4 (n,55)
     /xp/rp_coefficients, rp_coefficient_errors
     /xp/bp_standard_deviation, rp_standard_deviation   f4 (n,)
-    /xp/bp_coefficient_correlations    f4 (n,1485)  only with --correlations (Gaia's order, see xpmet.xp_coefficients)
+    /xp/bp_coefficient_correlations    f4 (n,1485)  when the stars carry them (or --correlations; Gaia's order, see xpmet.xp_coefficients)
     /xp/rp_coefficient_correlations
     /phot/<col>                        f8 (n,): ra, dec, phot_g_mean_mag, phot_bp_mean_mag,
                                        phot_rp_mean_mag, bp_rp, phot_g_mean_flux, parallax,
@@ -42,7 +42,7 @@ import datetime as dt
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -79,7 +79,8 @@ class ExportOptions:
     require: tuple = ("feh",)            # labels that must be known
     split: dict = field(default_factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1})
     seed: int = 0
-    correlations: bool = False
+    #: None: exported when the stars carry them in the database (what the estimator's degradation uses)
+    correlations: bool | None = None
     noise_sample: int = 20000
     limit: int | None = None
 
@@ -146,6 +147,16 @@ def _query(opt: ExportOptions, bounds: tuple[int, int] | None = None):
     if opt.limit:
         sql += f" LIMIT {int(opt.limit)}"
     return sql, params, [c.split(".", 1)[1] for c in cols]
+
+
+def _stars_have_correlations(conn, opt: ExportOptions) -> bool:
+    """Whether the first 1,000 stars OPT exports carry XP correlations in the database (`xpmet etl xp`
+    loads them unless --no-correlations): the default of --correlations."""
+    sql, params, _ = _query(replace(opt, correlations=False, limit=1000))
+    return bool(conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM ({sql}) t JOIN xpmet.xp_continuous x USING (source_id) "
+        "WHERE x.bp_coefficient_correlations IS NOT NULL OR x.rp_coefficient_correlations IS NOT NULL)",
+        params).fetchone()[0])
 
 
 def _create(f: h5py.File, name, shape_tail, dtype):
@@ -284,7 +295,6 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
         raise XpmetError(f"{out.parent}: directory does not exist")
     _remove_dead_partials(out)
     tmp = out.with_name(f"{_partial_prefix(out)}{os.getpid()}")
-    sql, params, names = _query(opt)
     meta_seen = {"xmatch_version": set(), "reference": set()}
     n_cut = 0
     try:
@@ -300,6 +310,9 @@ def export(out_path, options: ExportOptions | None = None, progress: bool = True
                 "WHEN xmatch_stale THEN 'crossmatch ' || current_xmatch_version || ': ' || xmatch_stale_reason END "
                 "FROM xpmet.label_status").fetchone()
             stale = stale[0] if stale else None
+            if opt.correlations is None:
+                opt = replace(opt, correlations=_stars_have_correlations(conn, opt))
+            sql, params, names = _query(opt)
             total = conn.execute(f"SELECT count(*) FROM ({sql}) q", params).fetchone()[0]
             w = Writer(f, opt.correlations)
             bar = progress_bar(total=total, desc="export", unit="star", enabled=progress)

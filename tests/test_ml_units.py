@@ -277,6 +277,7 @@ def test_prior_weights_make_the_labelled_stars_count_as_the_target_magnitudes():
 def test_sigma_scale_matches_the_validation_residuals():
     """A model stating twice the spread its answers have gets its uncertainty halved (k ~ 0.5): 68.27 %
     of the stars then lie within k sigma (with their label errors), the quantile solved here directly;
+    stars whose label error exceeds the stated sigma do not count (they would be 'covered' at any k);
     a label without stars keeps k = 1."""
     from xpmet.ml import distributed as dist
     from xpmet.ml.train import Tensors, TrainConfig, build_model, sigma_scale
@@ -301,3 +302,11 @@ def test_sigma_scale_matches_the_validation_residuals():
     assert abs(k[2] - want) < 2e-3 and 0.4 < k[2] < 0.55
     assert np.mean(r2 < k[2] ** 2 * v + e2) == pytest.approx(0.6827, abs=0.005)
     assert k[3] == 1.0
+    # 100 more stars with label errors far beyond the model's sigma: k stays what the others say
+    arr2 = _arrays(500, 14.0)
+    arr2.labels[:400, 2], arr2.labels[:, 3] = arr.labels[:, 2], np.nan
+    arr2.labels[400:, 2] = -1.0 + rng.normal(0, 0.01, 100)
+    arr2.label_err[400:, 2] = 10 * rms
+    k2 = sigma_scale([net.state_dict()], config, norm, Tensors(arr2, norm, "estimator", torch.device("cpu")), 128,
+                     dist.Context())
+    assert abs(k2[2] - k[2]) < 2e-3

@@ -34,7 +34,7 @@ POOR_FIT_CHI2 = 3.0
 POOR_FIT_SPREAD = 2.0
 #: single estimator: [Fe/H] noise-sensitivity over the stated (calibrated) uncertainty above which
 #: ``poor_fit`` is set. Measured on the simulated sky (bench_train --n-stars 60000 --only flags): the
-#: 0-18 stars per 19,500 above 3 have a z-spread of 6.9 against 0.94 for the rest; very metal-poor
+#: 0-20 stars per 19,500 above 3 have a z-spread of 7.2 against 0.98 for the rest; very metal-poor
 #: stars, whose stated errors are larger, essentially never reach it. An absolute cut on the
 #: propagated error would (0.15 dex flagged 10 % of them).
 POOR_FIT_SENSITIVITY = 3.0

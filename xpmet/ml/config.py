@@ -38,7 +38,7 @@ class TrainConfig:
     augment_noise: str = "auto"  # estimator: "auto" (each star's covariance when the file has correlations) | "diagonal"
     dropout: float = 0.0
     clip: float = 10.0           # gradient-norm clipping (0: off); steadies the heteroscedastic loss
-    correlations: bool = False   # emulator: chi-squared with the full covariance (needs --correlations export)
+    correlations: bool = False   # emulator: chi-squared with the full covariance (needs an export with correlations)
     name: str | None = None
     max_train: int | None = None
 

@@ -33,6 +33,7 @@ Runs: xpmet simulate -> etl -> xmatch/labels -> export -> train, then reports
     .venv/bin/python benchmarks/bench_train.py --n-stars 20000 --workdir /tmp/bench_train
     .venv/bin/python benchmarks/bench_train.py --only estimator --seeds 7,8,9 --n-stars 60000
     .venv/bin/python benchmarks/bench_train.py --only flags --seeds 7,8,9 --n-stars 60000
+    .venv/bin/python benchmarks/bench_train.py --only estimator --seed 7 --n-stars 60000 --train-seeds 1,2
 
 Timings on a shared 2-core machine are noisy: compare the ratios, not the absolute numbers.
 """
@@ -69,6 +70,9 @@ def parse():
     ap.add_argument("--prior-weight", type=int, choices=(0, 1), help="[xpmet train's default]")
     ap.add_argument("--augment-noise", choices=("auto", "diagonal"), help="[xpmet train's default]")
     ap.add_argument("--tag", default="", help="suffix of the model directories (experiments on one pipeline)")
+    ap.add_argument("--train-seeds", default="",
+                    help="--only estimator: also train the estimator with these comma-separated seeds on the same "
+                         "sky and export (stability: runs that differ only in the training draw)")
     ap.add_argument("--max-truth", type=int, default=20000, help="never-surveyed stars scored (estimator)")
     ap.add_argument("--max-fit", type=int, default=3000, help="never-surveyed stars fitted (emulator)")
     ap.add_argument("--repeats", type=int, default=5, help="throughput runs (median reported)")
@@ -323,10 +327,23 @@ def run_benchmark(a, work: Path):
                   "labels_vs_truth": homogenised_vs_truth(read_truth(truth_path)),
                   "epochs": {n: [h["epochs"] for h in json.loads((d / "history.json").read_text())]
                              for n, d in dirs.items()},
-                  "seconds": time.time() - t_start}
+                  "train_seeds": {}}
+        for s in (int(v) for v in a.train_seeds.split(",") if v.strip()):
+            d = work / f"estimator_seed{s}{a.tag}"
+            if not (d / "weights.pt").exists():
+                step(f"train estimator, training seed {s}")
+                shutil.rmtree(d, ignore_errors=True)
+                train(h5, d, TrainConfig(kind="estimator", hidden=hidden, seed=s, **opts), register=False,
+                      progress=False)
+            report["train_seeds"][s] = estimator_table(d, dirs["reference_estimator"], truth_path, a.max_truth,
+                                                       a.seed)
+        report["seconds"] = time.time() - t_start
         (work / f"report{a.tag}.json").write_text(json.dumps(report, indent=1, default=float))
         print_table(aggregate([report]), [a.seed], opts)
         print_labels(aggregate_labels([report]), [a.seed])
+        for s, rows in {a.seed: report["bins"], **report["train_seeds"]}.items() if report["train_seeds"] else ():
+            print(f"training seed {s}: " + " | ".join(f"G {r['g']}: bias {r['bias']:+.3f}, z-spread "
+                                                      f"{r['z_spread']:.2f}, ratio {r['ratio']:.2f}" for r in rows))
         return report
     step("quality flags")
     flags_report = flag_figures(dirs["estimator"], truth_path, a.max_truth, a.seed)

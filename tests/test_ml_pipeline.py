@@ -57,6 +57,15 @@ def test_export_train_evaluate(loaded, run_cli, engine):
         assert f.attrs["reference"] == "gbs" and f.attrs["xmatch_version"].startswith("xm-")
         assert f["noise/phot_g_mean_mag"].shape[0] > n        # unlabelled stars for the noise model
         split_a = dict(zip(f["source_id"][:], f["split"][:]))
+    # what the estimator's degradation reads: the correlations' packed Cholesky factors, block by block,
+    # without the correlations themselves
+    from xpmet.ml import dataset as ds
+    from xpmet.ml.models import packed_cholesky
+    factors, full = ds.read(h5, "train", noise_factors=True), ds.read(h5, "train", correlations=True)
+    assert factors.corr is None and factors.chol.dtype == np.float16 and factors.chol.shape == (len(full), 2, 1540)
+    packed, ok = packed_cholesky(full.corr)
+    np.testing.assert_array_equal(factors.chol, packed)
+    assert ok.mean() > 0.9
     # same seed, a G cut: the stars that remain keep their split (no leakage between exports)
     run_cli("export", d / "bright.h5", "--seed", 2, "--g-max", 15, "--split", "train=0.7,valid=0.15,test=0.15",
             "--no-correlations")

@@ -44,6 +44,9 @@ class XPArrays:
     #: (n, k) columns named by ``extra_names`` (parallax, its error, BP and RP magnitudes, 2MASS/WISE)
     extra: np.ndarray | None = None
     extra_names: tuple = ()
+    #: (n,2,1540) float16 packed Cholesky factors of the correlations (read(noise_factors=True)):
+    #: what the estimator's degradation draws from (xpmet.ml.models.packed_cholesky)
+    chol: np.ndarray | None = None
 
     def __len__(self):
         return len(self.source_id)
@@ -106,15 +109,20 @@ def open_training(path, need: tuple = ("source_id",)) -> h5py.File:
 
 
 def read(path, split: str | None = None, correlations: bool = False, limit: int | None = None,
-         rows: np.ndarray | None = None, cleaned: bool = True) -> XPArrays:
+         rows: np.ndarray | None = None, cleaned: bool = True, noise_factors: bool = False) -> XPArrays:
     """Read one split ('train', 'valid', 'test') or all rows of a training file.
+
+    ``noise_factors``: the correlations' packed Cholesky factors (``chol``), made block by block so
+    the correlations themselves (twice the size) are never held for the whole split; None when the
+    file has no correlations or no star a usable matrix.
 
     ``rows``: sorted file row numbers to read instead of a split (one rank's shard); blocks
     without any of them are not read. ``cleaned``: leave out the train/valid rows that
     ``xpmet clean`` dropped (/cleaning/keep, :mod:`xpmet.ml.cleaning`); False reads them too.
     """
     with open_training(path) as f:
-        want_corr = correlations and "xp/bp_coefficient_correlations" in f
+        has_corr = "xp/bp_coefficient_correlations" in f
+        want_corr, want_chol, any_chol = correlations and has_corr, noise_factors and has_corr, False
         n = f["source_id"].shape[0]
         parts = []
         for start in range(0, n, BLOCK):
@@ -136,7 +144,7 @@ def read(path, split: str | None = None, correlations: bool = False, limit: int 
             for k in ("bp_standard_deviation", "rp_standard_deviation"):
                 if "xp/" + k in f:
                     b[k] = f["xp/" + k][sl][keep]
-            if want_corr:
+            if want_corr or want_chol:
                 b["bp_coefficient_correlations"] = f["xp/bp_coefficient_correlations"][sl][keep]
                 b["rp_coefficient_correlations"] = f["xp/rp_coefficient_correlations"][sl][keep]
             for k in ("phot_g_mean_flux", "phot_g_mean_mag", "bp_rp", "ag_gspphot") + EXTRA_SOURCES:
@@ -145,12 +153,21 @@ def read(path, split: str | None = None, correlations: bool = False, limit: int 
             for k in LABELS:
                 b[k] = f["labels/" + k][sl][keep]
                 b[k + "_err"] = f["labels/" + k + "_err"][sl][keep]
-            parts.append(from_batch(b))
+            part = from_batch(b)
+            if want_chol:
+                from xpmet.ml.models import packed_cholesky
+                part.chol, ok = packed_cholesky(part.corr)
+                any_chol |= bool(ok.any())
+                if not want_corr:
+                    part.corr = None
+            parts.append(part)
             if limit and sum(len(p) for p in parts) >= limit:
                 break
     if not parts:
         raise XpmetError(f"{path}: the {split or 'any'} split is empty; export more stars or change --split.")
     out = _concat(parts)
+    if not any_chol:
+        out.chol = None
     return out.subset(slice(0, limit)) if limit else out
 
 

@@ -145,6 +145,41 @@ def cholesky(cov):
     return torch.where((info > 0)[..., None, None], fallback, L)
 
 
+_LOWER = torch.tril_indices(N_COEF, N_COEF)  # a Cholesky factor's lower triangle, diagonal included
+_LOWER_FLAT = _LOWER[0] * N_COEF + _LOWER[1]
+
+
+@torch.no_grad()
+def packed_cholesky(corr, block: int = 512):
+    """Cholesky factors of published correlation matrices (n,2,1485) for noise draws: their lower
+    triangles packed, (n,2,1540) float16 (a quarter of the float32 matrices; draws need no more),
+    and (n,2) bool: usable. Identity where a band is missing or its matrix is not positive
+    definite (that band's noise is then diagonal)."""
+    import numpy as np
+    from xpmet.xp_coefficients import correlation_matrix
+    eye = torch.eye(N_COEF)
+    out, oks = [], []
+    for i in range(0, len(corr), block):
+        part = np.asarray(corr[i:i + block])
+        c = torch.nan_to_num(torch.as_tensor(correlation_matrix(part), dtype=torch.float32), nan=0.0) + 1e-5 * eye
+        L, info = torch.linalg.cholesky_ex(c)
+        ok = (info == 0) & torch.isfinite(L).flatten(-2).all(-1) & torch.as_tensor(np.isfinite(part).all(-1))
+        L = torch.where(ok[..., None, None], torch.nan_to_num(L), eye)
+        out.append(L[..., _LOWER[0], _LOWER[1]].half().numpy())
+        oks.append(ok.numpy())
+    if not out:
+        return np.zeros((0, 2, len(_LOWER_FLAT)), np.float16), np.zeros((0, 2), bool)
+    return np.concatenate(out), np.concatenate(oks)
+
+
+def unpack_cholesky(packed) -> torch.Tensor:
+    """(r,2,1540) packed factors -> (r,2,55,55) float32 (index_copy: the fastest unpacking measured,
+    +0.4 ms per 128 degraded rows on one CPU thread over gathering float32 matrices)."""
+    L = packed.new_zeros(packed.shape[:-1] + (N_COEF * N_COEF,), dtype=torch.float32)
+    L.index_copy_(-1, _LOWER_FLAT.to(packed.device), packed.float())
+    return L.view(packed.shape[:-1] + (N_COEF, N_COEF))
+
+
 def gaussian_terms(r, e, ok, model_var=None, corr=None):
     """Per-star chi2 and log-determinant of residuals r (n,110) under cov = C_obs + diag(model_var).
 

@@ -37,11 +37,11 @@ from xpmet.ml import checkpoint, dataset as ds, ood
 from xpmet.ml import distributed as dist
 from xpmet.ml.config import TrainConfig  # noqa: F401  (its home was here: xpmet.ml.train.TrainConfig)
 from xpmet.ml.models import (N_X, Emulator, Estimator, emulator_nll, ensemble_mixture, estimator_inputs,
-                             known_label_nll)
+                             known_label_nll, packed_cholesky, unpack_cholesky)
 from xpmet.ml.plots import learning_curves
 from xpmet.ml.normalise import (G_ZERO_POINT, Normaliser, emulator_params, fit_extra, fit_normaliser,
                                 network_columns)
-from xpmet.xp_coefficients import N_COEF, correlation_matrix
+from xpmet.xp_coefficients import N_COEF
 
 def pick_device(name: str = "auto") -> torch.device:
     """CUDA when present (or asked for), else CPU."""
@@ -97,8 +97,11 @@ class Tensors:
             self.packed = f(np.concatenate([
                 x, e, ka, kb, np.nan_to_num(arr.g_mag, nan=99.0)[:, None], arr.missing, np.nan_to_num(y),
                 np.nan_to_num(arr.label_err / norm.labels.std), np.isfinite(y) * w[:, None]], axis=1)).contiguous()
-            if arr.corr is not None:
-                self.chol = _correlation_cholesky(arr.corr, device)
+            if arr.chol is not None:  # read as factors (ds.read(noise_factors=True))
+                self.chol = torch.as_tensor(arr.chol, device=device)
+            elif arr.corr is not None:
+                packed, ok = packed_cholesky(arr.corr)
+                self.chol = torch.as_tensor(packed, device=device) if ok.any() else None
             self.fixed = self.inputs(self.packed)
         else:
             self.p = f(norm.params.transform(emulator_params(norm, arr.labels, arr.ag)))
@@ -135,38 +138,6 @@ class Tensors:
                                for i in range(0, len(idx), 4096)])
         out.n = len(idx)
         return out
-
-
-_TRIL = torch.tril_indices(N_COEF, N_COEF)  # a Cholesky factor's lower triangle, diagonal included
-_TRIL_FLAT = _TRIL[0] * N_COEF + _TRIL[1]
-
-
-def _correlation_cholesky(corr, device, block: int = 2048):
-    """(n,2,1540) float16: the packed lower triangles of the Cholesky factors of the published
-    correlation matrices (noise draws need no more precision; a quarter of the float32 matrices);
-    identity where a band is missing or its matrix is not positive definite (that star's noise is
-    then diagonal). None when no star has a usable matrix."""
-    out, any_ok = [], False
-    eye = torch.eye(N_COEF, device=device)
-    for i in range(0, len(corr), block):
-        part = np.asarray(corr[i:i + block])
-        c = torch.as_tensor(correlation_matrix(part), dtype=torch.float32, device=device)
-        c = torch.nan_to_num(c, nan=0.0) + 1e-5 * eye
-        L, info = torch.linalg.cholesky_ex(c)
-        bad = (info > 0) | ~torch.isfinite(L).flatten(-2).all(-1) \
-            | torch.as_tensor(~np.isfinite(part).all(-1), device=device)
-        any_ok |= bool((~bad).any())
-        L = torch.where(bad[..., None, None], eye, torch.nan_to_num(L))
-        out.append(L[..., _TRIL[0], _TRIL[1]].half())
-    return torch.cat(out) if any_ok else None
-
-
-def _unpack_cholesky(packed) -> torch.Tensor:
-    """(r,2,1540) packed factors -> (r,2,55,55) float32 (index_copy: the fastest unpacking measured,
-    +0.4 ms per 128 degraded rows on one CPU thread over gathering float32 matrices)."""
-    L = packed.new_zeros(packed.shape[:-1] + (N_COEF * N_COEF,), dtype=torch.float32)
-    L.index_copy_(-1, _TRIL_FLAT.to(packed.device), packed.float())
-    return L.view(packed.shape[:-1] + (N_COEF, N_COEF))
 
 
 def prior_weights(g, target_g, lo: float = 3.0, hi: float = 21.0, width: float = 0.5, clip: float = 10.0):
@@ -222,7 +193,7 @@ class Augmenter:
         zc = z[:, :N_X].reshape(n, 2, N_COEF)
         if t.chol is not None:  # only the degraded rows: gathering 2 55x55 factors per row is the cost
             rows = torch.nonzero(sel).squeeze(1)
-            zc = zc.index_copy(0, rows, (_unpack_cholesky(t.chol[idx[rows]]) @ zc[rows][..., None])[..., 0])
+            zc = zc.index_copy(0, rows, (unpack_cholesky(t.chol[idx[rows]]) @ zc[rows][..., None])[..., 0])
         z = torch.cat([zc.reshape(n, N_X), z[:, N_X:]], dim=1)
         x = b[:, L["x"]] + z * add
         e_new = torch.where(e2_new > e2, torch.sqrt(e2_new), e)
@@ -256,11 +227,12 @@ class Trainer:
         return emulator_nll(model, t.p[idx], t.x[idx], t.e[idx], self.x_mean, self.x_scale, corr)[0]
 
 
-def _wants_corr(config: TrainConfig) -> bool:
-    """Correlations are read for the emulator's full-covariance likelihood and for the estimator's
-    degradation (each star's own covariance); a file without them gives diagonal noise."""
-    return config.correlations or (config.kind == "estimator" and config.augment > 0
-                                   and config.augment_noise != "diagonal")
+def _reads(config: TrainConfig) -> dict:
+    """What ds.read keeps of a file's correlations: the matrices for the emulator's full-covariance
+    likelihood; for the estimator's degradation (each star's own covariance) only their packed
+    Cholesky factors, made block by block as the file is read. A file without them: diagonal noise."""
+    degrade = config.kind == "estimator" and config.augment > 0 and config.augment_noise != "diagonal"
+    return {"correlations": config.correlations, "noise_factors": degrade}
 
 
 def _usable(arr: ds.XPArrays, kind: str) -> np.ndarray:
@@ -276,8 +248,8 @@ def load_splits(data_path, config: TrainConfig, label_override=None, with_rows: 
     ``with_rows``: also return the file row numbers of both (what the ranks of a distributed
     run read their shards from).
     """
-    train = ds.read(data_path, "train", correlations=_wants_corr(config))
-    valid = ds.read(data_path, "valid", correlations=_wants_corr(config))
+    train = ds.read(data_path, "train", **_reads(config))
+    valid = ds.read(data_path, "valid", **_reads(config))
     if label_override is not None:  # benchmark: swap in other labels (e.g. the simulator's truth)
         train, valid = label_override(train), label_override(valid)
     keep_t, keep_v = _usable(train, config.kind), _usable(valid, config.kind)
@@ -536,7 +508,7 @@ def _ddp(net, ctx: dist.Context):
 def _read_rows(data_path, rows, pos, config: TrainConfig, label_override):
     """This rank's shard: only its rows are read (pos may repeat rows to pad the shard)."""
     u, inv = np.unique(pos, return_inverse=True)
-    arr = ds.read(data_path, correlations=_wants_corr(config), rows=rows[u])
+    arr = ds.read(data_path, rows=rows[u], **_reads(config))
     if label_override is not None:
         arr = label_override(arr)
     return arr.subset(inv)

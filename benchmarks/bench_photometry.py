@@ -21,6 +21,7 @@ import gzip
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -55,9 +56,21 @@ def main():
     ap.add_argument("--home", type=Path, default=ROOT / "benchmarks" / "results" / "photometry-home",
                     help="XPMET_HOME of the throw-away database")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "results" / "photometry-data")
+    ap.add_argument("--keep", action="store_true", help="keep the database and the simulated files (~0.8 GB)")
     args = ap.parse_args()
     os.environ["XPMET_HOME"] = str(args.home)
     os.environ.pop("XPMET_DATABASE_URL", None)
+    try:
+        run(args)
+    finally:  # a throw-away database and its files: gone unless --keep
+        if not args.keep:
+            from xpmet.db.cluster import Cluster
+            Cluster(args.home).destroy()
+            shutil.rmtree(args.home, ignore_errors=True)
+            shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+def run(args):
     from astropy.table import Table
     from bench_cluster import server_cpu
     from xpmet.db import migrate

@@ -31,6 +31,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
+from xpmet.db.models.calibration import survey_calibration
+
 #: knots (on the true scale) of the piecewise-linear offset per label, where metal-poor scales are
 #: known to bend; the end segments continue straight (a knot further out, with few stars there,
 #: only added noise); two knots = a linear trend across the range
@@ -375,10 +377,9 @@ def fit(rows: dict, reference: str, fallback: str | None, settings: dict) -> lis
     return out
 
 
-COLUMNS = ("survey_id", "survey", "label", "status", "calibrated_on", "knots", "offsets", "offset_errs",
-           "teff_coef", "teff_pivot", "logg_coef", "logg_pivot", "zero_point", "zero_point_err", "pivot", "slope", "slope_err",
-           "n_stars", "n_pairs", "n_clipped", "n_shared_with_reference", "err_scale", "error_floor_fitted",
-           "error_floor_prior", "scatter", "chi2_dof")
+#: what a fit writes per survey and label: xpmet.survey_calibration's columns but the reference
+#: (the setting's, added on insert) and fitted_at (the server's default)
+COLUMNS = tuple(c.name for c in survey_calibration.columns if c.name not in ("reference", "fitted_at"))
 
 
 def _read(conn) -> dict:

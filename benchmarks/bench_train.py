@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from xpmet.ml.config import HIDDEN
+from xpmet.ml.config import AUGMENT_NOISE, HIDDEN, INPUTS
 
 
 def parse():
@@ -65,10 +65,10 @@ def parse():
     ap.add_argument("--ensemble", type=int, help="[xpmet train's default]")
     ap.add_argument("--patience", type=int, help="[xpmet train's default]")
     ap.add_argument("--augment", type=float, help="[xpmet train's default]")
-    ap.add_argument("--inputs", choices=("xp", "xp+gaia"), help="[xpmet train's default]")
+    ap.add_argument("--inputs", choices=INPUTS, help="[xpmet train's default]")
     ap.add_argument("--valid-copies", type=int, help="[xpmet train's default]")
     ap.add_argument("--prior-weight", type=int, choices=(0, 1), help="[xpmet train's default]")
-    ap.add_argument("--augment-noise", choices=("auto", "diagonal"), help="[xpmet train's default]")
+    ap.add_argument("--augment-noise", choices=AUGMENT_NOISE, help="[xpmet train's default]")
     ap.add_argument("--tag", default="", help="suffix of the model directories (experiments on one pipeline)")
     ap.add_argument("--train-seeds", default="",
                     help="--only estimator: also train the estimator with these comma-separated seeds on the same "
@@ -341,9 +341,10 @@ def run_benchmark(a, work: Path):
         (work / f"report{a.tag}.json").write_text(json.dumps(report, indent=1, default=float))
         print_table(aggregate([report]), [a.seed], opts)
         print_labels(aggregate_labels([report]), [a.seed])
-        for s, rows in {a.seed: report["bins"], **report["train_seeds"]}.items() if report["train_seeds"] else ():
-            print(f"training seed {s}: " + " | ".join(f"G {r['g']}: bias {r['bias']:+.3f}, z-spread "
-                                                      f"{r['z_spread']:.2f}, ratio {r['ratio']:.2f}" for r in rows))
+        if report["train_seeds"]:
+            for s, rows in {a.seed: report["bins"], **report["train_seeds"]}.items():
+                print(f"training seed {s}: " + " | ".join(f"G {r['g']}: bias {r['bias']:+.3f}, z-spread "
+                                                          f"{r['z_spread']:.2f}, ratio {r['ratio']:.2f}" for r in rows))
         return report
     step("quality flags")
     flags_report = flag_figures(dirs["estimator"], truth_path, a.max_truth, a.seed)
@@ -490,10 +491,16 @@ def aggregate_labels(reports) -> dict:
             for b in first}
 
 
+def _cell(t, fmt, ranges: bool) -> str:
+    """A (median, min, max) figure as a table cell; the range only over several seeds."""
+    m, lo, hi = t
+    if not np.isfinite(m):
+        return "n/a"
+    return f"{m:{fmt}}" + (f" [{lo:{fmt}},{hi:{fmt}}]" if ranges else "")
+
+
 def print_labels(agg, seeds):
-    def f(t, fmt):
-        m, lo, hi = t
-        return "n/a" if not np.isfinite(m) else f"{m:{fmt}}" + (f" [{lo:{fmt}},{hi:{fmt}}]" if len(seeds) > 1 else "")
+    f = lambda t, fmt: _cell(t, fmt, len(seeds) > 1)  # noqa: E731
     print(f"homogenised labels (view xpmet.labels) minus truth by true [Fe/H], median [min,max] of seeds "
           f"{','.join(map(str, seeds))} (target: |offset| <= 0.03 dex in every bin)")
     print("| [Fe/H] | n | offset | scatter | z-spread |")
@@ -504,11 +511,7 @@ def print_labels(agg, seeds):
 
 
 def print_table(agg, seeds, opts):
-    def f(t, fmt):
-        m, lo, hi = t
-        if not np.isfinite(m):
-            return "n/a"
-        return f"{m:{fmt}}" + (f" [{lo:{fmt}},{hi:{fmt}}]" if len(seeds) > 1 else "")
+    f = lambda t, fmt: _cell(t, fmt, len(seeds) > 1)  # noqa: E731
     print(f"never-surveyed [Fe/H] by G, median [min,max] of seeds {','.join(map(str, seeds))} "
           f"(train options: {opts or 'defaults'})")
     cols = [("n", "n", ".0f"), ("bias", "bias", "+.3f"), ("scatter", "scatter", ".3f"),

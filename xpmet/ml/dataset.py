@@ -123,6 +123,8 @@ def read(path, split: str | None = None, correlations: bool = False, limit: int 
     with open_training(path) as f:
         has_corr = "xp/bp_coefficient_correlations" in f
         want_corr, want_chol, any_chol = correlations and has_corr, noise_factors and has_corr, False
+        if want_chol:  # torch only when asked for
+            from xpmet.ml.models import packed_cholesky
         n = f["source_id"].shape[0]
         parts = []
         for start in range(0, n, BLOCK):
@@ -155,7 +157,6 @@ def read(path, split: str | None = None, correlations: bool = False, limit: int 
                 b[k + "_err"] = f["labels/" + k + "_err"][sl][keep]
             part = from_batch(b)
             if want_chol:
-                from xpmet.ml.models import packed_cholesky
                 part.chol, ok = packed_cholesky(part.corr)
                 any_chol |= bool(ok.any())
                 if not want_corr:

@@ -129,9 +129,10 @@ def homogenised_vs_truth(truth: dict, url: str | None = None) -> dict:
     out = {}
     for lo, hi in zip(FEH_BINS[:-1], FEH_BINS[1:]):
         m = (true >= lo) & (true < hi)
-        res = feh[m] - true[m]
-        out[feh_bin_name(lo, hi)] = {"n": int(m.sum()), "offset": float(np.median(res)) if m.any() else float("nan"),
-                                     "scatter": robust_scatter(res), "z_spread": robust_scatter(res / err[m])}
+        lm = label_metrics(feh[m], err[m], true[m], np.zeros(int(m.sum())), "feh")
+        out[feh_bin_name(lo, hi)] = {"n": lm["n"], "offset": lm.get("bias", float("nan")),
+                                     "scatter": lm.get("scatter", float("nan")),
+                                     "z_spread": lm.get("calibration", float("nan"))}
     return out
 
 

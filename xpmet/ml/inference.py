@@ -173,14 +173,15 @@ class Predictor:
             mu, log_sigma = m(inp)
             mus.append(mu.cpu().numpy())
             sig2.append(np.exp(2 * log_sigma.cpu().numpy()))
-        mu, var = ensemble_mixture(np.stack(mus), np.stack(sig2))
+        sig2 = np.stack(sig2)
+        mu, var = ensemble_mixture(np.stack(mus), sig2)
         mean = n.labels.inverse(mu)
         # the training's calibration on the degraded validation stars (xpmet.ml.train.sigma_scale)
         k = np.broadcast_to(np.asarray(self.config.get("sigma_scale") or 1.0, np.float64), (len(LABELS),))
         err = np.sqrt(var) * n.labels.std * k
         # fit_stat in units of the stated (calibrated) [Fe/H] uncertainty
         if len(self.members) > 1:
-            aleatoric = np.mean(sig2, 0)[:, 2]
+            aleatoric = sig2.mean(0)[:, 2]
             fit_stat = np.sqrt((var[:, 2] - aleatoric) / aleatoric) / k[2]  # the members' [Fe/H] disagreement
             poor = fit_stat > POOR_FIT_SPREAD
         else:

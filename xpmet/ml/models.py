@@ -15,10 +15,11 @@
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from xpmet.xp_coefficients import N_COEF, _TRIL
+from xpmet.xp_coefficients import N_COEF, _TRIL, correlation_matrix
 
 N_X = 2 * N_COEF
 #: network inputs of an estimator on the coefficients alone; each extra input adds 3 (value, log error, missing)
@@ -155,8 +156,6 @@ def packed_cholesky(corr, block: int = 512):
     triangles packed, (n,2,1540) float16 (a quarter of the float32 matrices; draws need no more),
     and (n,2) bool: usable. Identity where a band is missing or its matrix is not positive
     definite (that band's noise is then diagonal)."""
-    import numpy as np
-    from xpmet.xp_coefficients import correlation_matrix
     eye = torch.eye(N_COEF)
     out, oks = [], []
     for i in range(0, len(corr), block):
